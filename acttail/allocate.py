@@ -142,13 +142,14 @@ def validate_allocation_document(doc: Any) -> Allocation:
     sparsities, counts = doc.get("sparsities"), doc.get("param_counts")
     if not isinstance(sparsities, Mapping) or not sparsities:
         raise AllocationError("allocation document: 'sparsities' must be a non-empty object")
-    if not isinstance(counts, Mapping) or set(counts) != set(sparsities):
-        raise AllocationError("allocation document: 'param_counts' must have exactly the keys of 'sparsities'")
-    for name, value in sparsities.items():
+    for name in sparsities:
         try:
             parse_projection_name(name)
         except ValueError as exc:
             raise AllocationError(f"allocation document: {exc}") from None
+    if not isinstance(counts, Mapping) or set(counts) != set(sparsities):
+        raise AllocationError("allocation document: 'param_counts' must have exactly the keys of 'sparsities'")
+    for name, value in sparsities.items():
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value < 1.0:
             raise AllocationError(f"allocation document: sparsity of {name} must be in [0, 1), got {value!r}")
         count = counts[name]

@@ -1,0 +1,146 @@
+"""GGUF files: tensors dequantised one at a time with the ``gguf`` reader; full loads via transformers.
+
+llama.cpp permutes the rows of q/k for RoPE; transformers undoes that on load. Row
+permutations do not change singular values, so alphas from the raw tensor are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from acttail.errors import ModelSourceError, UnsupportedArchitectureError
+from acttail.models.architectures import (
+    GGUF_SUFFIX,
+    PROJECTION_ORDER,
+    ProjectionRef,
+    projection_name,
+    spec_for,
+)
+from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
+from acttail.models.fingerprint import sha256_of_parts
+
+if TYPE_CHECKING:
+    import gguf
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# llama.cpp's general.architecture -> HF config.model_type. (llama.cpp writes Mistral as "llama".)
+GGUF_ARCHITECTURES: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "gemma3": "gemma3_text",
+}
+
+
+class GGUFSource(ModelSource):
+    """A single ``.gguf`` file (optionally reached through a bundled alias)."""
+
+    def __init__(self, path: Path, *, model_id: str | None = None, source: str = "gguf") -> None:
+        self.path = path
+        self.model_id = model_id or str(path)
+        self._source = source
+
+    @cached_property
+    def _reader(self) -> gguf.GGUFReader:
+        import gguf
+
+        try:
+            return gguf.GGUFReader(str(self.path))
+        except (ValueError, OSError) as exc:
+            raise ModelSourceError(f"{self.path.name} is not a readable GGUF file: {exc}") from None
+
+    def _field(self, key: str) -> object:
+        field = self._reader.fields.get(key)
+        return None if field is None else field.contents()
+
+    @cached_property
+    def _gguf_arch(self) -> str:
+        return str(self._field("general.architecture"))
+
+    @cached_property
+    def model_type(self) -> str:
+        model_type = GGUF_ARCHITECTURES.get(self._gguf_arch)
+        if model_type is None:
+            names = [t.name for t in self._reader.tensors if t.name.endswith(".weight") and len(t.shape) == 2]
+            raise UnsupportedArchitectureError(
+                f"GGUF architecture {self._gguf_arch!r} is not supported "
+                f"(supported: {', '.join(GGUF_ARCHITECTURES)}); 2-D tensors found: {', '.join(names[:10])}"
+            )
+        return model_type
+
+    @cached_property
+    def num_layers(self) -> int:
+        count = self._field(f"{self._gguf_arch}.block_count")
+        if not isinstance(count, int):
+            raise ModelSourceError(f"{self.path.name}: missing {self._gguf_arch}.block_count")
+        return count
+
+    @cached_property
+    def _tensors(self) -> dict[str, gguf.ReaderTensor]:
+        return {t.name: t for t in self._reader.tensors}
+
+    @cached_property
+    def _projection_tensors(self) -> list[tuple[ProjectionInfo, str]]:
+        prefix = spec_for(self.model_type).layers_prefixes[0]
+        found: list[tuple[ProjectionInfo, str]] = []
+        for layer in range(self.num_layers):
+            for kind in PROJECTION_ORDER:
+                gguf_name = f"blk.{layer}.{GGUF_SUFFIX[kind]}.weight"
+                tensor = self._tensors.get(gguf_name)
+                if tensor is None:
+                    raise UnsupportedArchitectureError(
+                        f"{self.path.name}: expected tensor {gguf_name} is missing; "
+                        f"found e.g. {', '.join(list(self._tensors)[:8])}"
+                    )
+                d_in, d_out = (int(x) for x in tensor.shape)  # GGUF lists ne0 (columns) first
+                ref = ProjectionRef(layer, kind, projection_name(prefix, layer, kind))
+                found.append((ProjectionInfo(ref, (d_out, d_in)), gguf_name))
+        return found
+
+    def projections(self) -> list[ProjectionInfo]:
+        return [info for info, _ in self._projection_tensors]
+
+    def fingerprint(self) -> str:
+        parts: list[bytes | str] = ["gguf", str(self.path.stat().st_size), self._gguf_arch]
+        for tensor in self._reader.tensors:
+            parts += [tensor.name, tensor.tensor_type.name, str(tuple(int(x) for x in tensor.shape))]
+            parts.append(str(int(tensor.data_offset)))
+        return sha256_of_parts(parts)
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(
+            model_id=self.model_id,
+            source=self._source,
+            revision=None,
+            fingerprint=self.fingerprint(),
+            architecture=self.model_type,
+            num_layers=self.num_layers,
+            projection_params=sum(info.param_count for info in self.projections()),
+        )
+
+    def iter_projection_weights(self) -> Iterator[tuple[ProjectionInfo, torch.Tensor]]:
+        from gguf.quants import dequantize
+
+        for info, gguf_name in self._projection_tensors:
+            tensor = self._tensors[gguf_name]
+            weight = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+            if weight.shape != info.shape:
+                weight = weight.reshape(info.shape)
+            yield info, torch.from_numpy(weight)
+
+    def load_causal_lm(
+        self, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_type  # noqa: B018 - fail early with the architecture message
+        directory, filename = str(self.path.parent), self.path.name
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype)
+        return model.to(device).eval(), tokenizer
