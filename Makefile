@@ -1,0 +1,22 @@
+# The README's two commands: `make demo` (main job, embedded default) and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test serve
+
+$(VENV)/.acttail-installed: pyproject.toml scripts/install.sh
+	bash scripts/install.sh
+
+install: $(VENV)/.acttail-installed
+
+## Main job on the embedded default: bundled SmolLM2-135M, SQLite under ~/.acttail, no Redis.
+demo: install
+	$(VENV)/bin/acttail run smollm2-135m --sparsity 0.3,0.5,0.7 --max-tokens 16384 --seqlen 2048 --tasks arc_easy,piqa --limit 200
+
+serve: install
+	$(VENV)/bin/acttail serve
+
+## Whole test suite: unit + integration (starts PostgreSQL/Redis if they are down).
+test: install
+	bash scripts/services.sh
+	$(VENV)/bin/python -m pytest -q
