@@ -26,9 +26,9 @@ err_console = Console(stderr=True)
 
 def _register_commands() -> None:
     # Imported here, not at module top, so each module can import `app` without a cycle.
-    from acttail.cli import esd_commands, eval_commands, service_commands
+    from acttail.cli import esd_commands, eval_commands, service_commands, study_commands
 
-    for module in (esd_commands, eval_commands, service_commands):
+    for module in (esd_commands, eval_commands, service_commands, study_commands):
         module.register(app)
 
 
