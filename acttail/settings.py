@@ -1,0 +1,94 @@
+"""Service settings: one pydantic-settings class, environment prefix ``ACTTAIL_``.
+
+Built at entry points (``acttail serve``, the Celery worker, tests), never at import time, so a
+module can be imported without reading the environment.
+
+=============================  ==================================================================
+Variable                       Meaning
+=============================  ==================================================================
+ACTTAIL_HOME                   state directory (default ``~/.acttail``): SQLite file, api_key, results
+ACTTAIL_DATABASE_URL           SQLAlchemy URL (default ``sqlite:///$ACTTAIL_HOME/acttail.db``)
+ACTTAIL_BROKER_URL             Celery broker (default ``redis://127.0.0.1:6379/0``)
+ACTTAIL_EXECUTOR               ``embedded`` (thread pool in the API process) or ``celery``
+ACTTAIL_MODEL_ROOTS            directories local model paths must live under (``:``-separated or JSON list)
+ACTTAIL_RESULTS_DIR            where workers write artefacts (default ``$ACTTAIL_HOME/results``)
+ACTTAIL_MAX_BODY_BYTES         request bodies above this size are refused with 413
+=============================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Executor = Literal["embedded", "celery"]
+Queue = Literal["cpu", "gpu"]
+
+
+def default_home() -> Path:
+    return Path("~/.acttail").expanduser()
+
+
+class Settings(BaseSettings):
+    """Everything the API, the CLI service commands and the workers read from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ACTTAIL_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="State directory.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite under home.")
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", max_length=2048)
+    executor: Executor = "embedded"
+    model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    results_dir: Path | None = None
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+    default_queue: Queue = "cpu"
+    embedded_workers: int = Field(default=1, ge=1, le=16, description="Threads running jobs in embedded mode.")
+    broker_timeout_s: float = Field(default=2.0, gt=0, le=60, description="Broker connect/ping timeout.")
+    auto_migrate: bool = Field(default=True, description="Run Alembic upgrade head when the API starts.")
+    task_soft_time_limit_s: int = Field(default=6 * 3600, ge=10)
+    task_hard_time_limit_s: int = Field(default=6 * 3600 + 600, ge=20)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        """Accept a JSON list or an ``os.pathsep``-separated string (like PATH)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return []
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'acttail.db'}"
+        if self.results_dir is None:
+            self.results_dir = self.home / "results"
+        self.model_roots = [Path(root).expanduser().resolve() for root in self.model_roots]
+        if self.task_hard_time_limit_s <= self.task_soft_time_limit_s:
+            raise ValueError("task_hard_time_limit_s must exceed task_soft_time_limit_s")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def api_key_file(self) -> Path:
+        """Where ``acttail serve`` writes the default team's key on first start (mode 0600)."""
+        return self.home / "api_key"

@@ -1,0 +1,84 @@
+"""The shared results database: SQLAlchemy 2.x models and data-access functions.
+
+Imported by the CLI, the API and the workers; never by the science modules, and it never imports
+torch. Every function takes a keyword-only ``db_session`` and only flushes: the caller commits
+once (``session_scope``). Upserts use INSERT ... ON CONFLICT on both PostgreSQL and SQLite, so
+concurrent writers and re-runs converge on one row.
+
+Engine and sessions (``acttail.store.db``)
+    make_engine(url), make_session_factory(engine), session_scope(factory)
+Schema (``acttail.store.migrate``; never ``create_all``)
+    upgrade(url, "head"), downgrade(url, rev), current_revision(engine), head_revision()
+Teams and keys (``acttail.store.teams``)
+    create_team(name), create_api_key(team) -> plaintext shown once, authenticate(key) -> Team
+Models and ESD (``acttail.store.catalog``) - facts about weights, always shared
+    get_or_create_model(ModelDescription) -> Model (unique fingerprint)
+    get_esd_run(fingerprint, estimator) -> EsdRun | None (with .projections)
+    save_esd_run(model, estimator, projections, elapsed_s=, meta=, team_id=) -> (EsdRun, created)
+    latest_esd_run(model_id_or_fingerprint, estimator=None), list_models(team_id=)
+Allocations and benchmarks (``acttail.store.results``) - team rows, ``shared`` publishes them
+    save_allocation(Allocation, model=, team_id=, shared=) -> (AllocationRow, created)
+    save_benchmark(model=, kind=, metric=, value=, settings=, versions=, allocation_id=, team_id=, shared=)
+    get_allocation / list_allocations / get_benchmark / list_benchmarks (team_id= scopes reads)
+Jobs (``acttail.store.jobs``) - the source of truth for job state
+    create_job(request, team_id=, request_hash=, queue=, idempotency_key=) -> (Job, created)
+    get_job(id, team_id=None), list_jobs, mark_running(id) -> Job | None (None: do not run),
+    update_progress(id, stage, fraction) -> JobStatus (stop unless RUNNING), is_cancelled(id),
+    link_results(id, model_pk=, esd_run_id=, allocation_ids=, benchmark_ids=),
+    mark_succeeded(id), mark_failed(id, reason), cancel_job(id, team_id=), requeue_interrupted()
+The job request contract (``acttail.store.requests``)
+    JobRequest (pydantic): ``JobRequest.model_validate(job.request)`` in the worker.
+"""
+
+from __future__ import annotations
+
+from acttail.store.catalog import (
+    find_models,
+    get_esd_run,
+    get_esd_run_by_id,
+    get_model_by_fingerprint,
+    get_or_create_model,
+    latest_esd_run,
+    list_models,
+    save_esd_run,
+)
+from acttail.store.db import make_engine, make_session_factory, session_scope
+from acttail.store.errors import AuthenticationError, ConflictError, InvalidStateError, NotFoundError, StoreError
+from acttail.store.jobs import (
+    cancel_job,
+    create_job,
+    delete_job,
+    finish_job,
+    get_job,
+    is_cancelled,
+    job_status,
+    link_results,
+    list_jobs,
+    mark_failed,
+    mark_running,
+    mark_succeeded,
+    requeue_interrupted,
+    update_progress,
+)
+from acttail.store.orm import AllocationRow, ApiKey, Benchmark, EsdProjection, EsdRun, Job, JobStatus, Model, Team
+from acttail.store.requests import JobRequest
+from acttail.store.results import (
+    get_allocation,
+    get_benchmark,
+    list_allocations,
+    list_benchmarks,
+    save_allocation,
+    save_benchmark,
+)
+from acttail.store.teams import authenticate, create_api_key, create_team, get_team_by_name
+
+__all__ = [
+    "AllocationRow", "ApiKey", "AuthenticationError", "Benchmark", "ConflictError", "EsdProjection", "EsdRun",
+    "InvalidStateError", "Job", "JobRequest", "JobStatus", "Model", "NotFoundError", "StoreError", "Team",
+    "authenticate", "cancel_job", "create_api_key", "create_job", "create_team", "delete_job", "find_models",
+    "finish_job", "get_allocation", "get_benchmark", "get_esd_run", "get_esd_run_by_id", "get_job",
+    "get_model_by_fingerprint", "get_or_create_model", "get_team_by_name", "is_cancelled", "job_status",
+    "latest_esd_run", "link_results", "list_allocations", "list_benchmarks", "list_jobs", "list_models",
+    "make_engine", "make_session_factory", "mark_failed", "mark_running", "mark_succeeded", "requeue_interrupted",
+    "save_allocation", "save_benchmark", "save_esd_run", "session_scope", "update_progress",
+]  # fmt: skip

@@ -1,0 +1,130 @@
+"""The job request: what ``POST /v1/jobs`` accepts and what ``workers.runner.run_job`` reads.
+
+Pure pydantic (no torch, no FastAPI), so the API validates it and the worker re-parses the
+stored ``job.request`` with ``JobRequest.model_validate(job.request)``. Every field has limits.
+Model ID *syntax* is checked here; containment of local paths in the configured model roots is
+checked by the API (``api.validation.check_model_id``) and again by ``resolve_model``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from acttail.store.upsert import canonical_hash
+
+# Kept in step with acttail.models.bundled.BUNDLED and acttail.esd / acttail.evaluate.tasks by
+# tests/integration/test_api_validation.py (importing them here would pull torch into the API).
+BUNDLED_ALIASES = frozenset({"smollm2-135m", "gemma3-270m"})
+ESTIMATORS = ("ks", "ks_peak", "hill")
+ZEROSHOT_TASKS = ("arc_easy", "arc_challenge", "piqa", "winogrande", "boolq", "hellaswag", "lambada_openai")
+METHODS = ("acttail", "uniform")
+MAX_MODEL_ID_LENGTH = 512
+REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+
+Target = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PerplexitySpec(_Strict):
+    """WikiText-2 (raw, test split) perplexity with non-overlapping windows of ``seqlen`` tokens."""
+
+    seqlen: int = Field(default=512, ge=16, le=8192)
+    max_tokens: int | None = Field(default=16_384, ge=16, le=2_000_000, description="None = whole test split")
+
+
+class ZeroShotSpec(_Strict):
+    """Bundled zero-shot tasks (lm-eval protocol), at most ``limit`` documents each."""
+
+    tasks: list[Literal[ZEROSHOT_TASKS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["arc_easy", "piqa"], min_length=1, max_length=len(ZEROSHOT_TASKS)
+    )
+    limit: int | None = Field(default=200, ge=1, le=20_000, description="None = whole task")
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique(cls, tasks: list[str]) -> list[str]:
+        if len(set(tasks)) != len(tasks):
+            raise ValueError("tasks must not repeat")
+        return tasks
+
+
+class SpeedSpec(_Strict):
+    """Greedy decode tokens/s, dense vs sparse kernels."""
+
+    new_tokens: int = Field(default=32, ge=1, le=4096)
+    warmup_tokens: int = Field(default=4, ge=0, le=256)
+    repeats: int = Field(default=3, ge=1, le=50)
+
+
+class Evaluations(_Strict):
+    """Benchmarks to run for the dense model and for every allocation of the job."""
+
+    perplexity: PerplexitySpec | None = None
+    zeroshot: ZeroShotSpec | None = None
+    speed: SpeedSpec | None = None
+
+
+class JobRequest(_Strict):
+    """Compute alphas for a model, allocations for each target, then the requested benchmarks."""
+
+    model_id: str = Field(min_length=1, max_length=MAX_MODEL_ID_LENGTH, examples=["smollm2-135m"])
+    revision: str | None = Field(default=None, max_length=128)
+    estimator: Literal[ESTIMATORS] = "ks"  # type: ignore[valid-type]
+    targets: list[Target] = Field(default_factory=lambda: [0.5], min_length=1, max_length=32)
+    method: Literal[METHODS] = "acttail"  # type: ignore[valid-type]
+    epsilon: float = Field(default=0.1, ge=0.0, lt=1.0)
+    direction: Literal["higher_alpha_sparser", "lower_alpha_sparser"] = "higher_alpha_sparser"
+    granularity: Literal["projection", "block"] = "projection"
+    s_min: float = Field(default=0.0, ge=0.0, lt=1.0)
+    s_max: float = Field(default=0.99, gt=0.0, lt=1.0)
+    evaluations: Evaluations = Field(default_factory=Evaluations)
+    shared: bool = Field(default=False, description="Publish allocations and benchmarks to every team.")
+    queue: Literal["cpu", "gpu"] | None = Field(default=None, description="None = the server's default queue")
+
+    @field_validator("model_id")
+    @classmethod
+    def _model_id_syntax(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "\x00" in value or any(ch in value for ch in "\r\n\t"):
+            raise ValueError("model_id must be a non-empty single-line string")
+        return value.lower() if value.lower() in BUNDLED_ALIASES else value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_syntax(cls, value: str | None) -> str | None:
+        if value is not None and (not REVISION_PATTERN.match(value) or ".." in value):
+            raise ValueError("revision must be a branch, tag or commit (letters, digits, . _ - /)")
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _sorted_unique(cls, targets: list[float]) -> list[float]:
+        if len(set(targets)) != len(targets):
+            raise ValueError("targets must not repeat")
+        return sorted(targets)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> JobRequest:
+        if self.s_min > self.s_max:
+            raise ValueError("s_min must not exceed s_max")
+        for target in self.targets:
+            if not self.s_min <= target <= self.s_max:
+                raise ValueError(f"target {target} is outside [s_min, s_max] = [{self.s_min}, {self.s_max}]")
+        return self
+
+    def allocation_params(self) -> dict[str, object]:
+        """Keyword arguments of acttail.allocate.AllocationParams."""
+        return {
+            "epsilon": self.epsilon, "direction": self.direction, "granularity": self.granularity,
+            "s_min": self.s_min, "s_max": self.s_max,
+        }  # fmt: skip
+
+    def request_hash(self) -> str:
+        """sha256 of the canonical request: equal requests (after normalisation) hash equal."""
+        return canonical_hash(self.model_dump(mode="json"))

@@ -1,0 +1,59 @@
+"""Teams and API keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from acttail.store import keys
+from acttail.store.errors import AuthenticationError, ConflictError, NotFoundError
+from acttail.store.orm import ApiKey, Team, utcnow
+from acttail.store.upsert import insert_ignore
+
+MAX_TEAM_NAME = 100
+
+
+def create_team(name: str, *, db_session: Session) -> Team:
+    """A new team; ConflictError if the name is taken."""
+    name = name.strip()
+    if not name or len(name) > MAX_TEAM_NAME:
+        raise ConflictError(f"team name must be 1..{MAX_TEAM_NAME} characters")
+    if not insert_ignore(db_session, Team.__table__, {"name": name, "created_at": utcnow()}):
+        raise ConflictError(f"team {name!r} already exists")
+    return get_team_by_name(name, db_session=db_session)
+
+
+def get_team_by_name(name: str, *, db_session: Session) -> Team:
+    team = db_session.scalar(select(Team).where(Team.name == name))
+    if team is None:
+        raise NotFoundError(f"no team named {name!r}")
+    return team
+
+
+def count_teams(*, db_session: Session) -> int:
+    return int(db_session.scalar(select(func.count()).select_from(Team)) or 0)
+
+
+def create_api_key(team: Team, *, db_session: Session, label: str = "") -> str:
+    """Store a new key for ``team`` and return its plaintext (the only time it exists)."""
+    new = keys.generate_key()
+    db_session.add(ApiKey(team_id=team.id, prefix=new.prefix, key_hash=new.key_hash, label=label[:100]))
+    db_session.flush()
+    return new.plaintext
+
+
+def authenticate(plaintext: str, *, db_session: Session) -> Team:
+    """The team owning ``plaintext``; AuthenticationError for anything else (one message for all)."""
+    prefix = keys.parse_prefix(plaintext)
+    row = None if prefix is None else db_session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if row is None or row.revoked_at is not None or not keys.matches(plaintext, row.key_hash):
+        raise AuthenticationError("invalid or revoked API key")
+    return row.team
+
+
+def revoke_api_key(prefix: str, *, db_session: Session) -> None:
+    row = db_session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if row is None:
+        raise NotFoundError(f"no API key with prefix {prefix!r}")
+    row.revoked_at = utcnow()
+    db_session.flush()

@@ -1,0 +1,1 @@
+"""Alembic revisions, ids YYYYMMDD_NNNN."""
