@@ -18,8 +18,6 @@ Backends, chosen per call from the tensors' device and dtype:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from acttail.kernels import cpu, triton_gemv
@@ -36,13 +34,14 @@ __all__ = [
 
 
 def keep_count(d_in: int, sparsity: float) -> int:
-    """k = round((1 - s) * d_in), half rounded up: the channels TopK keeps at sparsity s.
+    """k = round((1 - s) * d_in), clamped to [0, d_in]: the channels TopK keeps at sparsity s.
 
-    Clamped to [0, d_in]; s = 0 keeps everything.
+    Python's round (half to even), the same count as ``acttail.sparsity.keep_count``, so the
+    kernel path and the reference masking keep the same number of channels.
     """
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-    return max(0, min(d_in, math.floor((1.0 - sparsity) * d_in + 0.5)))
+    return max(0, min(d_in, round((1.0 - sparsity) * d_in)))
 
 
 def backend_name(device: torch.device | str, dtype: torch.dtype) -> str:

@@ -146,7 +146,7 @@ def test_threads_split_outputs_without_overlap() -> None:
         torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize(("d_in", "sparsity", "k"), ((576, 0.0, 576), (576, 0.5, 288), (1536, 0.9, 154), (10, 0.45, 6), (10, 1.0, 0)))
+@pytest.mark.parametrize(("d_in", "sparsity", "k"), ((576, 0.0, 576), (576, 0.5, 288), (1536, 0.9, 154), (10, 0.45, 6), (10, 0.35, 6), (10, 1.0, 0)))
 def test_keep_count(d_in: int, sparsity: float, k: int) -> None:
     assert kernels.keep_count(d_in, sparsity) == k
 

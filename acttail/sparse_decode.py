@@ -1,0 +1,151 @@
+"""Sparse decode: swap every sparsified projection for a module that runs the sparse GEMV.
+
+After loading, ``enable_sparse_decode(model, sparsities)`` replaces each q/k/v/o/gate/up/down
+``nn.Linear`` with s_i > 0 by a ``SparseDecodeLinear`` that shares its weight and bias and
+holds one extra copy ``W^T``: [d_in, d_out] contiguous. For a single token (batch-1 decode)
+it computes
+
+    y = W topk_{k_i}(x) + b = sum_{j in topk} x_j W^T[j, :] + b,   k_i = round((1 - s_i) d_in)
+
+with ``acttail.kernels`` (only k_i rows of W^T read); for several tokens (prefill) it applies
+the reference masking of ``acttail.sparsity`` and the dense ``F.linear``, so prefill is
+bit-for-bit the reference. The model code is never touched; ``SparseDecodeHandle.restore()``
+(or leaving the ``with`` block) puts the original modules back. Projections at s_i = 0 keep
+the dense module, exactly as ``apply_sparsity`` leaves them unhooked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acttail import kernels
+from acttail.allocate import Allocation
+from acttail.errors import AllocationError
+from acttail.models.architectures import find_projections
+from acttail.sparsity import SparsityMode, keep_count, threshold_sparsify, topk_sparsify
+
+
+class SparseDecodeLinear(nn.Module):
+    """Drop-in for one ``nn.Linear`` with input-activation sparsity; batch-1 tokens use the kernel."""
+
+    def __init__(self, linear: nn.Linear, sparsity: float, mode: SparsityMode, threshold: float = 0.0) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight  # shared Parameter: [d_out, d_in]
+        self.bias = linear.bias
+        # w^T: [d_in, d_out], one contiguous row per input channel (not saved in state_dict).
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous(), persistent=False)
+        self.sparsity = sparsity
+        self.mode = mode
+        self.k = keep_count(sparsity, linear.in_features)
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == self.in_features and not torch.is_grad_enabled():
+            xv = x.reshape(self.in_features)
+            bias = None if self.bias is None else self.bias.detach()
+            if self.mode is SparsityMode.TOPK:
+                y = kernels.topk_gemv(self.weight_t, xv, self.k, bias)
+            else:
+                y = kernels.threshold_gemv(self.weight_t, xv, self.threshold, bias)
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        masked = topk_sparsify(x, self.k) if self.mode is SparsityMode.TOPK else threshold_sparsify(x, self.threshold)
+        return F.linear(masked, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, mode={self.mode}, s={self.sparsity:.3f}, k={self.k}"
+
+
+@dataclass
+class SparseDecodeHandle:
+    """The swapped modules of one model; ``restore()`` puts the originals back (idempotent)."""
+
+    model: nn.Module
+    originals: dict[str, nn.Linear]
+    wrappers: dict[str, SparseDecodeLinear]
+    sparsities: dict[str, float]
+    backend: str
+    active: bool = True
+
+    def restore(self) -> None:
+        """Put the original ``nn.Linear`` modules back (the W^T copies stay for ``reapply``)."""
+        if self.active:
+            for name, linear in self.originals.items():
+                _set_submodule(self.model, name, linear)
+            self.active = False
+
+    def reapply(self) -> None:
+        """Swap the sparse modules in again after ``restore`` (no new W^T copies)."""
+        if not self.active:
+            for name, wrapper in self.wrappers.items():
+                _set_submodule(self.model, name, wrapper)
+            self.active = True
+
+    def __enter__(self) -> SparseDecodeHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _sparsity_map(sparsities: Mapping[str, float] | Allocation | float, names: list[str]) -> dict[str, float]:
+    if isinstance(sparsities, Allocation):
+        sparsities = sparsities.sparsities
+    if isinstance(sparsities, int | float):
+        sparsities = {n: float(sparsities) for n in names}
+    unknown = sorted(set(sparsities) - set(names))
+    missing = sorted(set(names) - set(sparsities))
+    if unknown or missing:
+        raise AllocationError(
+            f"sparsities do not match the model's projections: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(unknown)} unknown (e.g. {unknown[:2]})"
+        )
+    out = {n: float(sparsities[n]) for n in names}
+    for name, s in out.items():
+        if not (0.0 <= s < 1.0 and math.isfinite(s)):
+            raise AllocationError(f"sparsity of {name} must be in [0, 1), got {s!r}")
+    return out
+
+
+def enable_sparse_decode(
+    model: nn.Module,
+    sparsities: Mapping[str, float] | Allocation | float,
+    mode: SparsityMode | str = SparsityMode.TOPK,
+    thresholds: Mapping[str, float] | None = None,
+) -> SparseDecodeHandle:
+    """Swap the sparsified projections of ``model`` for ``SparseDecodeLinear``; returns the handle.
+
+    ``sparsities``: {projection module path: s_i in [0, 1)}, an ``Allocation``, or one float for
+    uniform. ``threshold`` mode needs ``thresholds`` ({name: t_i}, from ``calibrate_thresholds``).
+    Memory: one extra copy of each swapped weight (W^T) until ``restore()``.
+    """
+    mode = SparsityMode(mode)
+    projections = find_projections(model)
+    smap = _sparsity_map(sparsities, [ref.name for ref, _ in projections])
+    if mode is SparsityMode.THRESHOLD and thresholds is None:
+        raise AllocationError("threshold mode needs thresholds: run calibrate_thresholds first")
+    originals: dict[str, nn.Linear] = {}
+    wrappers: dict[str, SparseDecodeLinear] = {}
+    backend = "dense"
+    for ref, linear in projections:
+        s = smap[ref.name]
+        if s == 0.0:
+            continue
+        threshold = float(thresholds[ref.name]) if mode is SparsityMode.THRESHOLD and thresholds else 0.0
+        wrappers[ref.name] = SparseDecodeLinear(linear, s, mode, threshold)
+        originals[ref.name] = linear
+        _set_submodule(model, ref.name, wrappers[ref.name])
+        backend = kernels.backend_name(linear.weight.device, linear.weight.dtype)
+    return SparseDecodeHandle(model, originals, wrappers, smap, backend)

@@ -1,0 +1,209 @@
+"""Sparse decode (kernel path) against the reference TopK masking, on tiny random models.
+
+"Identical greedy tokens" holds as long as no TopK boundary is a floating-point tie: the kernel
+sums in another order than the dense BLAS product, so values differ by ~1 ulp, and where the
+k-th and (k+1)-th largest |x| are within 1 ulp (a relative gap of ~1e-7) the two paths keep
+different channels. Random tiny models that lock onto one repeated token produce exactly such
+ties (identical value rows averaged by attention); the initialisations below were chosen so
+the tiny models generate varied text, which is what real models do.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from acttail import kernels
+from acttail.allocate import allocate
+from acttail.errors import AllocationError
+from acttail.evaluate.speed import SpeedResult, greedy_decode, measure_decode_speed
+from acttail.models.architectures import find_projections
+from acttail.sparse_decode import SparseDecodeLinear, enable_sparse_decode
+from acttail.sparsity import apply_sparsity
+
+NEW_TOKENS = 24
+
+
+def _tiny(arch: str) -> nn.Module:
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    common = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    # Larger than HF's 0.02 so a random model's logits are not near-ties everywhere, small enough
+    # for Gemma3 that greedy decoding does not lock onto one repeated token (see module docstring).
+    common["initializer_range"] = 0.05 if arch == "gemma3" else 0.25
+    torch.manual_seed({"llama": 0, "qwen2": 1, "gemma3": 2}[arch])
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))  # q/k/v carry a bias: exercises the bias path
+    else:
+        config = Gemma3TextConfig(
+            **common, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "full_attention"]
+        )
+        model = Gemma3ForCausalLM(config)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma3"])
+def tiny(request: pytest.FixtureRequest) -> nn.Module:
+    return _tiny(request.param)
+
+
+PROMPT = torch.tensor([[5, 17, 99, 3, 42, 7, 250, 11, 64, 128, 1, 33]])
+
+
+def _per_projection(model: nn.Module, seed: int) -> dict[str, float]:
+    rng = random.Random(seed)
+    return {ref.name: rng.choice([0.0, 0.3, 0.5, 0.7, 0.85, 0.9]) for ref, _ in find_projections(model)}
+
+
+@pytest.mark.parametrize("setting", ["0.5", "0.8", "0.9", "per-projection"])
+def test_sparse_decode_greedy_tokens_identical_to_reference(tiny: nn.Module, setting: str) -> None:
+    sparsities = _per_projection(tiny, 3) if setting == "per-projection" else float(setting)
+    dense = greedy_decode(tiny, PROMPT, NEW_TOKENS).tokens
+    with apply_sparsity(tiny, sparsities, "topk", track=False):
+        reference = greedy_decode(tiny, PROMPT, NEW_TOKENS).tokens
+    with enable_sparse_decode(tiny, sparsities) as handle:
+        assert handle.backend == "c-openmp"
+        kernel = greedy_decode(tiny, PROMPT, NEW_TOKENS).tokens
+    assert kernel == reference
+    assert len(kernel) == NEW_TOKENS
+    if setting == "0.9":
+        assert kernel != dense  # sparsity this high must change a random model's output
+
+
+def test_decode_step_logits_match_reference(tiny: nn.Module) -> None:
+    sparsities = _per_projection(tiny, 5)
+    step = torch.tensor([[77]])
+    with torch.inference_mode():
+        with apply_sparsity(tiny, sparsities, "topk", track=False):
+            cache = tiny(input_ids=PROMPT, use_cache=True).cache
+            expected = tiny(input_ids=step, cache=cache, use_cache=True).logits
+        with enable_sparse_decode(tiny, sparsities):
+            cache = tiny(input_ids=PROMPT, use_cache=True).cache
+            got = tiny(input_ids=step, cache=cache, use_cache=True).logits
+        cache = tiny(input_ids=PROMPT, use_cache=True).cache
+        dense = tiny(input_ids=step, cache=cache, use_cache=True).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    assert (got - dense).abs().max() > 1e-2  # the sparsity is really applied
+
+
+def test_decode_steps_run_the_kernel_for_every_sparsified_projection(
+    tiny: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = kernels.topk_gemv
+
+    def counting(weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append(k)
+        return real(weight_t, x, k, bias)
+
+    monkeypatch.setattr(kernels, "topk_gemv", counting)
+    sparsities = _per_projection(tiny, 7)
+    swapped = sum(1 for s in sparsities.values() if s > 0)
+    with enable_sparse_decode(tiny, sparsities) as handle:
+        assert len(handle.originals) == swapped
+        greedy_decode(tiny, PROMPT, 4)
+    assert len(calls) == 3 * swapped  # prefill is dense-masked; each of the 3 decode steps hits the kernel
+
+
+def test_restore_puts_back_the_original_modules(tiny: nn.Module) -> None:
+    before = {name: module for name, module in tiny.named_modules()}
+    keys = set(tiny.state_dict())
+    with torch.inference_mode():
+        dense_logits = tiny(input_ids=PROMPT).logits
+    handle = enable_sparse_decode(tiny, 0.5)
+    assert all(isinstance(tiny.get_submodule(n), SparseDecodeLinear) for n in handle.originals)
+    assert set(tiny.state_dict()) == keys  # W^T is a non-persistent buffer
+    handle.restore()
+    handle.restore()  # idempotent
+    after = {name: module for name, module in tiny.named_modules()}
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    with torch.inference_mode():
+        assert torch.equal(tiny(input_ids=PROMPT).logits, dense_logits)
+    handle.reapply()
+    assert all(isinstance(tiny.get_submodule(n), SparseDecodeLinear) for n in handle.originals)
+    handle.restore()
+
+
+def test_zero_sparsity_projections_stay_dense(tiny: nn.Module) -> None:
+    sparsities = {ref.name: 0.0 for ref, _ in find_projections(tiny)}
+    first = next(iter(sparsities))
+    sparsities[first] = 0.5
+    with enable_sparse_decode(tiny, sparsities) as handle:
+        assert list(handle.originals) == [first]
+
+
+def test_allocation_documents_are_accepted(tiny: nn.Module) -> None:
+    projections = find_projections(tiny)
+    counts = {ref.name: lin.weight.numel() for ref, lin in projections}
+    alphas = {ref.name: 2.0 + 0.1 * i for i, (ref, _) in enumerate(projections)}
+    allocation = allocate(alphas, counts, 0.6, method="acttail")
+    with apply_sparsity(tiny, allocation, "topk", track=False):
+        reference = greedy_decode(tiny, PROMPT, 12).tokens
+    with enable_sparse_decode(tiny, allocation) as handle:
+        assert handle.sparsities == allocation.sparsities
+        assert greedy_decode(tiny, PROMPT, 12).tokens == reference
+
+
+def test_threshold_mode_matches_reference(tiny: nn.Module) -> None:
+    thresholds = {ref.name: 0.3 for ref, _ in find_projections(tiny)}
+    with apply_sparsity(tiny, 0.5, "threshold", thresholds, track=False):
+        reference = greedy_decode(tiny, PROMPT, 12).tokens
+    with enable_sparse_decode(tiny, 0.5, "threshold", thresholds):
+        assert greedy_decode(tiny, PROMPT, 12).tokens == reference
+
+
+def test_bad_sparsities_raise(tiny: nn.Module) -> None:
+    with pytest.raises(AllocationError, match="missing"):
+        enable_sparse_decode(tiny, {"model.layers.0.self_attn.q_proj": 0.5})
+    with pytest.raises(AllocationError, match=r"\[0, 1\)"):
+        enable_sparse_decode(tiny, 1.0)
+    with pytest.raises(AllocationError, match="thresholds"):
+        enable_sparse_decode(tiny, 0.5, "threshold")
+    assert not any(isinstance(m, SparseDecodeLinear) for m in tiny.modules())
+
+
+class _ByteTokenizer:
+    """Just enough tokenizer for measure_decode_speed: bytes mod the vocabulary."""
+
+    def __call__(self, text: str, return_tensors: str = "pt") -> object:
+        ids = torch.tensor([[b % 256 for b in text.encode()]])
+        return type("Encoded", (), {"input_ids": ids})()
+
+
+def test_measure_decode_speed_reports_both_paths() -> None:
+    model = _tiny("llama")
+    result = measure_decode_speed(model, _ByteTokenizer(), 0.5, "a fixed prompt", new_tokens=10, warmup_tokens=2, repeats=2)
+    assert isinstance(result, SpeedResult)
+    assert result.tokens_match_reference is True
+    assert result.backend == "c-openmp" and result.mode == "topk"
+    assert result.target_sparsity == pytest.approx(0.5, abs=0.01)
+    assert result.timed_steps == 7 and len(result.dense_runs_tokens_per_s) == 2
+    assert result.dense_tokens_per_s > 0 and result.sparse_tokens_per_s is not None and result.sparse_tokens_per_s > 0
+    assert result.speedup == pytest.approx(result.sparse_tokens_per_s / result.dense_tokens_per_s)
+    doc = result.to_dict()
+    assert doc["prompt_tokens"] == len("a fixed prompt") and doc["new_tokens"] == 10
+    assert not any(isinstance(m, SparseDecodeLinear) for m in model.modules())  # left as found
+    dense_only = measure_decode_speed(model, _ByteTokenizer(), None, "a fixed prompt", new_tokens=8, warmup_tokens=1, repeats=1)
+    assert dense_only.sparse_tokens_per_s is None and dense_only.speedup is None
+    with pytest.raises(ValueError, match="warmup"):
+        measure_decode_speed(model, _ByteTokenizer(), 0.5, new_tokens=3, warmup_tokens=2)
