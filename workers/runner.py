@@ -70,8 +70,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
-#: Test-only hook: seconds to sleep after each progress report (makes a job slow enough to kill).
-STAGE_DELAY_ENV = "ACTTAIL_TEST_STAGE_DELAY_S"
+#: Test-only hook: ``"<seconds>"`` or ``"<stage prefix>:<seconds>"``: sleep after each progress
+#: report (of that stage), making a job slow enough to kill or race in the fault tests.
+STAGE_DELAY_ENV = "ACTTAIL_TEST_STAGE_DELAY"
 
 ESD_SPAN = (0.02, 0.40)
 ALLOCATE_SPAN = (0.40, 0.45)
@@ -100,7 +101,7 @@ class _Context:
     callback: ProgressCallback | None
     log: _JobLog
     stage: str = "starting"
-    delay_s: float = field(default_factory=lambda: float(os.environ.get(STAGE_DELAY_ENV, "0") or 0))
+    delay: tuple[str, float] = field(default_factory=lambda: _parse_delay(os.environ.get(STAGE_DELAY_ENV, "")))
 
     def report(self, stage: str, fraction: float) -> None:
         """Write (stage, fraction) into the job row; raise JobCancelled if it is no longer running."""
@@ -111,8 +112,14 @@ class _Context:
             self.callback(stage, fraction)
         if status is not JobStatus.RUNNING:
             raise JobCancelled(status)
-        if self.delay_s > 0:
-            time.sleep(self.delay_s)
+        prefix, seconds = self.delay
+        if seconds > 0 and stage.startswith(prefix):
+            time.sleep(seconds)
+
+
+def _parse_delay(spec: str) -> tuple[str, float]:
+    prefix, _, seconds = spec.rpartition(":")
+    return prefix, float(seconds or 0)
 
 
 def run_job(
@@ -160,7 +167,7 @@ def run_job(
             mark_failed(job_id, reason, db_session=db)
         log.info("failed: %s", reason)
         return
-    log.info("succeeded in %.1f s", time.perf_counter() - started)
+    log.info("job succeeded after %.1f s", time.perf_counter() - started)
 
 
 def failure_reason(exc: BaseException, stage: str) -> str:
