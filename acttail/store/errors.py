@@ -23,3 +23,7 @@ class InvalidStateError(StoreError):
 
 class AuthenticationError(StoreError):
     """Missing, malformed, unknown or revoked API key (the API answers 401)."""
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    """An Idempotency-Key already names a job with a different request."""

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from acttail.store.errors import ConflictError, InvalidStateError, NotFoundError
+from acttail.store.errors import ConflictError, IdempotencyKeyReusedError, InvalidStateError, NotFoundError
 from acttail.store.orm import Job, JobStatus, utcnow
 from acttail.store.upsert import insert_ignore
 
@@ -76,7 +76,7 @@ def create_job(
             return get_job(retry["id"], db_session=db_session), True
         raise ConflictError("a concurrent identical request is being created; retry")
     if job.request_hash != request_hash:
-        raise ConflictError("Idempotency-Key was already used for a different request")
+        raise IdempotencyKeyReusedError("Idempotency-Key was already used for a different request")
     return job, False
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
@@ -152,11 +152,14 @@ def list_benchmarks(
     kind: str | None = None,
     metric: str | None = None,
     allocation_id: int | None = None,
+    ids: Sequence[int] | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[Benchmark], int]:
-    """Visible benchmark rows, newest first, and the total count matching the filters."""
+    """Visible benchmark rows, newest first, and the total count matching the filters (``ids``: a job's rows)."""
     stmt = _model_filter(select(Benchmark).where(visible_to(Benchmark, team_id)), model)
+    if ids is not None:
+        stmt = stmt.where(Benchmark.id.in_(list(ids)))
     for column, value in ((Benchmark.kind, kind), (Benchmark.metric, metric), (Benchmark.allocation_id, allocation_id)):
         if value is not None:
             stmt = stmt.where(column == value)

@@ -1,0 +1,67 @@
+"""FastAPI app factory: ``uvicorn --factory api.app:create_app``.
+
+Startup: migrate the database to head (``auto_migrate``), build the dispatcher (celery or
+embedded), and in embedded mode create a default team on first start and resume jobs a previous
+process left unfinished.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from acttail import __version__
+from acttail.settings import Settings
+from acttail.store import migrate
+from acttail.store.db import make_engine, make_session_factory
+from api.bootstrap import ensure_default_team
+from api.dispatch import EmbeddedDispatcher, JobDispatcher, build_dispatcher
+from api.errors import install_error_handlers
+from api.middleware import BodySizeLimit
+from api.routers import allocations, benchmarks, health, jobs, models
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Submit a model ID; workers compute its ESD alphas, per-projection activation-sparsity
+allocations and sparse benchmarks; read everything back from one team-shared database.
+Authenticate with `Authorization: Bearer <key>` (`acttail admin create-key TEAM`).
+Errors are JSON `{"detail": "..."}`.
+"""
+
+
+def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | None = None) -> FastAPI:
+    """Build the app. ``dispatcher`` overrides the one ``settings.executor`` selects (tests)."""
+    settings = settings or Settings()
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            migrate.upgrade(settings.database_url, engine=engine)
+        active = dispatcher or build_dispatcher(settings, session_factory)
+        app.state.dispatcher = active
+        if isinstance(active, EmbeddedDispatcher):
+            ensure_default_team(settings, session_factory)
+            resumed = active.resume()
+            if resumed:
+                log.info("resumed %d unfinished job(s)", len(resumed))
+        try:
+            yield
+        finally:
+            active.close()
+            engine.dispose()
+
+    app = FastAPI(title="ActTail", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = session_factory
+    install_error_handlers(app)
+    for module in (health, jobs, models, allocations, benchmarks):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,169 @@
+"""How the API hands a job to an executor: a protocol and its two implementations.
+
+``CeleryDispatcher`` sends the task *by name* ("acttail.run_job") through a bare Celery client,
+so the API imports neither the task bodies nor torch. ``EmbeddedDispatcher`` runs
+``workers.runner.run_job`` on a thread pool inside the API process (``acttail serve``: SQLite,
+no Redis). Either way the job row, not the broker, holds the job's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from acttail.errors import ActTailError
+from acttail.settings import Settings
+from acttail.store import jobs
+from acttail.store.db import session_scope
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "acttail.run_job"
+Runner = Callable[..., None]
+
+
+class BrokerUnavailableError(ActTailError):
+    """The message broker cannot be reached; the API answers 503 and nothing was enqueued."""
+
+
+class JobDispatcher(Protocol):
+    def dispatch(self, job_id: str, queue: str) -> None:
+        """Hand ``job_id`` to an executor; raise BrokerUnavailableError if it cannot be enqueued."""
+
+    def check(self) -> None:
+        """Raise BrokerUnavailableError unless jobs can be enqueued now (``/readyz``)."""
+
+    def close(self) -> None:
+        """Release connections and threads at shutdown."""
+
+
+def ping_broker(broker_url: str, timeout_s: float) -> None:
+    """Connect and PING (Redis) or open a connection (other kombu transports) within ``timeout_s``."""
+    scheme = urlparse(broker_url).scheme
+    try:
+        if scheme in ("redis", "rediss", "unix"):
+            import redis
+
+            client = redis.Redis.from_url(broker_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+            try:
+                client.ping()
+            finally:
+                client.close()
+            return
+        from kombu import Connection
+
+        with Connection(broker_url, connect_timeout=timeout_s) as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout_s)
+    except Exception as exc:  # any transport error means "not reachable"; the message says which
+        raise BrokerUnavailableError(f"message broker unreachable ({type(exc).__name__}: {exc})") from None
+
+
+class CeleryDispatcher:
+    """Send "acttail.run_job" by name to the ``cpu`` or ``gpu`` queue."""
+
+    def __init__(self, broker_url: str, timeout_s: float = 2.0) -> None:
+        from celery import Celery
+
+        self.broker_url = broker_url
+        self.timeout_s = timeout_s
+        self.app = Celery("acttail-api", broker=broker_url, set_as_current=False)
+        self.app.conf.update(
+            broker_connection_timeout=timeout_s,
+            broker_connection_retry=False,
+            broker_connection_retry_on_startup=False,
+            broker_transport_options={"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s},
+            task_serializer="json",
+        )
+
+    def dispatch(self, job_id: str, queue: str) -> None:
+        # Ping first: kombu's publish path can block for a long time when Redis is down.
+        ping_broker(self.broker_url, self.timeout_s)
+        try:
+            self.app.send_task(TASK_NAME, args=[job_id], queue=queue, retry=False)
+        except Exception as exc:  # kombu/redis raise several unrelated classes for "broker gone"
+            raise BrokerUnavailableError(f"could not enqueue job: {type(exc).__name__}: {exc}") from None
+
+    def check(self) -> None:
+        ping_broker(self.broker_url, self.timeout_s)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class EmbeddedDispatcher:
+    """Run jobs on ``workers`` threads in this process (embedded mode)."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        workers: int = 1,
+        runner: Runner | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.session_factory = session_factory
+        self.settings = settings
+        self.runner = runner
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="acttail-job")
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _resolve_runner(self) -> Runner:
+        if self.runner is None:
+            from workers.runner import run_job  # imported lazily: pulls in torch and the science core
+
+            self.runner = run_job
+        return self.runner
+
+    def _run(self, job_id: str) -> None:
+        try:
+            runner = self._resolve_runner()
+        except ImportError as exc:
+            log.error("job %s: embedded worker unavailable: %s", job_id, exc)
+            self._fail(job_id, f"embedded worker unavailable: {exc}")
+            return
+        try:
+            runner(job_id, session_factory=self.session_factory, settings=self.settings)
+        except Exception as exc:  # run_job records its own failures; this is the last line of defence
+            log.exception("job %s: runner raised", job_id)
+            self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fail(self, job_id: str, reason: str) -> None:
+        with session_scope(self.session_factory) as session:
+            jobs.mark_failed(job_id, reason, db_session=session)
+
+    def dispatch(self, job_id: str, queue: str) -> None:
+        with self._lock:
+            if self._closed:
+                raise BrokerUnavailableError("the embedded worker is shutting down")
+            self.pool.submit(self._run, job_id)
+
+    def check(self) -> None:
+        if self._closed:
+            raise BrokerUnavailableError("the embedded worker is shutting down")
+
+    def resume(self) -> list[str]:
+        """Re-dispatch jobs a previous process left queued or running (after a crash or restart)."""
+        with session_scope(self.session_factory) as session:
+            pending = jobs.requeue_interrupted(db_session=session)
+        for job_id in pending:
+            self.dispatch(job_id, "embedded")
+        return pending
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        # A running job cannot be interrupted; it stays "running" and resume() requeues it next start.
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def build_dispatcher(settings: Settings, session_factory: sessionmaker[Session], **kwargs: Any) -> JobDispatcher:
+    if settings.executor == "celery":
+        return CeleryDispatcher(settings.broker_url, settings.broker_timeout_s)
+    return EmbeddedDispatcher(session_factory, workers=settings.embedded_workers, settings=settings, **kwargs)

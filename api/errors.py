@@ -1,0 +1,80 @@
+"""One table from exception class to HTTP status; every error body is ``{"detail": "<message>"}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from acttail.errors import (
+    ActTailError,
+    AllocationError,
+    EstimationError,
+    MissingPackageError,
+    ModelNotFoundError,
+    ModelSourceError,
+    UnsupportedArchitectureError,
+)
+from acttail.store.errors import (
+    AuthenticationError,
+    ConflictError,
+    IdempotencyKeyReusedError,
+    InvalidStateError,
+    NotFoundError,
+)
+from api.dispatch import BrokerUnavailableError
+from api.validation import InvalidModelIdError
+
+log = logging.getLogger(__name__)
+
+# Looked up along the exception's MRO, so the most specific class wins.
+ERROR_STATUS: dict[type[Exception], int] = {
+    AuthenticationError: 401,
+    NotFoundError: 404,
+    ConflictError: 409,
+    InvalidStateError: 409,
+    IdempotencyKeyReusedError: 422,  # IETF idempotency-key draft: same key, different payload
+    InvalidModelIdError: 422,
+    ModelNotFoundError: 422,
+    ModelSourceError: 422,
+    UnsupportedArchitectureError: 422,
+    AllocationError: 422,
+    EstimationError: 422,
+    MissingPackageError: 422,
+    BrokerUnavailableError: 503,
+    ActTailError: 400,
+}
+
+
+def status_for(exc: Exception) -> int:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_STATUS:
+            return ERROR_STATUS[cls]
+    return 500
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:10]:
+        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ActTailError)
+    async def _acttail_error(_request: Request, exc: ActTailError) -> JSONResponse:
+        status = status_for(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)

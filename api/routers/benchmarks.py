@@ -1,0 +1,33 @@
+"""GET /v1/benchmarks: measured numbers (perplexity, zero-shot accuracy, speed), own and shared."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from acttail.store import jobs, results
+from api.deps import SessionDep, TeamDep
+from api.schemas import MAX_PAGE, BenchmarkOut, Page
+
+router = APIRouter(prefix="/v1/benchmarks", tags=["benchmarks"])
+
+
+@router.get("", response_model=Page[BenchmarkOut])
+def list_benchmarks(
+    team: TeamDep,
+    db_session: SessionDep,
+    model: Annotated[str | None, Query(max_length=512, description="model ID or fingerprint")] = None,
+    kind: Annotated[str | None, Query(max_length=32, description="perplexity | zeroshot | speed")] = None,
+    metric: Annotated[str | None, Query(max_length=64)] = None,
+    allocation_id: Annotated[int | None, Query(ge=1)] = None,
+    job: Annotated[str | None, Query(max_length=36, description="only the rows a job produced")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> Page[BenchmarkOut]:
+    ids = None if job is None else jobs.get_job(job, team_id=team.id, db_session=db_session).benchmark_ids
+    rows, total = results.list_benchmarks(
+        team_id=team.id, model=model, kind=kind, metric=metric, allocation_id=allocation_id, ids=ids,
+        limit=limit, offset=offset, db_session=db_session,
+    )  # fmt: skip
+    return Page[BenchmarkOut].of([BenchmarkOut.of(r, team.id) for r in rows], total, limit, offset)

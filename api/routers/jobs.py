@@ -1,0 +1,105 @@
+"""POST/GET/DELETE /v1/jobs: submit, poll, list and cancel jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Path, Query, Response, status
+from sqlalchemy.orm import Session
+
+from acttail.store import jobs
+from acttail.store.orm import Job, JobStatus, Model
+from acttail.store.requests import JobRequest
+from api.deps import DispatcherDep, SessionDep, SettingsDep, TeamDep
+from api.dispatch import BrokerUnavailableError
+from api.schemas import MAX_PAGE, JobCreated, JobOut, Page
+from api.validation import check_model_id
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
+           description="Retrying with the same key returns the same job instead of creating another."),
+]  # fmt: skip
+JobId = Annotated[str, Path(min_length=1, max_length=36)]
+StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _out(job: Job, db_session: Session) -> JobOut:
+    model = db_session.get(Model, job.model_pk) if job.model_pk is not None else None
+    return JobOut.of(job, model)
+
+
+@router.post(
+    "",
+    response_model=JobCreated,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={200: {"model": JobCreated, "description": "duplicate of a queued/running job or a replayed key"},
+               422: {"description": "invalid request"}, 503: {"description": "broker unavailable"}},
+)  # fmt: skip
+def submit_job(
+    request: JobRequest,
+    response: Response,
+    team: TeamDep,
+    db_session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobCreated:
+    """Queue a job (202). An identical request while one is queued or running, or a repeated
+    Idempotency-Key, returns the existing job (200). If the broker is down the job is removed
+    again and the answer is 503: nothing was queued, retry later."""
+    check_model_id(request.model_id, settings.model_roots)
+    request = request.model_copy(update={"queue": request.queue or settings.default_queue})
+    job, created = jobs.create_job(
+        request.model_dump(mode="json"),
+        team_id=team.id,
+        request_hash=request.request_hash(),
+        queue=request.queue or settings.default_queue,
+        idempotency_key=idempotency_key,
+        db_session=db_session,
+    )
+    db_session.commit()  # the worker must see the row before it gets the message
+    if created:
+        try:
+            dispatcher.dispatch(job.id, job.queue)
+        except BrokerUnavailableError:
+            jobs.delete_job(job.id, db_session=db_session)
+            db_session.commit()
+            raise
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return JobCreated(id=job.id, url=f"/v1/jobs/{job.id}", status=job.status, created=created)
+
+
+@router.get("", response_model=Page[JobOut])
+def list_jobs(
+    team: TeamDep,
+    db_session: SessionDep,
+    status_filter: Annotated[StatusFilter | None, Query(alias="status")] = None,
+    model: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> Page[JobOut]:
+    """The caller's jobs, newest first."""
+    rows, total = jobs.list_jobs(
+        team_id=team.id, status=status_filter, model=model, limit=limit, offset=offset, db_session=db_session
+    )
+    return Page[JobOut].of([_out(job, db_session) for job in rows], total, limit, offset)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "no such job for this team"}})
+def get_job(job_id: JobId, team: TeamDep, db_session: SessionDep) -> JobOut:
+    """Status, stage, progress, error and links to the results of one job."""
+    return _out(jobs.get_job(job_id, team_id=team.id, db_session=db_session), db_session)
+
+
+@router.delete("/{job_id}", response_model=JobOut, responses={409: {"description": "job already finished"}})
+def cancel_job(job_id: JobId, team: TeamDep, db_session: SessionDep) -> JobOut:
+    """Cancel a queued or running job; the worker stops at its next stage boundary."""
+    job = jobs.cancel_job(job_id, team_id=team.id, db_session=db_session)
+    db_session.commit()
+    assert job.status == JobStatus.CANCELLED
+    return _out(job, db_session)

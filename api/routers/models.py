@@ -1,0 +1,42 @@
+"""GET /v1/models and /v1/models/{model}/alphas: what has been analysed, and its alphas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from acttail.store import catalog
+from acttail.store.requests import ESTIMATORS
+from api.deps import SessionDep, TeamDep
+from api.schemas import MAX_PAGE, AlphasOut, ModelOut
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ModelKey = Annotated[str, Path(min_length=1, max_length=512, description="model ID (may contain '/') or fingerprint")]
+
+
+@router.get("", response_model=list[ModelOut])
+def list_models(
+    team: TeamDep,
+    db_session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> list[ModelOut]:
+    """Models with at least one result this team can see (ESD runs are shared by every team)."""
+    return [ModelOut.of(m) for m in catalog.list_models(team_id=team.id, limit=limit, offset=offset, db_session=db_session)]
+
+
+@router.get("/{model:path}/alphas", response_model=AlphasOut, responses={404: {"description": "no ESD run"}})
+def get_alphas(
+    model: ModelKey,
+    team: TeamDep,
+    db_session: SessionDep,
+    estimator: Annotated[Literal[ESTIMATORS] | None, Query()] = None,  # type: ignore[valid-type]
+) -> AlphasOut:
+    """The latest ESD run of the model (optionally for one estimator): alpha and all statistics per projection.
+
+    ESD runs describe public weights, so they are shared by every team.
+    """
+    run = catalog.latest_esd_run(model, estimator=estimator, db_session=db_session)
+    return AlphasOut.of(run)
