@@ -9,7 +9,8 @@ checking between steps whether the job was cancelled::
     resolve       0.00-0.02   acttail.models.resolve_model(model_id) → describe() → models row
     esd           0.02-0.40   reuse the ESD run of (fingerprint, estimator), else compute and store it
     allocate      0.40-0.45   acttail.allocate.allocate(alphas, param_counts, target) per target
-    benchmark     0.45-0.98   dense + every allocation: perplexity, zero-shot (requested ones only)
+    benchmark     0.45-0.98   dense + every allocation: perplexity, zero-shot; per allocation: decode
+                              speed, dense vs sparse kernels (requested evaluations only)
     done          1.00        link results, mark succeeded
 
 Idempotence: every write is an upsert on a natural key (``acttail.store``), so a job that is run
@@ -220,7 +221,8 @@ def _execute(ctx: _Context, request: JobRequest, settings: Settings) -> None:
 
     alphas, param_counts = _esd_stage(ctx, source, description, request.estimator, device)
     allocations = _allocation_stage(ctx, request, description, alphas, param_counts)
-    if any(spec is not None for spec in (request.evaluations.perplexity, request.evaluations.zeroshot)):
+    evaluations = request.evaluations
+    if any(spec is not None for spec in (evaluations.perplexity, evaluations.zeroshot, evaluations.speed)):
         _benchmark_stage(ctx, request, source, description, allocations, device)
     with session_scope(ctx.session_factory) as db:
         if not mark_succeeded(ctx.job_id, db_session=db):
@@ -390,9 +392,9 @@ def _benchmark_stage(
                 measurements += _perplexity(model, token_ids, request.evaluations.perplexity)
             if request.evaluations.zeroshot is not None:
                 measurements += _zeroshot(model, tokenizer, request.evaluations.zeroshot)
+        if request.evaluations.speed is not None and allocation is not None:
+            measurements += _speed(model, tokenizer, allocation, request.evaluations.speed)
         _save_measurements(ctx, description, allocation_id, measurements, device)
-    if request.evaluations.speed is not None:
-        ctx.log.warning("speed benchmarks are not available in workers yet; skipped")
     ctx.report("benchmark", stop)
 
 
@@ -421,6 +423,27 @@ def _zeroshot(model: Any, tokenizer: Any, spec: Any) -> list[_Measurement]:
         if result.acc_norm is not None:
             out.append(_Measurement("zeroshot", f"{result.task}/acc_norm", result.acc_norm, task_settings))
     return out
+
+
+def _speed(model: Any, tokenizer: Any, allocation: Allocation, spec: Any) -> list[_Measurement]:
+    """Greedy batch-1 decode tokens/s, dense vs the sparse kernels, interleaved (acttail.evaluate.speed)."""
+    from acttail.evaluate.speed import measure_decode_speed
+
+    result = measure_decode_speed(
+        model, tokenizer, allocation, new_tokens=spec.new_tokens, warmup_tokens=spec.warmup_tokens,
+        repeats=spec.repeats, check_reference=False,
+    )  # fmt: skip
+    settings = {
+        "new_tokens": result.new_tokens, "warmup_tokens": spec.warmup_tokens, "repeats": result.repeats,
+        "prompt_tokens": result.prompt_tokens, "threads": result.threads, "backend": result.backend,
+        "dtype": result.dtype, "mode": result.mode,
+    }  # fmt: skip
+    values = {
+        "dense_tokens_per_s": result.dense_tokens_per_s,
+        "sparse_tokens_per_s": result.sparse_tokens_per_s,
+        "speedup": result.speedup,
+    }
+    return [_Measurement("speed", metric, value, settings) for metric, value in values.items() if value is not None]
 
 
 def _save_measurements(

@@ -24,7 +24,11 @@ from tests.integration.workers.support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EVALUATIONS = {"perplexity": {"seqlen": 32, "max_tokens": 128}, "zeroshot": {"tasks": ["arc_easy"], "limit": 4}}
+EVALUATIONS = {
+    "perplexity": {"seqlen": 32, "max_tokens": 128},
+    "zeroshot": {"tasks": ["arc_easy"], "limit": 4},
+    "speed": {"new_tokens": 8, "warmup_tokens": 2, "repeats": 1},
+}
 OUTAGE_PORT = 6390
 
 
@@ -66,6 +70,9 @@ def _check_results(client: TestClient, headers: dict[str, str], job: dict[str, A
     assert all(value > 1.0 for value in ppl.values())
     arc = [row for row in rows if row["metric"] == "arc_easy/acc"]
     assert len(arc) == 2 and all(0.0 <= row["value"] <= 1.0 for row in arc)
+    speed = {row["metric"]: row for row in rows if row["kind"] == "speed"}
+    assert set(speed) == {"dense_tokens_per_s", "sparse_tokens_per_s", "speedup"}
+    assert all(row["allocation_id"] == allocation_id and row["value"] > 0 for row in speed.values())
 
 
 def test_http_job_on_postgres_with_celery_worker(
