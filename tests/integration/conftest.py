@@ -1,0 +1,120 @@
+"""Fixtures for the store/API/migration tests: real PostgreSQL and SQLite, the real app.
+
+* PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth): ``acttail_test_<random>`` databases
+  created for this test session and dropped at its end (``ACTTAIL_TEST_PG_ADMIN_URL`` overrides).
+* SQLite: a file under pytest's tmp_path (WAL mode, like ``acttail serve``).
+* ``db_url`` is parametrised, so a test that takes it runs once per backend.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from acttail.store import migrate
+from acttail.store.db import make_engine, make_session_factory, session_scope
+
+PG_ADMIN_URL = os.environ.get("ACTTAIL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def new_pg_database() -> Iterator[Callable[[], str]]:
+    """``new_pg_database()`` -> URL of an empty database; all are dropped after the session."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"acttail_test_{uuid.uuid4().hex[:12]}"
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # any failure here means "no PostgreSQL"
+            pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({type(exc).__name__}); start it first")
+        created.append(name)
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield create
+    with admin.connect() as conn:
+        for name in created:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_session_url(new_pg_database: Callable[[], str]) -> str:
+    """One migrated PostgreSQL database shared by the session's tests (they use unique names)."""
+    url = new_pg_database()
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated database URL: a fresh SQLite file, or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'acttail.db'}"
+        migrate.upgrade(url)
+        return url
+    return request.getfixturevalue("pg_session_url")
+
+
+@pytest.fixture
+def session_factory(db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(db_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def make_team(session_factory: sessionmaker[Session]) -> Callable[[], tuple[int, str]]:
+    """``make_team()`` -> (team id, API key) of a new uniquely named team."""
+    from acttail.store import teams
+
+    def create() -> tuple[int, str]:
+        with session_scope(session_factory) as session:
+            team = teams.create_team(f"team-{uuid.uuid4().hex[:8]}", db_session=session)
+            return team.id, teams.create_api_key(team, db_session=session)
+
+    return create
+
+
+def unique_fingerprint() -> str:
+    return "fp-" + uuid.uuid4().hex
+
+
+def model_description(model_id: str = "org/tiny", fingerprint: str | None = None) -> dict[str, object]:
+    """Valid defaults for a models row (test-data factory)."""
+    return {
+        "model_id": model_id, "source": "hub", "revision": None, "fingerprint": fingerprint or unique_fingerprint(),
+        "architecture": "llama", "num_layers": 2, "projection_params": 4 * 64 * 64,
+    }  # fmt: skip
+
+
+PROJECTION_NAMES = [f"model.layers.{layer}.self_attn.{kind}_proj" for layer in (0, 1) for kind in ("q", "k")]
+
+
+def esd_rows(alpha0: float = 2.5) -> list[dict[str, object]]:
+    """ESD statistics for four 64x64 projections (plausible values; the store does not judge them)."""
+    return [
+        {
+            "name": name, "layer": int(name.split(".")[2]), "kind": name.split(".")[-1][0], "shape": (64, 64),
+            "param_count": 4096, "alpha": alpha0 + 0.5 * i, "xmin": 0.1, "ks_distance": 0.05, "num_tail": 20,
+            "spectral_norm": 3.0, "log_frobenius_norm": 1.2, "stable_rank": 4.0, "alpha_weighted": 1.1,
+        }
+        for i, name in enumerate(PROJECTION_NAMES)
+    ]  # fmt: skip
+
+
+def allocation_document(fingerprint: str, target: float = 0.5, model_id: str = "org/tiny") -> dict[str, object]:
+    """An allocation document exactly as ``acttail allocate`` writes it (built by acttail.allocate)."""
+    from acttail.allocate import allocate
+
+    alphas = {name: 2.5 + 0.5 * i for i, name in enumerate(PROJECTION_NAMES)}
+    counts = {name: 4096 for name in PROJECTION_NAMES}
+    return allocate(alphas, counts, target, model_id=model_id, fingerprint=fingerprint, estimator="ks").to_dict()
