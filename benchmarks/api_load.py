@@ -1,0 +1,374 @@
+"""API load test: N concurrent clients submitting and polling jobs against the real stack on loopback.
+
+Reproduce (PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 must be up; scripts/services.sh)::
+
+    .venv/bin/python benchmarks/api_load.py --clients 8 --jobs-per-client 5
+
+The script starts everything itself: a fresh PostgreSQL database (dropped at the end), Redis
+database 6 (flushed), ``uvicorn --factory api.app:create_app`` (one process) and one
+``celery -A workers.celery_app worker -Q cpu`` (prefork, concurrency 1), and a tiny random Llama
+under a model root. Each job computes alphas (the first one; the rest reuse the stored ESD run) and
+one allocation, so the numbers measure the service (HTTP, database, broker, worker turnaround),
+not the science.
+
+Phases, side by side in one run:
+
+1. idle: one client, sequential ``GET /v1/jobs/{id}`` of a finished job (the read baseline);
+2. load: ``--clients`` threads, each submitting ``--jobs-per-client`` jobs (``POST /v1/jobs``) and
+   polling them (``GET /v1/jobs/{id}`` every ``--poll-interval`` s) until they finish.
+
+It prints submission and read latency p50/p99 (ms), the loaded/idle read ratio, job turnaround,
+and checks that every submitted job is accounted for (listed by the API, finished, succeeded).
+Results go to benchmarks/results/api_load.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/6"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of ``values``."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {
+        "n": len(ms),
+        "p50": round(percentile(ms, 50), 2),
+        "p99": round(percentile(ms, 99), 2),
+        "mean": round(statistics.fmean(ms), 2),
+        "max": round(max(ms), 2),
+    }
+
+
+@dataclass
+class ClientLog:
+    submit_s: list[float] = field(default_factory=list)
+    read_s: list[float] = field(default_factory=list)
+    turnaround_s: list[float] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+    final: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Stack:
+    """PostgreSQL database + Redis db + uvicorn + Celery worker, torn down in reverse order."""
+
+    def __init__(self, workdir: Path, model_root: Path) -> None:
+        self.workdir, self.model_root = workdir, model_root
+        self.db_name = f"acttail_load_{uuid.uuid4().hex[:8]}"
+        self.database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}"
+        self.port = free_port()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.api_key = ""
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ACTTAIL_")}
+        env.update(
+            ACTTAIL_HOME=str(self.workdir / "home"), ACTTAIL_DATABASE_URL=self.database_url,
+            ACTTAIL_BROKER_URL=REDIS_URL, ACTTAIL_EXECUTOR="celery", ACTTAIL_MODEL_ROOTS=str(self.model_root),
+            HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
+        )  # fmt: skip
+        return env
+
+    def start(self) -> None:
+        import redis
+        from sqlalchemy import create_engine, text
+
+        from acttail.store import migrate
+        from acttail.store.db import make_engine, make_session_factory, session_scope
+        from acttail.store.teams import create_api_key, create_team
+
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.db_name}"'))
+        admin.dispose()
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        migrate.upgrade(self.database_url)
+        engine = make_engine(self.database_url)
+        with session_scope(make_session_factory(engine)) as db:
+            self.api_key = create_api_key(create_team("load", db_session=db), db_session=db, label="api_load")
+        engine.dispose()
+        bin_dir = Path(sys.executable).parent
+        self._spawn("api", [str(bin_dir / "uvicorn"), "--factory", "api.app:create_app", "--host", "127.0.0.1",
+                            "--port", str(self.port), "--log-level", "warning", "--no-access-log"])  # fmt: skip
+        self._spawn("worker", [str(bin_dir / "celery"), "-A", "workers.celery_app", "worker", "-Q", "cpu",
+                               "--concurrency", "1", "--loglevel", "WARNING", "--without-gossip",
+                               "--without-mingle", "--without-heartbeat"])  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"API not ready after 120 s; see {self.workdir}/api.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        log = (self.workdir / f"{name}.log").open("wb")
+        self.procs.append(
+            subprocess.Popen(cmd, cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
+
+    def stop(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run_client(
+    index: int, url: str, headers: dict[str, str], model_id: str, jobs: int, poll_s: float, deadline: float,
+    log: ClientLog,
+) -> None:  # fmt: skip
+    """Submit ``jobs`` jobs (distinct targets), then poll every unfinished one until all finish."""
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        submitted: dict[str, float] = {}
+        for j in range(jobs):
+            target = round(0.01 + 0.9 * (index * jobs + j) / 1000, 4)  # unique per job: no dedup
+            start = time.perf_counter()
+            response = client.post("/v1/jobs", json={"model_id": model_id, "targets": [target]})
+            log.submit_s.append(time.perf_counter() - start)
+            if response.status_code != 202:
+                log.errors.append(f"POST {response.status_code}: {response.text[:200]}")
+                continue
+            job_id = response.json()["id"]
+            log.job_ids.append(job_id)
+            submitted[job_id] = time.perf_counter()
+        pending = set(submitted)
+        while pending and time.monotonic() < deadline:
+            for job_id in sorted(pending):
+                start = time.perf_counter()
+                response = client.get(f"/v1/jobs/{job_id}")
+                log.read_s.append(time.perf_counter() - start)
+                status = response.json().get("status") if response.status_code == 200 else f"http {response.status_code}"
+                if status in ("succeeded", "failed", "cancelled"):
+                    log.final[job_id] = status
+                    log.turnaround_s.append(time.perf_counter() - submitted[job_id])
+                    pending.discard(job_id)
+            time.sleep(poll_s)
+        for job_id in pending:
+            log.errors.append(f"job {job_id} unfinished at the deadline")
+
+
+def idle_reads(url: str, headers: dict[str, str], job_id: str, count: int) -> list[float]:
+    out = []
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for _ in range(count):
+            start = time.perf_counter()
+            assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def wait_finished(url: str, headers: dict[str, str], job_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(0.5)
+    raise RuntimeError(f"warm-up job {job_id} did not finish in {timeout} s")
+
+
+def account(url: str, headers: dict[str, str], logs: list[ClientLog]) -> dict[str, Any]:
+    """Every submitted job is listed by the API exactly once and finished."""
+    submitted = [job_id for log in logs for job_id in log.job_ids]
+    listed: list[dict[str, Any]] = []
+    offset: int | None = 0
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        while offset is not None:
+            page = client.get("/v1/jobs", params={"limit": 100, "offset": offset}).json()
+            listed += page["items"]
+            offset = page["next_offset"]
+    by_id = {job["id"]: job for job in listed}
+    statuses = [by_id[j]["status"] for j in submitted if j in by_id]
+    return {
+        "submitted": len(submitted),
+        "unique_ids": len(set(submitted)),
+        "listed_by_api": sum(1 for j in submitted if j in by_id),
+        "succeeded": statuses.count("succeeded"),
+        "failed": statuses.count("failed"),
+        "unfinished": sum(1 for s in statuses if s in ("queued", "running")),
+        "client_errors": [e for log in logs for e in log.errors],
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        cpu = model
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()}-core {cpu}, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--jobs-per-client", type=int, default=5)
+    parser.add_argument("--poll-interval", type=float, default=0.2)
+    parser.add_argument("--idle-reads", type=int, default=200)
+    parser.add_argument("--timeout", type=float, default=600, help="wall-clock limit of the load phase (s)")
+    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/api_load.*")
+    args = parser.parse_args()
+    if args.clients * args.jobs_per_client > 900:
+        parser.error("at most 900 jobs (targets must stay unique below 0.91)")
+
+    from tests.integration.workers.tiny_model import build_tiny_llama
+
+    workdir = Path(tempfile.mkdtemp(prefix="acttail-load-"))
+    model_root = workdir / "models"
+    build_tiny_llama(model_root / "tiny-llama")
+    stack = Stack(workdir, model_root)
+    try:
+        stack.start()
+        headers = {"Authorization": f"Bearer {stack.api_key}"}
+        # Warm-up job: computes the ESD once and loads torch in the worker, so the load phase
+        # measures the service's turnaround, not the first import.
+        warm = httpx.post(f"{stack.url}/v1/jobs", json={"model_id": "tiny-llama", "targets": [0.95]},
+                          headers=headers, timeout=30).json()  # fmt: skip
+        wait_finished(stack.url, headers, warm["id"], 300)
+        idle = idle_reads(stack.url, headers, warm["id"], args.idle_reads)
+
+        logs = [ClientLog() for _ in range(args.clients)]
+        deadline = time.monotonic() + args.timeout
+        threads = [
+            threading.Thread(
+                target=run_client,
+                args=(i, stack.url, headers, "tiny-llama", args.jobs_per_client, args.poll_interval, deadline, logs[i]),
+            )
+            for i in range(args.clients)
+        ]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+        accounting = account(stack.url, headers, logs)
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    submit = summary_ms([s for log in logs for s in log.submit_s])
+    reads = summary_ms([s for log in logs for s in log.read_s])
+    idle_summary = summary_ms(idle)
+    turnaround = summary_ms([s for log in logs for s in log.turnaround_s])
+    result = {
+        "command": f"python benchmarks/api_load.py --clients {args.clients} --jobs-per-client {args.jobs_per_client}",
+        "machine": machine() + "; shared with other jobs during this run (numbers are indicative)",
+        "stack": "uvicorn (1 process) + Celery worker (prefork, concurrency 1) + Redis 7.0 + PostgreSQL 15, loopback",
+        "clients": args.clients,
+        "jobs_per_client": args.jobs_per_client,
+        "poll_interval_s": args.poll_interval,
+        "wall_s": round(wall, 2),
+        "jobs_per_s": round(accounting["submitted"] / wall, 2),
+        "submit_latency_ms": submit,
+        "read_latency_ms_under_load": reads,
+        "read_latency_ms_idle": idle_summary,
+        "read_p50_loaded_over_idle": round(reads["p50"] / idle_summary["p50"], 2),
+        "read_p99_loaded_over_idle": round(reads["p99"] / idle_summary["p99"], 2),
+        "job_turnaround_ms": turnaround,
+        "accounting": accounting,
+    }
+    ok = (
+        accounting["submitted"] == accounting["unique_ids"] == accounting["listed_by_api"] == accounting["succeeded"]
+        == args.clients * args.jobs_per_client
+        and not accounting["client_errors"]
+    )  # fmt: skip
+    result["all_jobs_accounted_for"] = ok
+    print(render(result))
+    if not args.no_save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "api_load.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        (RESULTS / "api_load.md").write_text(render(result) + "\n", encoding="utf-8")
+    sys.exit(0 if ok else 1)
+
+
+def render(r: dict[str, Any]) -> str:
+    def row(name: str, s: dict[str, float]) -> str:
+        return f"| {name} | {s['n']} | {s['p50']:.1f} | {s['p99']:.1f} | {s['mean']:.1f} | {s['max']:.1f} |"
+
+    a = r["accounting"]
+    return "\n".join([
+        "# API load test",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Machine: {r['machine']}  ",
+        f"Stack: {r['stack']}",
+        "",
+        f"{r['clients']} concurrent clients x {r['jobs_per_client']} jobs, polling every {r['poll_interval_s']} s; "
+        f"load phase {r['wall_s']} s ({r['jobs_per_s']} jobs/s end to end).",
+        "",
+        "| latency (ms) | n | p50 | p99 | mean | max |",
+        "|---|---|---|---|---|---|",
+        row("POST /v1/jobs (submission)", r["submit_latency_ms"]),
+        row("GET /v1/jobs/{id} under load", r["read_latency_ms_under_load"]),
+        row("GET /v1/jobs/{id} idle (baseline)", r["read_latency_ms_idle"]),
+        row("job turnaround (submit → finished seen)", r["job_turnaround_ms"]),
+        "",
+        f"Read latency under load / idle: p50 x{r['read_p50_loaded_over_idle']}, p99 x{r['read_p99_loaded_over_idle']}.",
+        "",
+        f"Accounting: {a['submitted']} submitted, {a['unique_ids']} unique IDs, {a['listed_by_api']} listed by "
+        f"GET /v1/jobs, {a['succeeded']} succeeded, {a['failed']} failed, {a['unfinished']} unfinished, "
+        f"{len(a['client_errors'])} client errors → all jobs accounted for: **{r['all_jobs_accounted_for']}**.",
+    ])  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
