@@ -118,3 +118,68 @@ def allocation_document(fingerprint: str, target: float = 0.5, model_id: str = "
     alphas = {name: 2.5 + 0.5 * i for i, name in enumerate(PROJECTION_NAMES)}
     counts = {name: 4096 for name in PROJECTION_NAMES}
     return allocate(alphas, counts, target, model_id=model_id, fingerprint=fingerprint, estimator="ks").to_dict()
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+class RecordingDispatcher:
+    """A JobDispatcher that records what it was asked to enqueue; ``down`` simulates a dead broker."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.down = False
+
+    def dispatch(self, job_id: str, queue: str) -> None:
+        from api.dispatch import BrokerUnavailableError
+
+        if self.down:
+            raise BrokerUnavailableError("message broker unreachable (test)")
+        self.sent.append((job_id, queue))
+
+    def check(self) -> None:
+        from api.dispatch import BrokerUnavailableError
+
+        if self.down:
+            raise BrokerUnavailableError("message broker unreachable (test)")
+
+    def close(self) -> None:
+        pass
+
+
+class Api:
+    """A TestClient on a real app and database, plus the dispatcher it enqueues to."""
+
+    def __init__(self, client: object, dispatcher: object, settings: object) -> None:
+        self.client = client
+        self.dispatcher = dispatcher
+        self.settings = settings
+
+    @staticmethod
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture
+def model_root(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    (root / "local-model").mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path, model_root: Path) -> Iterator[Api]:
+    from fastapi.testclient import TestClient
+
+    from acttail.settings import Settings
+    from api.app import create_app
+
+    settings = Settings(
+        home=tmp_path / "home", database_url=db_url, model_roots=[model_root], max_body_bytes=MAX_BODY
+    )
+    dispatcher = RecordingDispatcher()
+    with TestClient(create_app(settings, dispatcher=dispatcher)) as client:
+        yield Api(client, dispatcher, settings)

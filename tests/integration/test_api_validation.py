@@ -1,0 +1,127 @@
+"""Input validation at the API boundary: model IDs, targets, bodies; 4xx JSON messages."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from acttail.store.requests import BUNDLED_ALIASES, ESTIMATORS, ZEROSHOT_TASKS
+from tests.integration.conftest import MAX_BODY, Api
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def key(make_team: Callable[[], tuple[int, str]]) -> str:
+    return make_team()[1]
+
+
+@pytest.mark.parametrize(
+    ("model_id", "message"),
+    [
+        ("../../etc/passwd", "must not contain '..'"),
+        ("local-model/../../outside", "must not contain '..'"),
+        ("/etc", "outside the configured model roots"),
+        ("/tmp/../etc/shadow", "must not contain '..'"),
+        ("org/name\nx", "single-line"),
+        ("a" * 513, "at most 512 characters"),
+    ],
+)
+def test_bad_model_ids_are_422(api: Api, key: str, model_id: str, message: str) -> None:
+    response = api.client.post("/v1/jobs", json={"model_id": model_id}, headers=Api.auth(key))
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
+
+
+def test_symlink_out_of_root_is_422(api: Api, key: str, model_root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (model_root / "escape").symlink_to(outside)
+    response = api.client.post("/v1/jobs", json={"model_id": "escape"}, headers=Api.auth(key))
+    assert response.status_code == 422
+    assert "outside the configured model roots" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("model_id", ["HuggingFaceTB/SmolLM2-135M", "gemma3-270m", "local-model"])
+def test_good_model_ids_are_accepted(api: Api, key: str, model_id: str) -> None:
+    assert api.client.post("/v1/jobs", json={"model_id": model_id}, headers=Api.auth(key)).status_code == 202
+
+
+def test_absolute_path_inside_root_is_accepted(api: Api, key: str, model_root: Path) -> None:
+    response = api.client.post("/v1/jobs", json={"model_id": str(model_root / "local-model")}, headers=Api.auth(key))
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"targets": [1.0]}, "targets.0: Input should be less than 1"),
+        ({"targets": [-0.1]}, "targets.0: Input should be greater than or equal to 0"),
+        ({"targets": []}, "targets: List should have at least 1 item"),
+        ({"targets": [0.5, 0.5]}, "targets must not repeat"),
+        ({"targets": [round(0.01 * i, 2) for i in range(33)]}, "at most 32 items"),
+        ({"targets": ["half"]}, "targets.0"),
+        ({"estimator": "magic"}, "estimator"),
+        ({"method": "random"}, "method"),
+        ({"epsilon": 2}, "epsilon"),
+        ({"targets": [0.95], "s_max": 0.9}, "outside [s_min, s_max]"),
+        ({"evaluations": {"zeroshot": {"tasks": ["mmlu"]}}}, "evaluations.zeroshot.tasks.0"),
+        ({"evaluations": {"perplexity": {"seqlen": 10**9}}}, "seqlen"),
+        ({"surprise": 1}, "Extra inputs are not permitted"),
+        ({"revision": "../main"}, "revision"),
+    ],
+)
+def test_bad_job_bodies_are_422(api: Api, key: str, overrides: dict[str, object], message: str) -> None:
+    response = api.client.post("/v1/jobs", json={"model_id": "org/m", **overrides}, headers=Api.auth(key))
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
+
+
+def test_malformed_json_is_422(api: Api, key: str) -> None:
+    headers = {**Api.auth(key), "Content-Type": "application/json"}
+    for body in (b'{"model_id": ', b"[1, 2]", b"not json"):
+        response = api.client.post("/v1/jobs", content=body, headers=headers)
+        assert response.status_code == 422
+        assert isinstance(response.json()["detail"], str)
+    assert api.client.post("/v1/allocations", content=b"{oops", headers=headers).status_code == 422
+
+
+def test_oversized_bodies_are_413(api: Api, key: str) -> None:
+    huge = {"model_id": "org/m", "padding": "x" * (MAX_BODY + 1)}
+    response = api.client.post("/v1/jobs", json=huge, headers=Api.auth(key))
+    assert response.status_code == 413
+    assert response.json() == {"detail": f"request body exceeds {MAX_BODY} bytes"}
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b" " * 1024
+
+    streamed = api.client.post("/v1/allocations", content=chunks(), headers={**Api.auth(key), "Content-Type": "application/json"})
+    assert streamed.status_code == 413
+
+
+def test_api_constants_match_the_science_core() -> None:
+    """The API keeps torch-free copies of these lists; they must not drift from the source."""
+    from acttail.esd.powerlaw import Estimator
+    from acttail.evaluate.tasks import ALL_TASKS
+    from acttail.models import HUB_ID_PATTERN
+    from acttail.models.bundled import BUNDLED
+    from api.validation import HUB_ID_PATTERN as API_HUB_ID_PATTERN
+
+    assert set(BUNDLED) == set(BUNDLED_ALIASES)
+    assert set(ESTIMATORS) == {e.value for e in Estimator}
+    assert set(ZEROSHOT_TASKS) == set(ALL_TASKS)
+    assert API_HUB_ID_PATTERN.pattern == HUB_ID_PATTERN.pattern
+
+
+def test_api_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, api.app; api.app.create_app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
+    assert re.match(r"^\s*$", out.stderr)
