@@ -1,0 +1,175 @@
+"""Workers without services: Celery configuration, failure reasons, and ``run_job`` on SQLite.
+
+``run_job`` is exercised for real (migrated SQLite database, a tiny random Llama saved as
+safetensors) on the paths that end a job early: unknown model, pickle-only checkpoint,
+unsupported architecture, a job cancelled mid-run, and a job that is not runnable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+
+from acttail.errors import ModelNotFoundError
+from acttail.settings import Settings
+from workers.celery_app import celery_config, create_celery_app, visibility_timeout_for
+from workers.runner import ESD_SPAN, _parse_delay, failure_reason, run_job
+from workers.tasks import backoff_delay
+
+
+@pytest.mark.parametrize("hard", [20, 600, 22_200, 86_400])
+def test_visibility_timeout_exceeds_the_hard_time_limit(hard: int) -> None:
+    assert visibility_timeout_for(hard) >= hard + 5
+
+
+def test_celery_config_is_safe_for_long_jobs(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, broker_url="redis://example:6379/3",
+                        task_soft_time_limit_s=100, task_hard_time_limit_s=130)  # fmt: skip
+    conf = celery_config(settings)
+    assert conf["broker_url"] == "redis://example:6379/3"
+    assert (conf["task_acks_late"], conf["task_reject_on_worker_lost"], conf["worker_prefetch_multiplier"]) == (
+        True, True, 1,
+    )  # fmt: skip
+    assert (conf["task_soft_time_limit"], conf["task_time_limit"]) == (100, 130)
+    assert conf["broker_transport_options"]["visibility_timeout"] > 130
+    assert conf["result_backend"] is None and conf["task_ignore_result"] is True
+    assert conf["task_routes"] == {"acttail.run_job": {"queue": "cpu"}}
+
+
+def test_app_registers_the_task_by_name(tmp_path: Path) -> None:
+    app = create_celery_app(Settings(home=tmp_path))
+    app.loader.import_default_modules()
+    task = app.tasks["acttail.run_job"]
+    assert (task.acks_late, task.reject_on_worker_lost, task.max_retries) == (True, True, 8)
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    for retries in range(12):
+        delays = [backoff_delay(retries) for _ in range(50)]
+        assert all(0.0 <= d <= min(300.0, 2.0 * 2**retries) for d in delays)
+    assert max(backoff_delay(10) for _ in range(200)) > 100  # grows beyond the first steps
+
+
+def test_failure_reasons_are_readable() -> None:
+    assert failure_reason(ModelNotFoundError("unknown model 'x'"), "resolve") == "unknown model 'x'"
+    assert failure_reason(MemoryError(), "esd").startswith("out of memory during esd")
+    assert failure_reason(RuntimeError("CUDA out of memory. Tried to allocate"), "benchmark").startswith("out of memory")
+    assert failure_reason(SoftTimeLimitExceeded(), "esd").startswith("time limit exceeded during esd")
+    assert failure_reason(KeyError("x"), "allocate") == "internal error during allocate: KeyError: 'x'"
+
+
+def test_stage_delay_spec() -> None:
+    assert _parse_delay("") == ("", 0.0)
+    assert _parse_delay("2.5") == ("", 2.5)
+    assert _parse_delay("benchmark:30") == ("benchmark", 30.0)
+
+
+# --------------------------------------------------------------------------------------------
+# run_job on SQLite
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> dict[str, Any]:
+    from acttail.store import migrate
+    from acttail.store.db import make_engine, make_session_factory, session_scope
+    from acttail.store.teams import create_team
+
+    root = tmp_path / "models"
+    root.mkdir()
+    settings = Settings(home=tmp_path / "home", model_roots=[root])
+    migrate.upgrade(settings.database_url)
+    factory = make_session_factory(make_engine(settings.database_url))
+    with session_scope(factory) as db:
+        team_id = create_team("unit", db_session=db).id
+    return {"settings": settings, "factory": factory, "team_id": team_id, "root": root}
+
+
+def _submit(service: dict[str, Any], model_id: str, **request: Any) -> str:
+    from acttail.store.db import session_scope
+    from acttail.store.jobs import create_job
+    from acttail.store.requests import JobRequest
+
+    parsed = JobRequest.model_validate({"model_id": model_id, **request})
+    with session_scope(service["factory"]) as db:
+        job, _ = create_job(parsed.model_dump(mode="json"), team_id=service["team_id"],
+                            request_hash=parsed.request_hash(), db_session=db)  # fmt: skip
+        return job.id
+
+
+def _job(service: dict[str, Any], job_id: str) -> Any:
+    from acttail.store.db import session_scope
+    from acttail.store.jobs import get_job
+
+    with session_scope(service["factory"]) as db:
+        return get_job(job_id, db_session=db)
+
+
+def _run(service: dict[str, Any], job_id: str, progress: Callable[[str, float], None] | None = None) -> Any:
+    run_job(job_id, session_factory=service["factory"], settings=service["settings"], progress=progress)
+    return _job(service, job_id)
+
+
+def test_unknown_model_fails_with_the_resolver_message(service: dict[str, Any]) -> None:
+    job = _run(service, _submit(service, "no-such-model"))
+    assert job.status == "failed" and job.stage == "failed"
+    assert "unknown model 'no-such-model'" in job.error
+
+
+def test_pickle_only_checkpoint_is_refused(service: dict[str, Any]) -> None:
+    directory = service["root"] / "pickled"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 1}))
+    (directory / "pytorch_model.bin").write_bytes(b"not unpickled")
+    job = _run(service, _submit(service, "pickled"))
+    assert job.status == "failed"
+    assert "refusing to unpickle" in job.error
+
+
+def test_unsupported_architecture_fails_readably(service: dict[str, Any], tiny_model: Callable[..., Any]) -> None:
+    directory = service["root"] / "gpt2ish"
+    tiny_model("llama").save_pretrained(directory, safe_serialization=True)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    job = _run(service, _submit(service, "gpt2ish"))
+    assert job.status == "failed"
+    assert "model_type 'gpt2' is not supported" in job.error
+
+
+def test_job_cancelled_mid_run_stops_between_stages(service: dict[str, Any], tiny_model: Callable[..., Any]) -> None:
+    from acttail.store.db import session_scope
+    from acttail.store.jobs import cancel_job
+
+    tiny_model("llama").save_pretrained(service["root"] / "tiny", safe_serialization=True)
+    job_id = _submit(service, "tiny", targets=[0.3, 0.6])
+    stages: list[str] = []
+
+    def cancel_after_esd(stage: str, fraction: float) -> None:
+        stages.append(stage)
+        if stage == "esd" and fraction == ESD_SPAN[1]:  # spectra done, not yet stored
+            with session_scope(service["factory"]) as db:
+                cancel_job(job_id, team_id=service["team_id"], db_session=db)
+
+    job = _run(service, job_id, cancel_after_esd)
+    assert job.status == "cancelled"
+    assert job.esd_run_id is not None  # ESD finished before the cancel and stays reusable
+    assert job.allocation_ids == []  # stopped before the allocations were stored
+    assert stages[-1] == "allocate" and "benchmark" not in stages
+
+    # A cancelled job delivered again is not run again.
+    rerun = _run(service, job_id)
+    assert (rerun.status, rerun.attempts) == ("cancelled", 1)
+
+
+def test_second_job_reuses_the_esd_run(service: dict[str, Any], tiny_model: Callable[..., Any]) -> None:
+    tiny_model("llama").save_pretrained(service["root"] / "tiny", safe_serialization=True)
+    first = _run(service, _submit(service, "tiny", targets=[0.5]))
+    second = _run(service, _submit(service, "tiny", targets=[0.7], method="uniform"))
+    assert (first.status, second.status) == ("succeeded", "succeeded")
+    assert first.esd_run_id == second.esd_run_id
+    assert len(first.allocation_ids) == len(second.allocation_ids) == 1
+    assert first.allocation_ids != second.allocation_ids
