@@ -67,3 +67,28 @@ def test_revisions_are_date_prefixed() -> None:
     assert versions, "no revisions found"
     for name in versions:
         assert name[:8].isdigit() and name[8] == "_", f"{name} is not YYYYMMDD_NNNN_<slug>.py"
+
+
+def test_cli_db_and_admin_commands(tmp_path: Path) -> None:
+    """`acttail db upgrade/current/downgrade` and `acttail admin create-team/create-key` (exit codes, output)."""
+    from typer.testing import CliRunner
+
+    from acttail.cli import app
+    from acttail.store import teams
+    from acttail.store.db import make_session_factory, session_scope
+
+    db = str(tmp_path / "cli.db")
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade", "--db", db]).exit_code == 0
+    current = runner.invoke(app, ["db", "current", "--db", db])
+    assert f"current: {migrate.head_revision()}" in current.output
+    assert runner.invoke(app, ["admin", "create-team", "lab", "--db", db]).output.startswith("created team 'lab'")
+    duplicate = runner.invoke(app, ["admin", "create-team", "lab", "--db", db])
+    assert duplicate.exit_code != 0 and "already exists" in str(duplicate.exception)
+    key = runner.invoke(app, ["admin", "create-key", "lab", "--db", db]).output.strip()
+    engine = make_engine(f"sqlite:///{db}")
+    with session_scope(make_session_factory(engine)) as session:
+        assert teams.authenticate(key, db_session=session).name == "lab"
+    engine.dispose()
+    assert runner.invoke(app, ["db", "downgrade", "base", "--db", db]).exit_code == 0
+    assert _tables(f"sqlite:///{db}") == set()
