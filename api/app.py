@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | 
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = session_factory
+    app.state.head_revision = migrate.head_revision()
     install_error_handlers(app)
     for module in (health, jobs, models, allocations, benchmarks):
         app.include_router(module.router)

@@ -78,10 +78,11 @@ class JobOut(_Out):
 
     @classmethod
     def of(cls, job: Job, model: Model | None = None) -> JobOut:
-        model_key = model.model_id if model is not None else None
+        estimator = job.request.get("estimator", "ks")
         links = JobLinks(
-            model=model_key,
-            alphas=f"/v1/models/{model_key}/alphas?estimator={job.request.get('estimator', 'ks')}" if model_key else None,
+            model=model.model_id if model is not None else None,
+            # By fingerprint: unambiguous, and a local-path model ID would not make a clean URL.
+            alphas=f"/v1/models/{model.fingerprint}/alphas?estimator={estimator}" if model is not None else None,
             esd_run_id=job.esd_run_id,
             allocations=[f"/v1/allocations/{i}" for i in job.allocation_ids or []],
             benchmarks=f"/v1/benchmarks?job={job.id}" if job.benchmark_ids else None,

@@ -26,7 +26,7 @@ def readyz(request: Request) -> JSONResponse:
     try:
         with state.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-        current, head = migrate.current_revision(state.engine), migrate.head_revision()
+        current, head = migrate.current_revision(state.engine), state.head_revision
         checks["database"] = "ok" if current == head else f"schema at {current}, expected {head}"
     except Exception as exc:  # any driver error means "not ready"; the message says which
         checks["database"] = f"unreachable: {type(exc).__name__}"
