@@ -207,9 +207,9 @@ def worker_device() -> str:
 
 
 def _execute(ctx: _Context, request: JobRequest, settings: Settings) -> None:
-    from acttail.models import resolve_model
-
     ctx.report("resolve", 0.0)
+    from acttail.models import resolve_model  # the first import of torch and transformers: seconds
+
     source = resolve_model(request.model_id, request.revision, model_roots=list(settings.model_roots))
     description = source.describe()
     with session_scope(ctx.session_factory) as db:

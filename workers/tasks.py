@@ -14,6 +14,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
+from celery.exceptions import TimeLimitExceeded
 
 from workers.celery_app import TASK_NAME
 
@@ -56,7 +57,25 @@ def _settings_of(task: Task) -> Settings:
     return settings
 
 
-@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES)
+class JobTask(Task):  # type: ignore[misc]
+    """Records a hard time limit on the job row (the runner never sees it: its process was killed).
+
+    Celery calls ``on_failure`` in the worker's main process when it kills a pool child at the
+    hard limit; the message is then acknowledged, so without this the job would stay ``running``.
+    """
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded) and args:
+            record_failure(
+                str(args[0]), _settings_of(self),
+                f"hard time limit exceeded ({exc}); the worker process was killed. "
+                "Raise ACTTAIL_TASK_HARD_TIME_LIMIT_S or request less work",
+            )  # fmt: skip
+
+
+@shared_task(
+    name=TASK_NAME, base=JobTask, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES
+)
 def run_job_task(self: Task, job_id: str) -> None:
     """Run job ``job_id``; its state and results are in the database, not in a task result."""
     from workers.runner import TRANSIENT_ERRORS, run_job
@@ -67,22 +86,24 @@ def run_job_task(self: Task, job_id: str) -> None:
     except TRANSIENT_ERRORS as exc:
         retries: int = self.request.retries
         if retries >= MAX_RETRIES:
-            _give_up(job_id, settings, exc)
+            reason = f"gave up after {MAX_RETRIES} retries of a transient error: {exc.__class__.__name__}: {exc}"
+            record_failure(job_id, settings, reason)
             raise
         delay = backoff_delay(retries)
         logger.warning("[job %s] transient %s; retry %d in %.1f s", job_id, exc.__class__.__name__, retries + 1, delay)
         raise self.retry(exc=exc, countdown=delay) from exc
 
 
-def _give_up(job_id: str, settings: Settings, exc: BaseException) -> None:
-    """Out of retries: record the failure if the database is back, else leave it for a redelivery."""
+def record_failure(job_id: str, settings: Settings, reason: str) -> None:
+    """Mark the job failed if the database answers; otherwise log (a redelivery may still finish it)."""
     from acttail.store.db import session_scope
     from acttail.store.jobs import mark_failed
     from workers.runner import TRANSIENT_ERRORS
 
-    reason: Any = f"gave up after {MAX_RETRIES} retries of a transient error: {exc.__class__.__name__}: {exc}"
     try:
         with session_scope(session_factory_for(settings)) as db:
-            mark_failed(job_id, str(reason)[:2000], db_session=db)
+            mark_failed(job_id, reason[:2000], db_session=db)
     except TRANSIENT_ERRORS:
-        logger.error("[job %s] could not record the failure; the database is still unreachable", job_id)
+        logger.error("[job %s] could not record the failure (%s); the database is unreachable", job_id, reason)
+    else:
+        logger.error("[job %s] failed: %s", job_id, reason)

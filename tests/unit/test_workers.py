@@ -173,3 +173,21 @@ def test_second_job_reuses_the_esd_run(service: dict[str, Any], tiny_model: Call
     assert first.esd_run_id == second.esd_run_id
     assert len(first.allocation_ids) == len(second.allocation_ids) == 1
     assert first.allocation_ids != second.allocation_ids
+
+
+def test_hard_time_limit_is_recorded_on_the_job(service: dict[str, Any]) -> None:
+    """Celery calls on_failure in the main process after killing a child at the hard limit."""
+    from celery.exceptions import TimeLimitExceeded
+
+    from acttail.store.db import session_scope
+    from acttail.store.jobs import mark_running
+
+    job_id = _submit(service, "whatever")
+    with session_scope(service["factory"]) as db:
+        mark_running(job_id, db_session=db)
+    app = create_celery_app(service["settings"])
+    app.loader.import_default_modules()
+    app.tasks["acttail.run_job"].on_failure(TimeLimitExceeded(22200), "task-id", [job_id], {}, None)
+    job = _job(service, job_id)
+    assert job.status == "failed"
+    assert job.error.startswith("hard time limit exceeded (TimeLimitExceeded(22200")

@@ -117,3 +117,18 @@ def test_two_workers_racing_on_one_model_compute_one_esd_run(
     assert sum(log.count("reusing ESD run") for log in logs) == 1
     counts = result_counts(session_factory, model_id)
     assert (counts["esd_runs"], counts["esd_projections"], counts["allocations"]) == (1, 14, 2)
+
+
+def test_soft_time_limit_fails_the_job_with_a_reason(
+    start_worker: Any, session_factory: Any, redis_url: str, team: tuple[int, str], tiny_model: Any
+) -> None:
+    """prefork enforces the soft limit (10 s): a job slowed past it ends failed, readably, once."""
+    model_id = tiny_model(14)
+    worker = start_worker("slow", pool="prefork", ACTTAIL_TEST_STAGE_DELAY="esd:2", **LIMITS)
+    job_id = submit(session_factory, redis_url, _request(model_id, [0.5]), team_id=team[0])
+    job = wait_job(session_factory, job_id, timeout=90)
+    assert (job.status, job.attempts) == ("failed", 1)
+    assert job.error.startswith("time limit exceeded during ")  # during esd, unless imports alone took 10 s
+    assert "Soft time limit (10s) exceeded" in worker.log()
+    time.sleep(1)
+    assert _queue_drained(redis_url)  # acknowledged: not redelivered
