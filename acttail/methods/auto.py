@@ -1,0 +1,147 @@
+"""``auto``: choose, on calibration text only, between uniform and a small grid of ActTail settings.
+
+For the requested target S every candidate allocation c of the grid is applied (TopK) and scored
+by its perplexity on the calibration set (WikiText-2 raw *validation*, ``CalibrationSet``):
+
+    PPL_c = exp(mean NLL on the calibration windows)
+    choice = argmin_c PPL_c   if  PPL_choice <= (1 - min_gain) * PPL_uniform,   else uniform
+
+Ties go to the earlier grid entry (uniform is first), so the choice is a deterministic function
+of the alphas, the grid and the calibration tokens. The ``min_gain`` margin keeps uniform unless
+a candidate wins by more than calibration noise, which is what makes the choice carry over to
+held-out text. The grid, every score, the margin, the calibration set's description and the
+chosen candidate are recorded in the allocation document's ``params``; the sparsities are those
+of the chosen candidate (so the budget holds exactly, as for every method).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from acttail.allocate import Allocation, AllocationParams, Direction, Granularity, allocate
+from acttail.errors import AllocationError
+from acttail.methods.calibration import CalibrationSet, calibration_nll
+from acttail.methods.per_type import allocate_per_type
+
+if TYPE_CHECKING:
+    from acttail.esd import ESDReport
+
+logger = logging.getLogger(__name__)
+
+METHOD = "auto"
+DEFAULT_MIN_GAIN = 0.01
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One grid entry: uniform, or ActTail with these knobs (``per_type``: alpha normalised per kind)."""
+
+    method: str = "acttail"  # "uniform" | "acttail"
+    epsilon: float = 0.1
+    direction: Direction = Direction.HIGHER_ALPHA_SPARSER
+    granularity: Granularity = Granularity.PROJECTION
+    per_type: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.method == "uniform":
+            return "uniform"
+        direction = "hi" if self.direction is Direction.HIGHER_ALPHA_SPARSER else "lo"
+        norm = "/per-type" if self.per_type else ""
+        gran = "block" if self.granularity is Granularity.BLOCK else "proj"
+        return f"acttail eps={self.epsilon:g} {direction}-alpha-sparser {gran}{norm}"
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.method == "uniform":
+            return {"method": "uniform", "label": self.label}
+        return {
+            "method": self.method,
+            "epsilon": self.epsilon,
+            "direction": str(self.direction),
+            "granularity": str(self.granularity),
+            "per_type": self.per_type,
+            "label": self.label,
+        }
+
+    def build(self, report: ESDReport, target: float, s_min: float, s_max: float) -> Allocation:
+        ident = {"model_id": str(report.model.get("model_id", "")), "fingerprint": str(report.model.get("fingerprint", ""))}
+        if self.method == "uniform":
+            return allocate(report.alphas(), report.param_counts(), target, method="uniform", **ident)
+        params = AllocationParams(self.epsilon, self.direction, self.granularity, s_min, s_max)
+        if self.per_type:
+            return allocate_per_type(report.alphas(), report.param_counts(), target, params,
+                                     estimator=report.estimator, **ident)
+        return allocate(report.alphas(), report.param_counts(), target, method="acttail", params=params,
+                        estimator=report.estimator, **ident)
+
+
+_HI, _LO = Direction.HIGHER_ALPHA_SPARSER, Direction.LOWER_ALPHA_SPARSER
+_BLOCK = Granularity.BLOCK
+
+DEFAULT_GRID: tuple[Candidate, ...] = (
+    Candidate("uniform"),
+    Candidate(epsilon=0.1, direction=_HI),
+    Candidate(epsilon=0.1, direction=_LO),
+    Candidate(epsilon=0.2, direction=_LO),
+    Candidate(epsilon=0.1, direction=_HI, per_type=True),
+    Candidate(epsilon=0.1, direction=_LO, per_type=True),
+    Candidate(epsilon=0.2, direction=_HI, per_type=True),
+    Candidate(epsilon=0.2, direction=_LO, per_type=True),
+    Candidate(epsilon=0.1, direction=_HI, granularity=_BLOCK),
+    Candidate(epsilon=0.1, direction=_LO, granularity=_BLOCK),
+)
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """The scored grid for one target and the pick."""
+
+    target: float
+    labels: tuple[str, ...]
+    ppl: tuple[float, ...]
+    chosen: int
+    best: int  # argmin before the margin rule
+    allocation: Allocation
+
+
+def auto_allocation(
+    report: ESDReport,
+    target: float,
+    model: nn.Module,
+    calibration: CalibrationSet,
+    *,
+    grid: Sequence[Candidate] = DEFAULT_GRID,
+    min_gain: float = DEFAULT_MIN_GAIN,
+    s_min: float = 0.0,
+    s_max: float = 0.99,
+) -> AutoChoice:
+    """Score every grid candidate on ``calibration`` and return the choice (see module docstring)."""
+    if not grid or grid[0].method != "uniform":
+        raise AllocationError("the auto grid must start with the uniform candidate (its fallback)")
+    if not 0.0 <= min_gain < 1.0:
+        raise AllocationError(f"min_gain must be in [0, 1), got {min_gain}")
+    allocations, ppl = [], []
+    for candidate in grid:
+        alloc = candidate.build(report, target, s_min, s_max)
+        allocations.append(alloc)
+        ppl.append(math.exp(calibration_nll(model, calibration, alloc)))
+        logger.info("auto %.2f %-45s calibration ppl %.4f", target, candidate.label, ppl[-1])
+    best = min(range(len(grid)), key=lambda i: (ppl[i], i))
+    chosen = best if ppl[best] <= (1.0 - min_gain) * ppl[0] else 0
+    picked = allocations[chosen]
+    params = {
+        "choice": grid[chosen].to_dict(),
+        "chosen_params": picked.params,
+        "selection": "argmin calibration perplexity; uniform unless the best beats it by min_gain",
+        "min_gain": min_gain,
+        "calibration": calibration.describe(),
+        "grid": [{**c.to_dict(), "calibration_ppl": round(p, 6)} for c, p in zip(grid, ppl, strict=True)],
+    }
+    allocation = replace(picked, method=METHOD, estimator=report.estimator, params=params)
+    return AutoChoice(float(target), tuple(c.label for c in grid), tuple(ppl), chosen, best, allocation)
