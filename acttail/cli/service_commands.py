@@ -15,7 +15,9 @@ from acttail.errors import ActTailError
 
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", help="Database URL or SQLite file path (default: ACTTAIL_DATABASE_URL or ~/.acttail/acttail.db)."),
+    typer.Option(
+        "--db", help="Database URL or SQLite file path (default: ACTTAIL_DATABASE_URL or ~/.acttail/acttail.db)."
+    ),
 ]
 
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
@@ -51,7 +53,9 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default 8000).")] = None,
     db: DbOpt = None,
-    executor: Annotated[str | None, typer.Option("--executor", help="embedded | celery (default: ACTTAIL_EXECUTOR).")] = None,
+    executor: Annotated[
+        str | None, typer.Option("--executor", help="embedded | celery (default: ACTTAIL_EXECUTOR).")
+    ] = None,
 ) -> None:
     """Run the API. Embedded mode (default): SQLite, jobs run in this process, no Redis needed."""
     import uvicorn
@@ -79,9 +83,7 @@ def serve(
 
 
 @db_app.command("upgrade")
-def db_upgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head", db: DbOpt = None
-) -> None:
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head", db: DbOpt = None) -> None:
     """Apply migrations up to REVISION (default head)."""
     from acttail.store import migrate
 

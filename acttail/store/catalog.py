@@ -82,10 +82,20 @@ def _projection_values(item: Any) -> dict[str, Any]:
     kind = data.get("kind")
     data["kind"] = str(getattr(kind, "value", kind))
     values = {name: data.get(name) for name in PROJECTION_FIELDS}
-    for name in ("alpha", "xmin", "ks_distance", "spectral_norm", "log_frobenius_norm", "stable_rank", "alpha_weighted"):
+    for name in (
+        "alpha",
+        "xmin",
+        "ks_distance",
+        "spectral_norm",
+        "log_frobenius_norm",
+        "stable_rank",
+        "alpha_weighted",
+    ):
         value = values[name]
         # NaN/inf do not survive SQLite (stored as NULL) and are not JSON; store NULL everywhere.
-        values[name] = None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
+        values[name] = (
+            None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
+        )
     return values
 
 

@@ -167,7 +167,9 @@ class AllocationRow(Base):
 
     __tablename__ = "allocations"
     __table_args__ = (
-        UniqueConstraint("model_pk", "method", "target", "params_hash", "estimator", "team_id", name="uq_allocations_natural_key"),
+        UniqueConstraint(
+            "model_pk", "method", "target", "params_hash", "estimator", "team_id", name="uq_allocations_natural_key"
+        ),
         Index("ix_allocations_model_pk_target", "model_pk", "target"),
     )
 
@@ -191,7 +193,9 @@ class Benchmark(Base):
     """One measured number: a metric of a model, dense or under an allocation, with its settings."""
 
     __tablename__ = "benchmarks"
-    __table_args__ = (UniqueConstraint("model_pk", "kind", "metric", "key_hash", "team_id", name="uq_benchmarks_natural_key"),)
+    __table_args__ = (
+        UniqueConstraint("model_pk", "kind", "metric", "key_hash", "team_id", name="uq_benchmarks_natural_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_pk: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)

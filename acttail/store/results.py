@@ -44,7 +44,9 @@ def save_allocation(
         "team_id": team_id,
     }
     created = insert_ignore(
-        db_session, AllocationRow.__table__, {**key, "params": params, "document": doc, "shared": shared, "created_at": utcnow()}
+        db_session,
+        AllocationRow.__table__,
+        {**key, "params": params, "document": doc, "shared": shared, "created_at": utcnow()},
     )
     row = db_session.scalar(select(AllocationRow).where(*(getattr(AllocationRow, k) == v for k, v in key.items())))
     assert row is not None
@@ -128,7 +130,9 @@ def save_benchmark(
     )
     db_session.execute(stmt)
     row = db_session.scalar(
-        select(Benchmark).where(*(getattr(Benchmark, k) == v for k, v in key.items())).execution_options(populate_existing=True)
+        select(Benchmark)
+        .where(*(getattr(Benchmark, k) == v for k, v in key.items()))
+        .execution_options(populate_existing=True)
     )
     assert row is not None
     if shared and not row.shared:

@@ -61,7 +61,9 @@ def _check_limits(doc: dict[str, Any]) -> None:
     responses={200: {"model": AllocationCreated, "description": "an equal allocation already existed"}},
 )
 def upload_allocation(
-    document: Annotated[dict[str, Any], Body(description="an acttail.allocation document (as `acttail allocate` writes)")],
+    document: Annotated[
+        dict[str, Any], Body(description="an acttail.allocation document (as `acttail allocate` writes)")
+    ],
     response: Response,
     team: TeamDep,
     db_session: SessionDep,
@@ -84,7 +86,9 @@ def upload_allocation(
             },
             db_session=db_session,
         )  # fmt: skip
-    row, created = results.save_allocation(allocation, model=model, team_id=team.id, shared=shared, db_session=db_session)
+    row, created = results.save_allocation(
+        allocation, model=model, team_id=team.id, shared=shared, db_session=db_session
+    )
     db_session.commit()
     response.headers["Location"] = f"/v1/allocations/{row.id}"
     if not created:

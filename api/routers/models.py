@@ -24,7 +24,9 @@ def list_models(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[ModelOut]:
     """Models with at least one result this team can see (ESD runs are shared by every team)."""
-    return [ModelOut.of(m) for m in catalog.list_models(team_id=team.id, limit=limit, offset=offset, db_session=db_session)]
+    return [
+        ModelOut.of(m) for m in catalog.list_models(team_id=team.id, limit=limit, offset=offset, db_session=db_session)
+    ]
 
 
 @router.get("/{model:path}/alphas", response_model=AlphasOut, responses={404: {"description": "no ESD run"}})

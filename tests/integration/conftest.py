@@ -177,9 +177,7 @@ def api(db_url: str, tmp_path: Path, model_root: Path) -> Iterator[Api]:
     from acttail.settings import Settings
     from api.app import create_app
 
-    settings = Settings(
-        home=tmp_path / "home", database_url=db_url, model_roots=[model_root], max_body_bytes=MAX_BODY
-    )
+    settings = Settings(home=tmp_path / "home", database_url=db_url, model_roots=[model_root], max_body_bytes=MAX_BODY)
     dispatcher = RecordingDispatcher()
     with TestClient(create_app(settings, dispatcher=dispatcher)) as client:
         yield Api(client, dispatcher, settings)

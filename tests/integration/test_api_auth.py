@@ -31,7 +31,10 @@ def test_missing_key_is_401(api: Api, method: str, path: str) -> None:
 def test_invalid_key_is_401(api: Api, header: str) -> None:
     response = api.client.get("/v1/jobs", headers={"Authorization": header})
     assert response.status_code == 401
-    assert response.json()["detail"] in ("invalid or revoked API key", "missing API key: send 'Authorization: Bearer <key>'")
+    assert response.json()["detail"] in (
+        "invalid or revoked API key",
+        "missing API key: send 'Authorization: Bearer <key>'",
+    )
 
 
 def test_tampered_and_revoked_keys(
@@ -46,7 +49,9 @@ def test_tampered_and_revoked_keys(
     assert api.client.get("/v1/jobs", headers=api.auth(key)).status_code == 401
 
 
-def test_keys_are_stored_hashed(make_team: Callable[[], tuple[int, str]], session_factory: sessionmaker[Session]) -> None:
+def test_keys_are_stored_hashed(
+    make_team: Callable[[], tuple[int, str]], session_factory: sessionmaker[Session]
+) -> None:
     from sqlalchemy import select
 
     from acttail.store.keys import hash_key
@@ -66,12 +71,25 @@ def test_other_teams_private_data_is_404(
     description = model_description("org/secret")
     with session_scope(session_factory) as session:
         model = catalog.get_or_create_model(description, db_session=session)
-        private, _ = results.save_allocation(allocation_document(str(description["fingerprint"]), 0.5),
-                                             model=model, team_id=owner_id, db_session=session)
-        shared, _ = results.save_allocation(allocation_document(str(description["fingerprint"]), 0.6),
-                                            model=model, team_id=owner_id, shared=True, db_session=session)
-        bench, _ = results.save_benchmark(model=model, kind="perplexity", metric="ppl", value=20.0,
-                                          allocation_id=private.id, team_id=owner_id, db_session=session)
+        private, _ = results.save_allocation(
+            allocation_document(str(description["fingerprint"]), 0.5), model=model, team_id=owner_id, db_session=session
+        )
+        shared, _ = results.save_allocation(
+            allocation_document(str(description["fingerprint"]), 0.6),
+            model=model,
+            team_id=owner_id,
+            shared=True,
+            db_session=session,
+        )
+        bench, _ = results.save_benchmark(
+            model=model,
+            kind="perplexity",
+            metric="ppl",
+            value=20.0,
+            allocation_id=private.id,
+            team_id=owner_id,
+            db_session=session,
+        )
 
     other = api.auth(other_key)
     assert api.client.get(job["url"], headers=other).status_code == 404
@@ -83,5 +101,8 @@ def test_other_teams_private_data_is_404(
     listed = api.client.get("/v1/allocations?model=org/secret", headers=other).json()
     assert [a["id"] for a in listed["items"]] == [shared.id] and listed["items"][0]["own"] is False
     assert api.client.get("/v1/benchmarks?model=org/secret", headers=other).json()["total"] == 0
-    assert api.client.get("/v1/benchmarks?model=org/secret", headers=api.auth(owner_key)).json()["items"][0]["id"] == bench.id
+    assert (
+        api.client.get("/v1/benchmarks?model=org/secret", headers=api.auth(owner_key)).json()["items"][0]["id"]
+        == bench.id
+    )
     assert api.client.get("/v1/jobs", headers=other).json()["total"] == 0

@@ -53,17 +53,16 @@ def test_readyz_and_submit_with_real_redis(
     _, key = make_team()
     with celery_client(db_url, tmp_path, REDIS_URL) as client:  # type: ignore[attr-defined]
         assert client.get("/readyz").json() == {"status": "ok", "checks": {"database": "ok", "executor": "ok"}}
-        response = client.post("/v1/jobs", json={"model_id": "org/m", "queue": "gpu"},
-                               headers={"Authorization": f"Bearer {key}"})
+        response = client.post(
+            "/v1/jobs", json={"model_id": "org/m", "queue": "gpu"}, headers={"Authorization": f"Bearer {key}"}
+        )
         assert response.status_code == 202, response.text
     assert redis_db.llen("gpu") == 1  # kombu's Redis transport: one list per queue
     message = redis_db.lindex("gpu", 0)
     assert message is not None and b"acttail.run_job" in message and response.json()["id"].encode() in message
 
 
-def test_closed_broker_port_gives_503(
-    db_url: str, tmp_path: Path, make_team: Callable[[], tuple[int, str]]
-) -> None:
+def test_closed_broker_port_gives_503(db_url: str, tmp_path: Path, make_team: Callable[[], tuple[int, str]]) -> None:
     _, key = make_team()
     with celery_client(db_url, tmp_path, closed_port_url()) as client:  # type: ignore[attr-defined]
         ready = client.get("/readyz")

@@ -70,7 +70,9 @@ def test_first_start_creates_default_team_and_runs_jobs(home: Path) -> None:
         key_file = settings.api_key_file
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         key = key_file.read_text().strip()
-        submitted = client.post("/v1/jobs", json={"model_id": "smollm2-135m"}, headers={"Authorization": f"Bearer {key}"})
+        submitted = client.post(
+            "/v1/jobs", json={"model_id": "smollm2-135m"}, headers={"Authorization": f"Bearer {key}"}
+        )
         assert submitted.status_code == 202
         job = poll(client, submitted.json()["url"], key, {"succeeded", "failed"})
         assert (job["status"], job["progress"], job["attempts"], job["stage"]) == ("succeeded", 1.0, 1, "done")
@@ -85,7 +87,9 @@ def test_runner_crash_marks_job_failed(home: Path) -> None:
     client, settings = embedded_app(home, crashing_runner)
     with client:
         key = settings.api_key_file.read_text().strip()
-        url = client.post("/v1/jobs", json={"model_id": "org/m"}, headers={"Authorization": f"Bearer {key}"}).json()["url"]
+        url = client.post("/v1/jobs", json={"model_id": "org/m"}, headers={"Authorization": f"Bearer {key}"}).json()[
+            "url"
+        ]
         job = poll(client, url, key, {"failed"})
         assert job["status"] == "failed"
         assert job["error"] == "internal error: RuntimeError: segfault in a kernel"
@@ -102,7 +106,9 @@ def test_unfinished_jobs_resume_on_restart(home: Path) -> None:
     client, settings = embedded_app(home, blocked_runner)
     with client:
         key = settings.api_key_file.read_text().strip()
-        url = client.post("/v1/jobs", json={"model_id": "org/m"}, headers={"Authorization": f"Bearer {key}"}).json()["url"]
+        url = client.post("/v1/jobs", json={"model_id": "org/m"}, headers={"Authorization": f"Bearer {key}"}).json()[
+            "url"
+        ]
         assert poll(client, url, key, {"running"})["status"] == "running"
     gate.set()
 
@@ -124,4 +130,3 @@ def test_existing_teams_get_no_default(tmp_path: Path) -> None:
     client, _ = embedded_app(settings.home, stage_runner)
     with client:
         assert not settings.api_key_file.exists()
-

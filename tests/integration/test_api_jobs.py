@@ -15,7 +15,11 @@ from tests.integration.conftest import Api
 
 pytestmark = pytest.mark.integration
 
-BODY = {"model_id": "smollm2-135m", "targets": [0.5, 0.7], "evaluations": {"perplexity": {"seqlen": 128, "max_tokens": 1024}}}
+BODY = {
+    "model_id": "smollm2-135m",
+    "targets": [0.5, 0.7],
+    "evaluations": {"perplexity": {"seqlen": 128, "max_tokens": 1024}},
+}
 
 
 def test_submit_returns_202_and_dispatches(api: Api, make_team: Callable[[], tuple[int, str]]) -> None:

@@ -97,16 +97,37 @@ def test_benchmarks_filters_and_job_links(
     with session_scope(session_factory) as session:
         model = catalog.get_or_create_model(description, db_session=session)
         run, _ = catalog.save_esd_run(model, "ks", esd_rows(), db_session=session)
-        alloc, _ = results.save_allocation(allocation_document(str(description["fingerprint"]), 0.5),
-                                           model=model, team_id=team_id, db_session=session)
-        dense, _ = results.save_benchmark(model=model, kind="perplexity", metric="ppl", value=20.0,
-                                          settings={"seqlen": 128}, versions={"torch": "2.13.0"},
-                                          team_id=team_id, db_session=session)
-        sparse, _ = results.save_benchmark(model=model, kind="perplexity", metric="ppl", value=23.0,
-                                           settings={"seqlen": 128}, allocation_id=alloc.id, team_id=team_id,
-                                           db_session=session)
-        jobs.link_results(job["id"], model_pk=model.id, esd_run_id=run.id, allocation_ids=[alloc.id],
-                          benchmark_ids=[dense.id, sparse.id], db_session=session)
+        alloc, _ = results.save_allocation(
+            allocation_document(str(description["fingerprint"]), 0.5), model=model, team_id=team_id, db_session=session
+        )
+        dense, _ = results.save_benchmark(
+            model=model,
+            kind="perplexity",
+            metric="ppl",
+            value=20.0,
+            settings={"seqlen": 128},
+            versions={"torch": "2.13.0"},
+            team_id=team_id,
+            db_session=session,
+        )
+        sparse, _ = results.save_benchmark(
+            model=model,
+            kind="perplexity",
+            metric="ppl",
+            value=23.0,
+            settings={"seqlen": 128},
+            allocation_id=alloc.id,
+            team_id=team_id,
+            db_session=session,
+        )
+        jobs.link_results(
+            job["id"],
+            model_pk=model.id,
+            esd_run_id=run.id,
+            allocation_ids=[alloc.id],
+            benchmark_ids=[dense.id, sparse.id],
+            db_session=session,
+        )
         jobs.mark_succeeded(job["id"], db_session=session)
 
     polled = api.client.get(job["url"], headers=api.auth(key)).json()
@@ -117,17 +138,31 @@ def test_benchmarks_filters_and_job_links(
     assert {b["id"] for b in by_job["items"]} == {dense.id, sparse.id}
     only_sparse = api.client.get(f"/v1/benchmarks?allocation_id={alloc.id}", headers=api.auth(key)).json()
     assert [b["value"] for b in only_sparse["items"]] == [23.0]
-    first = api.client.get(f"/v1/benchmarks?model={description['model_id']}&kind=perplexity&metric=ppl&limit=1",
-                           headers=api.auth(key)).json()
+    first = api.client.get(
+        f"/v1/benchmarks?model={description['model_id']}&kind=perplexity&metric=ppl&limit=1", headers=api.auth(key)
+    ).json()
     assert first["total"] == 2 and first["next_offset"] == 1
-    assert api.client.get("/v1/benchmarks?kind=speed&model=" + str(description["model_id"]),
-                          headers=api.auth(key)).json()["total"] == 0
+    assert (
+        api.client.get("/v1/benchmarks?kind=speed&model=" + str(description["model_id"]), headers=api.auth(key)).json()[
+            "total"
+        ]
+        == 0
+    )
 
 
 def test_openapi_documents_every_endpoint(api: Api) -> None:
     paths = api.client.get("/openapi.json").json()["paths"]
-    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/models", "/v1/models/{model}/alphas", "/v1/allocations",
-                 "/v1/allocations/{allocation_id}", "/v1/benchmarks", "/healthz", "/readyz"):
+    for path in (
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/models",
+        "/v1/models/{model}/alphas",
+        "/v1/allocations",
+        "/v1/allocations/{allocation_id}",
+        "/v1/benchmarks",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in paths, path
     schema = api.client.get("/openapi.json").json()["components"]["schemas"]["JobRequest"]["properties"]
     assert schema["targets"]["maxItems"] == 32 and schema["model_id"]["maxLength"] == 512

@@ -99,7 +99,9 @@ def test_oversized_bodies_are_413(api: Api, key: str) -> None:
         for _ in range(MAX_BODY // 1024 + 2):
             yield b" " * 1024
 
-    streamed = api.client.post("/v1/allocations", content=chunks(), headers={**Api.auth(key), "Content-Type": "application/json"})
+    streamed = api.client.post(
+        "/v1/allocations", content=chunks(), headers={**Api.auth(key), "Content-Type": "application/json"}
+    )
     assert streamed.status_code == 413
 
 

@@ -94,23 +94,29 @@ def test_idempotency_key(session_factory: sessionmaker[Session], make_team: Call
     body, digest = _request()
     other_body, other_digest = _request(targets=[0.7])
     with session_scope(session_factory) as session:
-        job, created = jobs.create_job(body, team_id=team_id, request_hash=digest, idempotency_key="k1", db_session=session)
+        job, created = jobs.create_job(
+            body, team_id=team_id, request_hash=digest, idempotency_key="k1", db_session=session
+        )
         jobs.mark_succeeded(job.id, db_session=session)
-        replay, replay_created = jobs.create_job(body, team_id=team_id, request_hash=digest, idempotency_key="k1",
-                                                 db_session=session)
+        replay, replay_created = jobs.create_job(
+            body, team_id=team_id, request_hash=digest, idempotency_key="k1", db_session=session
+        )
         assert (created, replay_created, replay.id) == (True, False, job.id)  # even after it finished
         with pytest.raises(IdempotencyKeyReusedError):
-            jobs.create_job(other_body, team_id=team_id, request_hash=other_digest, idempotency_key="k1",
-                            db_session=session)
+            jobs.create_job(
+                other_body, team_id=team_id, request_hash=other_digest, idempotency_key="k1", db_session=session
+            )
 
 
 def test_requeue_interrupted(session_factory: sessionmaker[Session], make_team: Callable[[], tuple[int, str]]) -> None:
     team_id, _ = make_team()
     with session_scope(session_factory) as session:
-        queued, _ = jobs.create_job(*_request(targets=[0.1])[:1], team_id=team_id,
-                                    request_hash=_request(targets=[0.1])[1], db_session=session)
-        running, _ = jobs.create_job(_request(targets=[0.2])[0], team_id=team_id,
-                                     request_hash=_request(targets=[0.2])[1], db_session=session)
+        queued, _ = jobs.create_job(
+            *_request(targets=[0.1])[:1], team_id=team_id, request_hash=_request(targets=[0.1])[1], db_session=session
+        )
+        running, _ = jobs.create_job(
+            _request(targets=[0.2])[0], team_id=team_id, request_hash=_request(targets=[0.2])[1], db_session=session
+        )
         jobs.mark_running(running.id, db_session=session)
         pending = jobs.requeue_interrupted(db_session=session)
         assert {queued.id, running.id} <= set(pending)

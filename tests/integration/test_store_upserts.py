@@ -105,20 +105,31 @@ def test_rerun_replaces_benchmark_value_keeps_first_allocation(
     description = model_description()
     with session_scope(session_factory) as session:
         model = catalog.get_or_create_model(description, db_session=session)
-        first, created = results.save_allocation(allocation_document(str(description["fingerprint"])),
-                                                 model=model, team_id=team_id, db_session=session)
-        again, created_again = results.save_allocation(first.document, model=model, team_id=team_id,
-                                                       shared=True, db_session=session)
+        first, created = results.save_allocation(
+            allocation_document(str(description["fingerprint"])), model=model, team_id=team_id, db_session=session
+        )
+        again, created_again = results.save_allocation(
+            first.document, model=model, team_id=team_id, shared=True, db_session=session
+        )
         assert (created, created_again) == (True, False)
         assert again.id == first.id and again.shared  # publishing an existing row flips the flag only
-        b1, c1 = results.save_benchmark(model=model, kind="speed", metric="tokens_per_s", value=10.0,
-                                        team_id=team_id, db_session=session)
-        b2, c2 = results.save_benchmark(model=model, kind="speed", metric="tokens_per_s", value=11.0,
-                                        team_id=team_id, db_session=session)
+        b1, c1 = results.save_benchmark(
+            model=model, kind="speed", metric="tokens_per_s", value=10.0, team_id=team_id, db_session=session
+        )
+        b2, c2 = results.save_benchmark(
+            model=model, kind="speed", metric="tokens_per_s", value=11.0, team_id=team_id, db_session=session
+        )
         assert (c1, c2) == (True, False)
         assert b2.id == b1.id and b2.value == 11.0
-        dense_and_sparse = results.save_benchmark(model=model, kind="speed", metric="tokens_per_s", value=9.0,
-                                                  allocation_id=first.id, team_id=team_id, db_session=session)
+        dense_and_sparse = results.save_benchmark(
+            model=model,
+            kind="speed",
+            metric="tokens_per_s",
+            value=9.0,
+            allocation_id=first.id,
+            team_id=team_id,
+            db_session=session,
+        )
         assert dense_and_sparse[0].id != b1.id  # the allocation is part of the natural key
 
 
@@ -129,12 +140,20 @@ def test_other_team_cannot_see_private_rows(
     description = model_description()
     with session_scope(session_factory) as session:
         model = catalog.get_or_create_model(description, db_session=session)
-        private, _ = results.save_allocation(allocation_document(str(description["fingerprint"]), 0.5),
-                                             model=model, team_id=owner, db_session=session)
-        shared, _ = results.save_allocation(allocation_document(str(description["fingerprint"]), 0.6),
-                                            model=model, team_id=owner, shared=True, db_session=session)
+        private, _ = results.save_allocation(
+            allocation_document(str(description["fingerprint"]), 0.5), model=model, team_id=owner, db_session=session
+        )
+        shared, _ = results.save_allocation(
+            allocation_document(str(description["fingerprint"]), 0.6),
+            model=model,
+            team_id=owner,
+            shared=True,
+            db_session=session,
+        )
     with session_scope(session_factory) as session:
-        visible, total = results.list_allocations(team_id=other, model=str(description["fingerprint"]), db_session=session)
+        visible, total = results.list_allocations(
+            team_id=other, model=str(description["fingerprint"]), db_session=session
+        )
         assert [row.id for row in visible] == [shared.id] and total == 1
         own, own_total = results.list_allocations(team_id=owner, model="org/tiny", target=0.5, db_session=session)
         assert private.id in [row.id for row in own]
