@@ -130,3 +130,44 @@ def test_existing_teams_get_no_default(tmp_path: Path) -> None:
     client, _ = embedded_app(settings.home, stage_runner)
     with client:
         assert not settings.api_key_file.exists()
+
+
+@pytest.mark.slow  # a real `acttail serve` process: the CLI imports torch (~10-40 s on a busy 2-core box)
+def test_acttail_serve_first_start(tmp_path: Path) -> None:
+    """The README's first command: `acttail serve` migrates, prints the default key once, answers with it."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "ACTTAIL_HOME": str(tmp_path / "home")}
+    env.pop("ACTTAIL_DATABASE_URL", None)
+    env.pop("ACTTAIL_EXECUTOR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from acttail.cli import main; main()", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("acttail serve did not become ready in 90 s")
+        key = (tmp_path / "home" / "api_key").read_text().strip()
+        listed = httpx.get(f"http://127.0.0.1:{port}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        assert listed.status_code == 200 and listed.json()["total"] == 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert "Created team 'default'" in output and key in output
+    assert proc.returncode == 0
