@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     def _fill_defaults(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'acttail.db'}"
+        # Plain postgres:// URLs (Heroku, docker docs) would pick psycopg2, which is not a dependency.
+        for prefix in ("postgres://", "postgresql://"):
+            if self.database_url.startswith(prefix):
+                self.database_url = "postgresql+psycopg://" + self.database_url[len(prefix) :]
         if self.results_dir is None:
             self.results_dir = self.home / "results"
         self.model_roots = [Path(root).expanduser().resolve() for root in self.model_roots]
