@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("gemv.c")
 _CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-fno-math-errno")
 _LOCK = threading.Lock()
+# Weights read (k * d_out) below which the kernel runs on the calling thread only. An OpenMP
+# fork/join costs a few microseconds on an idle machine, but on a loaded one (other processes
+# holding the cores) every barrier can wait a scheduler time slice (milliseconds) for the second
+# thread; decode runs ~200 of these per token. Override with ACTTAIL_GEMV_PARALLEL_MIN.
+PARALLEL_MIN_WORK = int(os.environ.get("ACTTAIL_GEMV_PARALLEL_MIN", 1 << 20))
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -165,7 +170,7 @@ def gather_rows_gemv(
         idx.numel(),
         None if b32 is None else b32.data_ptr(),
         y.data_ptr(),
-        torch.get_num_threads(),
+        torch.get_num_threads() if idx.numel() * d_out >= PARALLEL_MIN_WORK else 1,
     )
     return y if weight_t.dtype == torch.float32 else y.to(weight_t.dtype)
 

@@ -19,7 +19,6 @@
 
 #define TILE 2048      /* floats of y per tile: 8 KiB, comfortably inside a 32 KiB L1d */
 #define ALIGN 16       /* split outputs on 64-byte boundaries */
-#define PAR_MIN_WORK 65536  /* k * d_out below which one thread beats the fork/join cost */
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = ((uint32_t)h) << 16;
@@ -90,7 +89,7 @@ static void rows_bf16_range(const uint16_t *restrict wt, int64_t d_out, const in
 /* y = bias + sum_j vals[j] * wt[idx[j], :]  (fp32 weights). */
 void acttail_rows_f32(const float *wt, int64_t d_out, const int64_t *idx, const float *vals, int64_t k,
                       const float *bias, float *y, int nthreads) {
-    int nt = (k * d_out >= PAR_MIN_WORK && nthreads > 1) ? nthreads : 1;
+    int nt = nthreads > 1 ? nthreads : 1;
     if (nt == 1) { rows_f32_range(wt, d_out, idx, vals, k, bias, y, 0, d_out); return; }
 #pragma omp parallel num_threads(nt)
     {
@@ -103,7 +102,7 @@ void acttail_rows_f32(const float *wt, int64_t d_out, const int64_t *idx, const 
 /* Same with bf16 weights (raw uint16 bits), fp32 accumulation and output. */
 void acttail_rows_bf16(const uint16_t *wt, int64_t d_out, const int64_t *idx, const float *vals, int64_t k,
                        const float *bias, float *y, int nthreads) {
-    int nt = (k * d_out >= PAR_MIN_WORK && nthreads > 1) ? nthreads : 1;
+    int nt = nthreads > 1 ? nthreads : 1;
     if (nt == 1) { rows_bf16_range(wt, d_out, idx, vals, k, bias, y, 0, d_out); return; }
 #pragma omp parallel num_threads(nt)
     {

@@ -129,8 +129,9 @@ def test_torch_fallback_matches_compiled_kernel(monkeypatch: pytest.MonkeyPatch)
     assert torch.equal(kernels.select_threshold(x, 0.7)[0], torch.nonzero(x.abs() > 0.7).flatten())
 
 
-def test_threads_split_outputs_without_overlap() -> None:
-    # Large enough to take the OpenMP path; odd d_out exercises the ragged last range.
+def test_threads_split_outputs_without_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_WORK", 0)  # always take the OpenMP path
+    # Odd d_out exercises the ragged last range.
     w, wt, x, bias = _case(4099, 512, seed=6)
     idx, vals = kernels.select_topk(x, 256)
     previous = torch.get_num_threads()
@@ -158,3 +159,25 @@ def test_bad_arguments_raise() -> None:
         kernels.sparse_gemv(torch.randn(4, 6).t(), torch.tensor([0]), torch.tensor([1.0]))
     with pytest.raises(ValueError, match="equal length"):
         kernels.sparse_gemv(torch.randn(4, 6), torch.tensor([0, 1]), torch.tensor([1.0]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by benchmarks/gpu_check.sh)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_cuda_kernels_match_dense_on_masked_input(sparsity: float, dtype: torch.dtype) -> None:
+    from acttail.kernels import triton_gemv
+
+    assert triton_gemv.triton_available()
+    for d_out, d_in in ((192, 576), (4096, 4096), (11008, 4096), (333, 1001)):
+        w, _, x, bias = _case(d_out, d_in, seed=11)
+        w, x, bias = w.cuda().to(dtype), x.cuda().to(dtype), bias.cuda().to(dtype)
+        wt = w.t().contiguous()
+        k = kernels.keep_count(d_in, sparsity)
+        idx, vals = kernels.select_topk(x, k)
+        reference = _masked_reference(w.float(), x.float(), idx, bias.float())
+        tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2 * reference.abs().max().item())
+        torch.testing.assert_close(kernels.topk_gemv(wt, x, k, bias).double(), reference, **tol)
+        torch.testing.assert_close(kernels.sparse_gemv(wt, idx, vals, bias).double(), reference, **tol)
+        t = 0.8
+        expected = F.linear((x * (x.abs() > t)).double(), w.double(), bias.double())
+        torch.testing.assert_close(kernels.threshold_gemv(wt, x, t, bias).double(), expected, **tol)
