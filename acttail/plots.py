@@ -42,7 +42,7 @@ import matplotlib.style
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter
 from matplotlib.figure import Figure
 
 from acttail.errors import ActTailError
@@ -181,7 +181,7 @@ def plot_esd(evals: Sequence[float] | np.ndarray, fit: TailFit, *, title: str | 
 
     fig = _new_figure(6.4, 4.4)
     ax = fig.add_subplot()
-    ax.hist(values, bins=edges, density=True, histtype="stepfilled", color="#56B4E9", alpha=0.55,
+    heights, _, _ = ax.hist(values, bins=edges, density=True, histtype="stepfilled", color="#56B4E9", alpha=0.55,
             edgecolor="#0072B2", linewidth=0.8, label=f"ESD ({n} eigenvalues)")
     lam = np.logspace(math.log10(xmin), math.log10(values[-1]), 64)
     tail_density = (n_tail / n) * (alpha - 1.0) / xmin * (lam / xmin) ** (-alpha)
@@ -190,10 +190,15 @@ def plot_esd(evals: Sequence[float] | np.ndarray, fit: TailFit, *, title: str | 
     ax.axvline(xmin, color="#000000", linestyle="--", linewidth=1.2, label=f"$x_{{min}}$ = {xmin:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # Headroom above the histogram (30 % of the decades shown) so the legend covers no data.
+    low = min(float(heights[heights > 0].min()), float(tail_density[-1]))
+    high = float(heights.max())
+    ax.set_ylim(low / 2.0, high * (high / low) ** 0.3)
     ax.set_xlabel("eigenvalue λ of WᵀW")
     ax.set_ylabel("density")
     ax.set_title(title if title is not None else f"ESD, α = {alpha:.2f}")
-    ax.legend(loc="upper right")
+    # The x_min line spans the full height, so the legend gets an opaque box wherever it lands.
+    ax.legend(loc="upper right", frameon=True, framealpha=0.92, facecolor="white", edgecolor="none")
     return fig
 
 
@@ -287,9 +292,10 @@ def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool
 
     Accepts an ``acttail.allocate.Allocation`` (or anything with ``sparsities``, ``target``,
     ``method``, ``model_id``) or its ``to_dict()`` document. Colour = sparsity over the data's
-    range (so a ±10 % spread is visible; a uniform allocation gets a ±1 % range around its
-    value); the target is marked on the colourbar. Cells show the sparsity in percent when
-    ``annotate`` (default: when there are at most 64 layers). Missing cells are blank.
+    deviation from the target (so a ±10 % spread is visible; at least ±1 %) on a diverging map
+    centred on the target: red cells are sparser than the target, blue ones denser, white at
+    the target, which is also marked on the colourbar. Cells show the sparsity in percent
+    when ``annotate`` (default: when there are at most 64 layers). Missing cells are blank.
     """
     sparsities, target, method, model_id = _allocation_fields(allocation)
     cells: dict[tuple[int, str], float] = {}
@@ -304,15 +310,16 @@ def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool
     row_of = {layer: i for i, layer in enumerate(layers)}
     for (layer, kind), value in cells.items():
         grid[row_of[layer], kinds.index(kind)] = value
-    vmin, vmax = float(np.nanmin(grid)), float(np.nanmax(grid))
-    if vmax - vmin < 0.02:
-        vmin, vmax = max(0.0, (vmin + vmax) / 2 - 0.01), min(1.0, (vmin + vmax) / 2 + 0.01)
+    # Linear colour scale symmetric about the target (white), at least ±1 %, so equal colour
+    # distances mean equal sparsity distances on both sides.
+    half = max(0.01, float(np.nanmax(np.abs(grid - target))))
+    vmin, vmax = target - half, target + half
 
     height = float(np.clip(1.3 + 0.22 * len(layers), 3.0, 14.0))
     fig = _new_figure(1.9 + 0.62 * len(kinds), height)
     ax = fig.add_subplot()
     norm = Normalize(vmin=vmin, vmax=vmax)
-    image = ax.imshow(grid, cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")
+    image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
     ax.grid(False)
     ax.set_xticks(range(len(kinds)), kinds)
     ax.xaxis.tick_top()
@@ -322,21 +329,20 @@ def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_xlabel("projection")
     ax.set_ylabel("layer")
     if annotate if annotate is not None else len(layers) <= 64:
         for (row, col), value in np.ndenumerate(grid):
             if not np.isnan(value):
-                light = norm(value) < 0.55  # dark end of viridis: white text
+                dark_cell = abs(float(norm(value)) - 0.5) > 0.3  # saturated ends of RdBu: white text
                 ax.text(col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=6.5,
-                        color="white" if light else "black")
+                        color="white" if dark_cell else "black")
     cbar = fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03, aspect=30)
     cbar.set_label("sparsity of the projection's input (%)")
-    cbar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0 if vmax - vmin >= 0.05 else 1))
-    if vmin <= target <= vmax:
-        cbar.ax.axhline(target, color="#D55E00", linewidth=2.0)
-        cbar.ax.text(-0.15, target, "target", transform=cbar.ax.get_yaxis_transform(), va="center",
-                     ha="right", fontsize=7.5, color="#D55E00", clip_on=False)
+    cbar.ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # whole percents where possible
+    cbar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+    cbar.ax.axhline(target, color="#000000", linewidth=1.5)
+    cbar.ax.text(-0.15, target, "target", transform=cbar.ax.get_yaxis_transform(), va="center",
+                 ha="right", fontsize=7.5, clip_on=False)
     prefix = f"{model_id}\n" if model_id else ""
     ax.set_title(title if title is not None else f"{prefix}{method} allocation, target {100 * target:.4g}%", pad=6)
     return fig

@@ -221,6 +221,11 @@ def test_allocation_heatmap_grid_colourbar_and_title(allocation) -> None:
     assert len(ax.texts) == 28  # one percentage per cell
     target_marks = [line for line in cbar_ax.get_lines() if np.allclose(line.get_ydata(), 0.6)]
     assert len(target_marks) == 1
+    low, high = image.get_clim()
+    assert (low + high) / 2 == pytest.approx(0.6)  # diverging map: white at the target
+    spread = max(abs(s - 0.6) for s in allocation.sparsities.values())
+    assert high - 0.6 == pytest.approx(max(spread, 0.01))
+    assert image.get_cmap().name == "RdBu_r"
 
 
 def test_allocation_from_dict_uniform_and_partial() -> None:
