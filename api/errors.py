@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from acttail.errors import (
@@ -70,6 +71,13 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_for(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    @app.exception_handler(DataError)
+    async def _data_error(_request: Request, exc: DataError) -> JSONResponse:
+        # A value that passed the schema but not the database (NUL byte in a string, integer out
+        # of range): the client's fault, but never echo the SQL.
+        log.info("refused by the database: %s", type(exc.orig).__name__)
+        return JSONResponse({"detail": "a value in the request is out of range or contains a NUL byte"}, 422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

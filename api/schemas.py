@@ -14,6 +14,7 @@ __all__ = ["JobRequest"]
 
 T = TypeVar("T")
 MAX_PAGE = 200
+MAX_ID = 2**31 - 1  # integer primary keys
 
 
 def _utc(value: datetime | None) -> datetime | None:

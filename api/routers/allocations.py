@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 
 from acttail.errors import AllocationError
 from acttail.store import catalog, results
 from api.deps import SessionDep, TeamDep
-from api.schemas import MAX_PAGE, AllocationCreated, AllocationSummary, Page
+from api.schemas import MAX_ID, MAX_PAGE, AllocationCreated, AllocationSummary, Page
 
 router = APIRouter(prefix="/v1/allocations", tags=["allocations"])
 
@@ -36,7 +36,9 @@ def list_allocations(
 
 
 @router.get("/{allocation_id}", responses={200: {"description": "the acttail.allocation JSON document"}})
-def get_allocation(allocation_id: int, team: TeamDep, db_session: SessionDep) -> JSONResponse:
+def get_allocation(
+    allocation_id: Annotated[int, Path(ge=1, le=MAX_ID)], team: TeamDep, db_session: SessionDep
+) -> JSONResponse:
     """The allocation document exactly as ``acttail allocate`` writes it (format acttail.allocation v1)."""
     row = results.get_allocation(allocation_id, team_id=team.id, db_session=db_session)
     return JSONResponse(row.document)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from acttail.store import jobs, results
 from api.deps import SessionDep, TeamDep
-from api.schemas import MAX_PAGE, BenchmarkOut, Page
+from api.schemas import MAX_ID, MAX_PAGE, BenchmarkOut, Page
 
 router = APIRouter(prefix="/v1/benchmarks", tags=["benchmarks"])
 
@@ -20,7 +20,7 @@ def list_benchmarks(
     model: Annotated[str | None, Query(max_length=512, description="model ID or fingerprint")] = None,
     kind: Annotated[str | None, Query(max_length=32, description="perplexity | zeroshot | speed")] = None,
     metric: Annotated[str | None, Query(max_length=64)] = None,
-    allocation_id: Annotated[int | None, Query(ge=1)] = None,
+    allocation_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     job: Annotated[str | None, Query(max_length=36, description="only the rows a job produced")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,

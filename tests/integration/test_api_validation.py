@@ -127,3 +127,23 @@ def test_api_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
     assert re.match(r"^\s*$", out.stderr)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/allocations/99999999999999999999",
+        "/v1/benchmarks?allocation_id=99999999999999",
+        "/v1/allocations?model=a%00b",
+        "/v1/jobs/a%00b",
+        "/v1/models/a%00/alphas",
+        "/v1/allocations?target=nan",
+    ],
+)
+def test_hostile_path_and_query_values_are_not_500(api: Api, key: str, path: str) -> None:
+    """Out-of-range integers and NUL bytes never reach a 500: PostgreSQL refuses NUL (422), SQLite
+    simply finds nothing (200 empty list or 404)."""
+    response = api.client.get(path, headers=Api.auth(key))
+    assert response.status_code in (200, 404, 422)
+    if response.status_code == 200:
+        assert response.json()["total"] == 0
