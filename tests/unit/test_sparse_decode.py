@@ -24,7 +24,7 @@ from acttail.models.architectures import find_projections
 from acttail.sparse_decode import SparseDecodeLinear, enable_sparse_decode
 from acttail.sparsity import apply_sparsity
 
-NEW_TOKENS = 24
+NEW_TOKENS = 16
 
 
 def _tiny(arch: str) -> nn.Module:
@@ -207,3 +207,25 @@ def test_measure_decode_speed_reports_both_paths() -> None:
     assert dense_only.sparse_tokens_per_s is None and dense_only.speedup is None
     with pytest.raises(ValueError, match="warmup"):
         measure_decode_speed(model, _ByteTokenizer(), 0.5, new_tokens=3, warmup_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> tuple[nn.Module, object]:
+    from acttail.models import resolve_model
+
+    return resolve_model("smollm2-135m").load_causal_lm()
+
+
+@pytest.mark.slow
+def test_smollm2_sparse_decode_tokens_identical_to_reference(smollm2: tuple[nn.Module, object]) -> None:
+    model, tokenizer = smollm2
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    sparsities = {ref.name: 0.5 + 0.4 * (ref.layer % 2) for ref, _ in find_projections(model)}  # 0.5 / 0.9 alternating
+    for setting in (0.5, sparsities):
+        with apply_sparsity(model, setting, "topk", track=False):
+            reference = greedy_decode(model, ids, 8).tokens
+        with enable_sparse_decode(model, setting) as handle:
+            assert handle.backend == "c-openmp" and len(handle.originals) == 7 * 30
+            kernel = greedy_decode(model, ids, 8).tokens
+        assert kernel == reference
+    assert not any(isinstance(m, SparseDecodeLinear) for m in model.modules())
