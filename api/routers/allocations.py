@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Path, Query, status
+from fastapi.responses import JSONResponse, Response
 
 from acttail.errors import AllocationError
 from acttail.store import catalog, results
+from api.csv_export import Format, csv_response
 from api.deps import SessionDep, TeamDep
 from api.schemas import MAX_ID, MAX_PAGE, AllocationCreated, AllocationSummary, Page
 
@@ -28,19 +29,32 @@ def list_allocations(
     method: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> Page[AllocationSummary]:
+    fmt: Format = "json",
+) -> Page[AllocationSummary] | Response:
     rows, total = results.list_allocations(
         team_id=team.id, model=model, target=target, method=method, limit=limit, offset=offset, db_session=db_session
     )
-    return Page[AllocationSummary].of([AllocationSummary.of(r, team.id) for r in rows], total, limit, offset)
+    items = [AllocationSummary.of(r, team.id) for r in rows]
+    if fmt == "csv":
+        return csv_response(
+            (i.model_dump(mode="json") for i in items), list(AllocationSummary.model_fields), "allocations.csv"
+        )
+    return Page[AllocationSummary].of(items, total, limit, offset)
 
 
 @router.get("/{allocation_id}", responses={200: {"description": "the acttail.allocation JSON document"}})
 def get_allocation(
-    allocation_id: Annotated[int, Path(ge=1, le=MAX_ID)], team: TeamDep, db_session: SessionDep
-) -> JSONResponse:
-    """The allocation document exactly as ``acttail allocate`` writes it (format acttail.allocation v1)."""
+    allocation_id: Annotated[int, Path(ge=1, le=MAX_ID)], team: TeamDep, db_session: SessionDep, fmt: Format = "json"
+) -> Response:
+    """The allocation document exactly as ``acttail allocate`` writes it (format acttail.allocation v1);
+    as CSV: one line per projection (name, sparsity, param_count)."""
     row = results.get_allocation(allocation_id, team_id=team.id, db_session=db_session)
+    if fmt == "csv":
+        doc = row.document
+        lines = (
+            {"name": n, "sparsity": s, "param_count": doc["param_counts"][n]} for n, s in doc["sparsities"].items()
+        )
+        return csv_response(lines, ["name", "sparsity", "param_count"], f"allocation-{row.id}.csv")
     return JSONResponse(row.document)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
 from acttail.store import jobs, results
+from api.csv_export import Format, csv_response
 from api.deps import SessionDep, TeamDep
 from api.schemas import MAX_ID, MAX_PAGE, BenchmarkOut, Page
 
@@ -24,10 +26,16 @@ def list_benchmarks(
     job: Annotated[str | None, Query(max_length=36, description="only the rows a job produced")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> Page[BenchmarkOut]:
+    fmt: Format = "json",
+) -> Page[BenchmarkOut] | Response:
     ids = None if job is None else jobs.get_job(job, team_id=team.id, db_session=db_session).benchmark_ids
     rows, total = results.list_benchmarks(
         team_id=team.id, model=model, kind=kind, metric=metric, allocation_id=allocation_id, ids=ids,
         limit=limit, offset=offset, db_session=db_session,
     )  # fmt: skip
-    return Page[BenchmarkOut].of([BenchmarkOut.of(r, team.id) for r in rows], total, limit, offset)
+    items = [BenchmarkOut.of(r, team.id) for r in rows]
+    if fmt == "csv":
+        return csv_response(
+            (i.model_dump(mode="json") for i in items), list(BenchmarkOut.model_fields), "benchmarks.csv"
+        )
+    return Page[BenchmarkOut].of(items, total, limit, offset)

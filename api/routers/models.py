@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
 
 from acttail.store import catalog
 from acttail.store.requests import ESTIMATORS
+from api.csv_export import Format, csv_response
 from api.deps import SessionDep, TeamDep
-from api.schemas import MAX_PAGE, AlphasOut, ModelOut
+from api.schemas import MAX_PAGE, AlphasOut, ModelOut, ProjectionOut
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -35,10 +37,15 @@ def get_alphas(
     team: TeamDep,
     db_session: SessionDep,
     estimator: Annotated[Literal[ESTIMATORS] | None, Query()] = None,  # type: ignore[valid-type]
-) -> AlphasOut:
+    fmt: Format = "json",
+) -> AlphasOut | Response:
     """The latest ESD run of the model (optionally for one estimator): alpha and all statistics per projection.
 
     ESD runs describe public weights, so they are shared by every team.
     """
     run = catalog.latest_esd_run(model, estimator=estimator, db_session=db_session)
-    return AlphasOut.of(run)
+    out = AlphasOut.of(run)
+    if fmt == "csv":  # one line per projection, every statistic
+        rows = (p.model_dump() for p in out.projections)
+        return csv_response(rows, list(ProjectionOut.model_fields), f"alphas-{run.estimator}-{run.id}.csv")
+    return out

@@ -166,3 +166,34 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         assert path in paths, path
     schema = api.client.get("/openapi.json").json()["components"]["schemas"]["JobRequest"]["properties"]
     assert schema["targets"]["maxItems"] == 32 and schema["model_id"]["maxLength"] == 512
+
+
+def test_csv_next_to_json(api: Api, team: tuple[int, str], session_factory: sessionmaker[Session]) -> None:
+    import csv
+    import io
+
+    team_id, key = team
+    description = model_description("=cmd/csv-" + key[4:10])  # a formula-looking ID must not run in a spreadsheet
+    doc = allocation_document(str(description["fingerprint"]), 0.5, model_id=str(description["model_id"]))
+    with session_scope(session_factory) as session:
+        model = catalog.get_or_create_model(description, db_session=session)
+        catalog.save_esd_run(model, "ks", esd_rows(), db_session=session)
+        alloc, _ = results.save_allocation(doc, model=model, team_id=team_id, db_session=session)
+        results.save_benchmark(model=model, kind="perplexity", metric="ppl", value=20.0, settings={"seqlen": 128},
+                               allocation_id=alloc.id, team_id=team_id, db_session=session)  # fmt: skip
+
+    def table(url: str) -> list[dict[str, str]]:
+        response = api.client.get(url, headers=api.auth(key))
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+        assert "attachment" in response.headers["content-disposition"]
+        return list(csv.DictReader(io.StringIO(response.text)))
+
+    alphas = table(f"/v1/models/{description['fingerprint']}/alphas?format=csv")
+    assert [row["name"] for row in alphas] == PROJECTION_NAMES and float(alphas[1]["alpha"]) == 3.0
+    per_projection = table(f"/v1/allocations/{alloc.id}?format=csv")
+    assert {row["name"]: float(row["sparsity"]) for row in per_projection} == doc["sparsities"]
+    listed = table(f"/v1/allocations?model={description['fingerprint']}&format=csv")
+    assert len(listed) == 1 and listed[0]["model_id"] == "'" + str(description["model_id"])
+    benches = table(f"/v1/benchmarks?allocation_id={alloc.id}&format=csv")
+    assert float(benches[0]["value"]) == 20.0 and benches[0]["settings"] == '{"seqlen":128}'
+    assert api.client.get("/v1/benchmarks?format=xml", headers=api.auth(key)).status_code == 422
