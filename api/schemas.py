@@ -191,6 +191,8 @@ class BenchmarkOut(_Out):
     model_id: str
     fingerprint: str
     allocation_id: int | None
+    method: str | None = Field(description="allocation method; null for the dense model")
+    target: float | None = Field(description="allocation target sparsity; null for the dense model")
     kind: str
     metric: str
     value: float
@@ -204,6 +206,8 @@ class BenchmarkOut(_Out):
     def of(cls, row: Benchmark, team_id: int) -> BenchmarkOut:
         return cls(
             id=row.id, model_id=row.model.model_id, fingerprint=row.model.fingerprint, allocation_id=row.allocation_id,
+            method=row.allocation.method if row.allocation is not None else None,
+            target=row.allocation.target if row.allocation is not None else None,
             kind=row.kind, metric=row.metric, value=row.value, settings=row.settings, versions=row.versions,
             shared=row.shared, own=row.team_id == team_id, created_at=row.created_at,
         )  # fmt: skip

@@ -213,6 +213,7 @@ class Benchmark(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     model: Mapped[Model] = relationship(lazy="joined")
+    allocation: Mapped[AllocationRow | None] = relationship(lazy="joined")
 
 
 class Job(Base):

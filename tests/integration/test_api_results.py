@@ -138,6 +138,9 @@ def test_benchmarks_filters_and_job_links(
     assert {b["id"] for b in by_job["items"]} == {dense.id, sparse.id}
     only_sparse = api.client.get(f"/v1/benchmarks?allocation_id={alloc.id}", headers=api.auth(key)).json()
     assert [b["value"] for b in only_sparse["items"]] == [23.0]
+    assert (only_sparse["items"][0]["method"], only_sparse["items"][0]["target"]) == ("acttail", 0.5)
+    dense_row = [b for b in by_job["items"] if b["allocation_id"] is None][0]
+    assert (dense_row["method"], dense_row["target"], dense_row["value"]) == (None, None, 20.0)
     first = api.client.get(
         f"/v1/benchmarks?model={description['model_id']}&kind=perplexity&metric=ppl&limit=1", headers=api.auth(key)
     ).json()
