@@ -30,6 +30,7 @@ lm-eval's ``ctx_b.capitalize()`` except for ``capitalize()``'s lower-casing of t
 from __future__ import annotations
 
 import bz2
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -88,8 +89,14 @@ class TaskSpec:
 
     def load(self, limit: int | None = None) -> list[Doc]:
         """The first ``limit`` docs in file order (all when ``None``)."""
-        docs = self.loader()
-        return docs if limit is None else docs[: max(limit, 0)]
+        docs = _cached(self.loader)
+        return list(docs if limit is None else docs[: max(limit, 0)])
+
+
+@functools.cache
+def _cached(loader: Callable[[], list[Doc]]) -> tuple[Doc, ...]:
+    """Parse each bundled file once per process (HellaSwag takes about a second)."""
+    return tuple(loader())
 
 
 def data_dir() -> Path:

@@ -150,7 +150,9 @@ class _Row:
     sources: tuple[tuple[int, ...], ...]
 
 
-def _make_row(key: tuple[int, int], choices: Sequence[int], ctx: list[int], conts: Sequence[list[int]], max_len: int) -> _Row:
+def _make_row(
+    key: tuple[int, int], choices: Sequence[int], ctx: list[int], conts: Sequence[list[int]], max_len: int
+) -> _Row:
     longest = max(len(c) for c in conts)
     budget = max_len - sum(len(c) - 1 for c in conts)
     if budget < 1:
@@ -271,7 +273,11 @@ def _batches(rows: Sequence[_Row], batch_size: int, max_batch_tokens: int) -> li
     ordered = sorted(rows, key=lambda r: (-len(r.tokens), r.key))
     batches: list[list[_Row]] = []
     for r in ordered:
-        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * len(batches[-1][0].tokens) <= max_batch_tokens:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (len(batches[-1]) + 1) * len(batches[-1][0].tokens) <= max_batch_tokens
+        ):
             batches[-1].append(r)
         else:
             batches.append([r])
@@ -307,7 +313,9 @@ def score_docs(
         row
         for g, docs in enumerate(docs_per_group)
         for d, doc in enumerate(docs)
-        for row in _doc_rows((g, d), doc, tokenizer, add_bos_token=add_bos, share_context=share_context, max_len=max_len)
+        for row in _doc_rows(
+            (g, d), doc, tokenizer, add_bos_token=add_bos, share_context=share_context, max_len=max_len
+        )
     ]
     out: list[list[list[tuple[float, bool]]]] = [
         [[(math.nan, False)] * len(doc.continuations) for doc in docs] for docs in docs_per_group
@@ -316,9 +324,10 @@ def score_docs(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), tqdm(
-            total=sum(len(r.choices) for r in rows), desc=description, unit="req", disable=not progress
-        ) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=sum(len(r.choices) for r in rows), desc=description, unit="req", disable=not progress) as bar,
+        ):
             for batch in _batches(rows, batch_size, max_batch_tokens):
                 for r, scores in zip(batch, _score_batch(model, batch, pad_id), strict=True):
                     g, d = r.key
@@ -344,7 +353,9 @@ def task_metrics(spec: TaskSpec, docs: Sequence[Doc], scores: Sequence[Sequence[
         acc = np.array([float(s[0][1]) for s in scores])
         lls = np.array([s[0][0] for s in scores])
         ppl = float(math.exp(-lls.mean())) if len(lls) else None
-        return TaskResult(spec.name, float(acc.mean()) if len(acc) else math.nan, None, len(docs), _stderr(acc), None, ppl)
+        return TaskResult(
+            spec.name, float(acc.mean()) if len(acc) else math.nan, None, len(docs), _stderr(acc), None, ppl
+        )
     acc_list, norm_list = [], []
     for doc, s in zip(docs, scores, strict=True):
         lls = np.array([ll for ll, _ in s])
@@ -354,7 +365,9 @@ def task_metrics(spec: TaskSpec, docs: Sequence[Doc], scores: Sequence[Sequence[
     mean = float(acc.mean()) if len(acc) else math.nan
     if not spec.has_acc_norm:
         return TaskResult(spec.name, mean, None, len(docs), _stderr(acc))
-    return TaskResult(spec.name, mean, float(norm.mean()) if len(norm) else math.nan, len(docs), _stderr(acc), _stderr(norm))
+    return TaskResult(
+        spec.name, mean, float(norm.mean()) if len(norm) else math.nan, len(docs), _stderr(acc), _stderr(norm)
+    )
 
 
 def evaluate_zeroshot(

@@ -31,7 +31,26 @@ OFFICIAL = {
     "lambada_openai": 5153,
 }
 
-WORDS = ["<s>", "</s>", "<unk>", "the", "cat", "sat", "on", "mat", "yes", "no", "x", "xxxxxxxxxx", "a", "b", "c", "?", ":", "."]
+WORDS = [
+    "<s>",
+    "</s>",
+    "<unk>",
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "yes",
+    "no",
+    "x",
+    "xxxxxxxxxx",
+    "a",
+    "b",
+    "c",
+    "?",
+    ":",
+    ".",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +58,21 @@ def tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer: every word (and punctuation mark) is one token, so scores are exact."""
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
 
 
 def tiny_llama(seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -68,7 +94,7 @@ def constant_model(favoured: str | None, tokenizer: PreTrainedTokenizerFast) -> 
 
 
 def spec(name: str = "handmade", kind: str = "multiple_choice", norm: bool = True) -> TaskSpec:
-    return TaskSpec(name, kind, norm, 0, 0.5, lambda: [])  # type: ignore[arg-type]
+    return TaskSpec(name, kind, norm, 0, 0.5, list)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +223,11 @@ def test_acc_norm_divides_by_choice_length_in_characters(tokenizer: PreTrainedTo
 
 
 def test_lambada_greedy_accuracy_and_perplexity(tokenizer: PreTrainedTokenizerFast) -> None:
-    docs = [Doc(("the cat",), (" yes",), 0, (3,)), Doc(("the cat",), (" yes no",), 0, (6,)), Doc(("a",), (" yes yes",), 0, (7,))]
+    docs = [
+        Doc(("the cat",), (" yes",), 0, (3,)),
+        Doc(("the cat",), (" yes no",), 0, (6,)),
+        Doc(("a",), (" yes yes",), 0, (7,)),
+    ]
     scores = score_docs(constant_model("yes", tokenizer), tokenizer, [docs], progress=False)[0]
     assert [s[0][1] for s in scores] == [True, False, True]
     r = task_metrics(spec("lambada", "greedy", False), docs, scores)
@@ -237,9 +267,19 @@ def test_packed_context_respects_gemma3_sliding_window(tokenizer: PreTrainedToke
 
     torch.manual_seed(1)
     cfg = Gemma3TextConfig(
-        vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, sliding_window=3, max_position_embeddings=64,
-        layer_types=["sliding_attention", "full_attention"], pad_token_id=1, bos_token_id=0, eos_token_id=1,
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=3,
+        max_position_embeddings=64,
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=1,
     )
     model = Gemma3ForCausalLM(cfg).eval()
     doc = Doc(("the cat sat on the mat",), (" a b c", " yes no yes no"), 0, (5, 13))
