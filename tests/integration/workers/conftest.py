@@ -43,8 +43,8 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(model_root: Path) -> Callable[[int], str]:
-    """``tiny_model(seed)`` → the model ID of a distinct tiny Llama (own fingerprint) under the root."""
+def tiny_llama_id(model_root: Path) -> Callable[[int], str]:
+    """``tiny_llama_id(seed)`` → the model ID of a distinct tiny Llama (own fingerprint) under the root."""
 
     def build(seed: int) -> str:
         name = f"{TINY_MODEL}-{seed}"

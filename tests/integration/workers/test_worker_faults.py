@@ -52,12 +52,12 @@ def _queue_drained(redis_url: str) -> bool:
 
 
 def test_sigkilled_worker_job_is_redelivered_and_finishes_once(
-    start_worker: Any, session_factory: Any, redis_url: str, team: tuple[int, str], tiny_model: Any
+    start_worker: Any, session_factory: Any, redis_url: str, team: tuple[int, str], tiny_llama_id: Any
 ) -> None:
     """SIGKILL the whole worker (solo pool) during the benchmark stage, after ESD and allocations
     were stored; a new worker gets the unacked message after the visibility timeout and the job
     ends succeeded once, with every result row stored exactly once."""
-    model_id = tiny_model(11)
+    model_id = tiny_llama_id(11)
     first = start_worker("first", ACTTAIL_TEST_STAGE_DELAY="benchmark:30", **LIMITS)
     job_id = submit(session_factory, redis_url, _request(model_id, [0.3, 0.6], PPL), team_id=team[0])
     _wait_stage(session_factory, job_id, "benchmark")
@@ -78,13 +78,13 @@ def test_sigkilled_worker_job_is_redelivered_and_finishes_once(
 
 
 def test_killed_pool_child_is_rejected_and_requeued_at_once(
-    start_worker: Any, session_factory: Any, redis_url: str, team: tuple[int, str], tiny_model: Any
+    start_worker: Any, session_factory: Any, redis_url: str, team: tuple[int, str], tiny_llama_id: Any
 ) -> None:
     """prefork pool: SIGKILL the child running the job (what the OOM killer does); the parent
     rejects the message (reject_on_worker_lost) and the job runs again without waiting for the
     visibility timeout."""
-    model_id = tiny_model(12)
-    worker = start_worker("prefork", pool="prefork", ACTTAIL_TEST_STAGE_DELAY="esd:1", **LONG_LIMITS)
+    model_id = tiny_llama_id(12)
+    worker = start_worker("prefork", pool="prefork", ACTTAIL_TEST_STAGE_DELAY="esd:0.5", **LONG_LIMITS)
     job_id = submit(session_factory, redis_url, _request(model_id, [0.5]), team_id=team[0])
     _wait_stage(session_factory, job_id, "esd")
     children = child_pids(worker.proc.pid)
@@ -100,10 +100,10 @@ def test_killed_pool_child_is_rejected_and_requeued_at_once(
 
 
 def test_two_workers_racing_on_one_model_compute_one_esd_run(
-    start_worker: Any, session_factory: Any, redis_url: str, team: tuple[int, str], tiny_model: Any
+    start_worker: Any, session_factory: Any, redis_url: str, team: tuple[int, str], tiny_llama_id: Any
 ) -> None:
     """Two jobs, two workers, one model: the second waits on the ESD lock and reuses the first's run."""
-    model_id = tiny_model(13)
+    model_id = tiny_llama_id(13)
     workers = [start_worker(name, ACTTAIL_TEST_STAGE_DELAY="esd:0.4") for name in ("racer-a", "racer-b")]
     job_ids = [
         submit(session_factory, redis_url, _request(model_id, [target]), team_id=team[0]) for target in (0.4, 0.7)
@@ -120,10 +120,10 @@ def test_two_workers_racing_on_one_model_compute_one_esd_run(
 
 
 def test_soft_time_limit_fails_the_job_with_a_reason(
-    start_worker: Any, session_factory: Any, redis_url: str, team: tuple[int, str], tiny_model: Any
+    start_worker: Any, session_factory: Any, redis_url: str, team: tuple[int, str], tiny_llama_id: Any
 ) -> None:
     """prefork enforces the soft limit (10 s): a job slowed past it ends failed, readably, once."""
-    model_id = tiny_model(14)
+    model_id = tiny_llama_id(14)
     worker = start_worker("slow", pool="prefork", ACTTAIL_TEST_STAGE_DELAY="esd:2", **LIMITS)
     job_id = submit(session_factory, redis_url, _request(model_id, [0.5]), team_id=team[0])
     job = wait_job(session_factory, job_id, timeout=90)
