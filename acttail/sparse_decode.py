@@ -46,9 +46,29 @@ class SparseDecodeLinear(nn.Module):
         self.mode = mode
         self.k = keep_count(sparsity, linear.in_features)
         self.threshold = threshold
+        # Selection buffers of the fp32 CPU fast path (one decode stream per model at a time).
+        d_in = linear.in_features
+        self._workspace = (torch.empty(d_in, dtype=torch.int64), torch.empty(d_in), torch.empty(d_in))
+
+    def _fast_path(self, x: torch.Tensor) -> bool:
+        """fp32 CPU TopK with the compiled kernel: one C call per token, no Python-side selection."""
+        w = self.weight_t
+        return (
+            self.mode is SparsityMode.TOPK
+            and x.dtype is torch.float32
+            and w.dtype is torch.float32
+            and w.device.type == "cpu"
+            and x.is_contiguous()
+            and (self.bias is None or self.bias.dtype is torch.float32)
+            and kernels.cpu.cpu_kernel_available()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == self.in_features and not torch.is_grad_enabled():
+            if self._fast_path(x):
+                y = torch.empty(*x.shape[:-1], self.out_features)
+                kernels.cpu.topk_rows_f32_into(self.weight_t, x, self.k, self.bias, y, self._workspace)
+                return y
             xv = x.reshape(self.in_features)
             bias = None if self.bias is None else self.bias.detach()
             if self.mode is SparsityMode.TOPK:

@@ -52,14 +52,14 @@ class _ZeroProjection(nn.Module):
         return self.zero.expand(*x.shape[:-1], self.out_features)
 
 
-def time_outside_projections(model: nn.Module, input_ids: torch.Tensor, new_tokens: int, warmup: int) -> float:
+def time_outside_projections(model: nn.Module, input_ids: torch.Tensor, new_tokens: int, warmup: int, clock: str) -> float:
     """Seconds per decode step with every projection stubbed out (median of 3 runs)."""
     projections = find_projections(model)
     for ref, linear in projections:
         parent, _, child = ref.name.rpartition(".")
         setattr(model.get_submodule(parent), child, _ZeroProjection(linear))
     try:
-        runs = [greedy_decode(model, input_ids, new_tokens, warmup) for _ in range(3)]
+        runs = [greedy_decode(model, input_ids, new_tokens, warmup, clock) for _ in range(3)]
     finally:
         for ref, linear in projections:
             parent, _, child = ref.name.rpartition(".")
@@ -75,7 +75,7 @@ def to_markdown(result: dict) -> str:
         f"Command: `{result['command']}`",
         "",
         f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, L3 {m['l3_cache']}, {m.get('gpu', 'no GPU')}; torch {m['torch']}, "
-        f"{result['threads']} threads, dtype {result['dtype']}. {m['note']} Load average at start "
+        f"{result['threads']} threads, dtype {result['dtype']}, clock {result['clock']}. {m['note']} Load average at start "
         f"{m['load_average_at_start']}, at end {result['load_average_at_end']}.",
         "",
         f"Prompt: {result['prompt_tokens']} tokens; {result['new_tokens']} new tokens per run, first "
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--targets", type=float, nargs="*", default=list(TARGETS))
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: process CPU time (load-robust with --threads 1)")
     parser.add_argument("--no-acttail", action="store_true", help="uniform allocations only (skip the ESD)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode_speed"))
     args = parser.parse_args()
@@ -130,10 +131,10 @@ def main() -> None:
         print(alphas_source, flush=True)
 
     input_ids = tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids.to(args.device)
-    other = time_outside_projections(model, input_ids, args.new_tokens, args.warmup)
+    other = time_outside_projections(model, input_ids, args.new_tokens, args.warmup, args.clock)
     dense_step = statistics.median(
         sum(r.step_seconds) / len(r.step_seconds)
-        for r in (greedy_decode(model, input_ids, args.new_tokens, args.warmup) for _ in range(3))
+        for r in (greedy_decode(model, input_ids, args.new_tokens, args.warmup, args.clock) for _ in range(3))
     )
     lm_head = model.get_output_embeddings()
     amdahl = {
@@ -151,7 +152,7 @@ def main() -> None:
             allocation = allocate(alphas, counts, target, method=method, model_id=args.model)
             res = measure_decode_speed(
                 model, tokenizer, allocation, DEFAULT_PROMPT, args.new_tokens,
-                warmup_tokens=args.warmup, repeats=args.repeats,
+                warmup_tokens=args.warmup, repeats=args.repeats, clock=args.clock,
             )
             proj = dense_step - other
             bound = dense_step / (other + proj * (1 - target))
@@ -170,6 +171,7 @@ def main() -> None:
         "model": args.model,
         "fingerprint": source.describe().fingerprint,
         "threads": args.threads,
+        "clock": args.clock,
         "dtype": args.dtype,
         "prompt_tokens": first["prompt_tokens"],
         "new_tokens": args.new_tokens,

@@ -65,16 +65,21 @@ class _Flusher:
         float(self.buf.sum())
 
 
-def _time_call(fn, device: torch.device, flush: _Flusher) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _time_call(fn, device: torch.device, flush: _Flusher, clock=time.perf_counter) -> float:
     flush()
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def bench_shape(d_out: int, d_in: int, device: torch.device, dtype: torch.dtype, flush_bytes: int, samples: int) -> list[dict]:
+def bench_shape(
+    d_out: int, d_in: int, device: torch.device, dtype: torch.dtype, flush_bytes: int, samples: int, clock: str = "wall"
+) -> list[dict]:
     elem = torch.finfo(dtype).bits // 8
     gen = torch.Generator().manual_seed(d_out * 7 + d_in)
     w = torch.randn(d_out, d_in, generator=gen).to(device, dtype)  # [d_out, d_in]
@@ -96,7 +101,7 @@ def bench_shape(d_out: int, d_in: int, device: torch.device, dtype: torch.dtype,
         times: dict[str, list[float]] = {name: [] for name in fns}
         for i in range(samples):
             for name in fns:
-                times[name].append(_time_call(fns[name][i], device, flush))
+                times[name].append(_time_call(fns[name][i], device, flush, CLOCKS[clock]))
         # min: the call least disturbed by other jobs on a shared machine (timeit's rule);
         # medians are kept beside it.
         med = {name: min(t) for name, t in times.items()}
@@ -135,7 +140,7 @@ def to_markdown(result: dict) -> str:
         f"Command: `{result['command']}`",
         "",
         f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, L3 {m['l3_cache']}, {m.get('gpu', 'no GPU')}; "
-        f"torch {m['torch']}, {result['threads']} threads, dtype {result['dtype']}, backend `{result['backend']}`. "
+        f"torch {m['torch']}, {result['threads']} threads, clock {result['clock']}, dtype {result['dtype']}, backend `{result['backend']}`. "
         f"{m['note']} Load average at start {m['load_average_at_start']}, at end {result['load_average_at_end']}.",
         "",
         "Times: minimum over samples. dense = `F.linear(x, W)`; gemv = sparse GEMV over W^T given the selected channels; "
@@ -170,6 +175,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--flush-mib", type=int, default=None, help="MiB read before each timed call (> last-level cache; default 96 CPU, 512 CUDA)")
     parser.add_argument("--samples", type=int, default=25)
+    parser.add_argument(
+        "--clock", default="wall", choices=list(CLOCKS),
+        help="cpu: CPU time of the calling thread (load-robust; only meaningful with --threads 1)",
+    )
     parser.add_argument("--shapes", nargs="*", help="subset of shape names (substring match)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gemv_speed"))
     args = parser.parse_args()
@@ -181,6 +190,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "machine": describe_machine(),
         "threads": args.threads,
+        "clock": args.clock,
         "dtype": args.dtype,
         "backend": kernels.backend_name(device, dtype),
         "flush_mib": args.flush_mib,
@@ -190,7 +200,7 @@ def main() -> None:
     for name, (d_out, d_in) in SHAPES.items():
         if args.shapes and not any(sub in name for sub in args.shapes):
             continue
-        rows = bench_shape(d_out, d_in, device, dtype, args.flush_mib << 20, args.samples)
+        rows = bench_shape(d_out, d_in, device, dtype, args.flush_mib << 20, args.samples, args.clock)
         result["shapes"][name] = rows
         for r in rows:
             print(

@@ -12,6 +12,10 @@ load hits both alike; the median over ``repeats`` runs is reported.
 With ``check_reference`` the same sparsity is also run through the reference implementation
 (``acttail.sparsity.apply_sparsity`` hooks: TopK masking + dense ``F.linear``) and its greedy
 tokens are compared with the kernel path's.
+
+``clock="cpu"`` times with ``time.process_time`` (CPU seconds of the whole process) instead of
+wall time: with one torch thread that is the decode's own work, unaffected by other jobs
+pre-empting it on a shared machine (memory-bandwidth contention still counts).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class SpeedResult:
     """Dense vs sparse decode speed of one model at one sparsity setting (batch 1, greedy)."""
 
     mode: str
+    clock: str  # wall | cpu (process CPU time)
     target_sparsity: float  # parameter-weighted mean of the per-projection sparsities
     prompt_tokens: int
     new_tokens: int
@@ -94,7 +99,12 @@ def _cache_of(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
-def greedy_decode(model: nn.Module, input_ids: torch.Tensor, new_tokens: int, warmup_tokens: int = 0) -> DecodeRun:
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def greedy_decode(
+    model: nn.Module, input_ids: torch.Tensor, new_tokens: int, warmup_tokens: int = 0, clock: str = "wall"
+) -> DecodeRun:
     """Prefill ``input_ids`` [1, T], then ``new_tokens - 1`` cached single-token greedy steps.
 
     Returns all ``new_tokens`` generated ids and the wall time of each decode step after the
@@ -102,26 +112,29 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, new_tokens: int, wa
     """
     if new_tokens < 1:
         raise ValueError("new_tokens must be >= 1")
+    if clock not in _CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(_CLOCKS)}, got {clock!r}")
+    now = _CLOCKS[clock]
     device = input_ids.device
     cache_kwarg = _cache_kwarg(model)
     steps: list[float] = []
     with torch.inference_mode():
         _sync(device)
-        start = time.perf_counter()
+        start = now()
         out = model(input_ids=input_ids, use_cache=True)
         nxt = out.logits[:, -1:].argmax(-1)  # [1, 1]
         _sync(device)
-        prefill = time.perf_counter() - start
+        prefill = now() - start
         cache = _cache_of(out)
         tokens = [int(nxt)]
         for step in range(new_tokens - 1):
-            start = time.perf_counter()
+            start = now()
             out = model(input_ids=nxt, use_cache=True, **{cache_kwarg: cache})
             cache = _cache_of(out)
             nxt = out.logits[:, -1:].argmax(-1)
             tokens.append(int(nxt))  # int() reads the value: the step is complete on any device
             if step >= warmup_tokens:
-                steps.append(time.perf_counter() - start)
+                steps.append(now() - start)
     return DecodeRun(tokens=tokens, prefill_seconds=prefill, step_seconds=steps)
 
 
@@ -143,6 +156,7 @@ def measure_decode_speed(
     mode: SparsityMode | str = SparsityMode.TOPK,
     thresholds: Mapping[str, float] | None = None,
     check_reference: bool = True,
+    clock: str = "wall",
 ) -> SpeedResult:
     """Tokens/s of dense and sparse-kernel greedy decode of ``prompt`` (see module docstring).
 
@@ -170,10 +184,10 @@ def measure_decode_speed(
             handle.restore()
         greedy_decode(model, input_ids, warmup_tokens + 2)
         for _ in range(repeats):
-            dense_runs.append(greedy_decode(model, input_ids, new_tokens, warmup_tokens))
+            dense_runs.append(greedy_decode(model, input_ids, new_tokens, warmup_tokens, clock))
             if handle is not None:
                 handle.reapply()
-                sparse_runs.append(greedy_decode(model, input_ids, new_tokens, warmup_tokens))
+                sparse_runs.append(greedy_decode(model, input_ids, new_tokens, warmup_tokens, clock))
                 handle.restore()
         reference: DecodeRun | None = None
         if sparsities is not None and check_reference:
@@ -187,6 +201,7 @@ def measure_decode_speed(
     sparse_tps = statistics.median(r.tokens_per_s for r in sparse_runs) if sparse_runs else None
     return SpeedResult(
         mode=str(mode),
+        clock=clock,
         target_sparsity=target,
         prompt_tokens=int(input_ids.shape[1]),
         new_tokens=new_tokens,

@@ -91,6 +91,8 @@ def topk_gemv(weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tenso
     """Fused TopK selection + sparse GEMV for one token: W (topk_k(x)) + bias, x: [d_in]."""
     if weight_t.device.type == "cuda" and triton_gemv.triton_available():
         return triton_gemv.topk_gemv(weight_t, x, k, bias)
+    if weight_t.device.type == "cpu":
+        return cpu.fused_topk_gemv(weight_t, x, k, bias)
     idx, vals = select_topk(x, k)
     return sparse_gemv(weight_t, idx, vals, bias)
 
@@ -101,5 +103,7 @@ def threshold_gemv(
     """Fused threshold selection + sparse GEMV: W (x * [|x| > t]) + bias, x: [d_in]."""
     if weight_t.device.type == "cuda" and triton_gemv.triton_available():
         return triton_gemv.threshold_gemv(weight_t, x, threshold, bias)
+    if weight_t.device.type == "cpu":
+        return cpu.fused_threshold_gemv(weight_t, x, threshold, bias)
     idx, vals = select_threshold(x, threshold)
     return sparse_gemv(weight_t, idx, vals, bias)

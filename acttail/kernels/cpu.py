@@ -95,6 +95,8 @@ def _build(cc: str) -> Path:
 
 def _load() -> ctypes.CDLL | None:
     global _LIB, _STATUS
+    if _STATUS is not None:  # fast path: built (or failed) already
+        return _LIB
     with _LOCK:
         if _STATUS is not None:
             return _LIB
@@ -121,6 +123,10 @@ def _load() -> ctypes.CDLL | None:
         lib.acttail_select_threshold.restype = _i64
         lib.acttail_select_topk.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
         lib.acttail_select_topk.restype = _i64
+        lib.acttail_topk_rows_f32.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _ptr, _ptr, ctypes.c_int, _ptr, _ptr, _ptr]
+        lib.acttail_topk_rows_f32.restype = None
+        lib.acttail_threshold_rows_f32.argtypes = [_ptr, _i64, _i64, _ptr, ctypes.c_float, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
+        lib.acttail_threshold_rows_f32.restype = _i64
         _LIB = lib
         _STATUS = BuildStatus(True, str(path), "compiled C kernel")
         return lib
@@ -173,6 +179,103 @@ def gather_rows_gemv(
         torch.get_num_threads() if idx.numel() * d_out >= PARALLEL_MIN_WORK else 1,
     )
     return y if weight_t.dtype == torch.float32 else y.to(weight_t.dtype)
+
+
+class _Workspace(threading.local):
+    """Per-thread selection buffers by d_in, so a decode step allocates only its output."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, d_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        bufs = self.buffers.get(d_in)
+        if bufs is None:
+            bufs = (torch.empty(d_in, dtype=torch.int64), torch.empty(d_in), torch.empty(d_in))
+            self.buffers[d_in] = bufs
+        return bufs
+
+
+_WORKSPACE = _Workspace()
+
+
+def _fusable(lib: ctypes.CDLL | None, weight_t: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return (
+        lib is not None
+        and weight_t.dtype == torch.float32
+        and x.dtype == torch.float32
+        and weight_t.is_contiguous()
+        and x.is_contiguous()
+        and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
+    )
+
+
+def fused_topk_gemv(
+    weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y = W topk_k(x) + bias for one fp32 token in one C call (selection + product), x: [d_in].
+
+    Same selection as ``select_topk_c`` (ties to the lowest indices). Other dtypes go through
+    ``select_topk_c`` + ``gather_rows_gemv``.
+    """
+    lib = _load()
+    d_in, d_out = weight_t.shape
+    k = max(0, min(int(k), d_in))
+    if not _fusable(lib, weight_t, x, bias):
+        idx, vals = select_topk_c(x, k)
+        return gather_rows_gemv(weight_t, idx, vals, bias)
+    assert lib is not None
+    idx, vals, scratch = _WORKSPACE.get(d_in)
+    y = torch.empty(d_out, dtype=torch.float32)
+    threads = torch.get_num_threads() if k * d_out >= PARALLEL_MIN_WORK else 1
+    lib.acttail_topk_rows_f32(
+        weight_t.data_ptr(), d_in, d_out, x.data_ptr(), k, None if bias is None else bias.data_ptr(),
+        y.data_ptr(), threads, idx.data_ptr(), vals.data_ptr(), scratch.data_ptr(),
+    )
+    return y
+
+
+def topk_rows_f32_into(
+    weight_t: torch.Tensor,
+    x: torch.Tensor,
+    k: int,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """Decode fast path of ``fused_topk_gemv``: no checks, caller-owned output and workspace.
+
+    The caller guarantees: compiled kernel available, every tensor fp32, contiguous, on CPU,
+    ``out``: [d_out], workspace = (int64 [d_in], fp32 [d_in], fp32 [d_in]), 0 <= k <= d_in.
+    """
+    assert _LIB is not None
+    d_in, d_out = weight_t.shape
+    idx, vals, scratch = workspace
+    _LIB.acttail_topk_rows_f32(
+        weight_t.data_ptr(), d_in, d_out, x.data_ptr(), k, None if bias is None else bias.data_ptr(), out.data_ptr(),
+        torch.get_num_threads() if k * d_out >= PARALLEL_MIN_WORK else 1,
+        idx.data_ptr(), vals.data_ptr(), scratch.data_ptr(),
+    )
+
+
+def fused_threshold_gemv(
+    weight_t: torch.Tensor, x: torch.Tensor, threshold: float, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y = W (x * [|x| > t]) + bias for one fp32 token in one C call, x: [d_in]."""
+    lib = _load()
+    d_in, d_out = weight_t.shape
+    if not _fusable(lib, weight_t, x, bias):
+        idx, vals = select_threshold_c(x, threshold)
+        return gather_rows_gemv(weight_t, idx, vals, bias)
+    assert lib is not None
+    idx, vals, _ = _WORKSPACE.get(d_in)
+    y = torch.empty(d_out, dtype=torch.float32)
+    # The kept count is unknown before selection: parallelise on the dense size.
+    threads = torch.get_num_threads() if d_in * d_out >= 2 * PARALLEL_MIN_WORK else 1
+    lib.acttail_threshold_rows_f32(
+        weight_t.data_ptr(), d_in, d_out, x.data_ptr(), float(threshold), None if bias is None else bias.data_ptr(),
+        y.data_ptr(), threads, idx.data_ptr(), vals.data_ptr(),
+    )
+    return y
 
 
 def torch_gather_gemv(

@@ -164,3 +164,18 @@ int64_t acttail_select_topk(const float *x, int64_t d_in, int64_t k, int64_t *id
     }
     return n;
 }
+
+/* Fused TopK selection + GEMV for one fp32 token (workspace: idx, vals, scratch of d_in each). */
+void acttail_topk_rows_f32(const float *wt, int64_t d_in, int64_t d_out, const float *x, int64_t k,
+                           const float *bias, float *y, int nthreads, int64_t *idx, float *vals, float *scratch) {
+    const int64_t n = acttail_select_topk(x, d_in, k, idx, vals, scratch);
+    acttail_rows_f32(wt, d_out, idx, vals, n, bias, y, nthreads);
+}
+
+/* Fused threshold selection (|x| > t) + GEMV for one fp32 token; returns the kept count. */
+int64_t acttail_threshold_rows_f32(const float *wt, int64_t d_in, int64_t d_out, const float *x, float t,
+                                   const float *bias, float *y, int nthreads, int64_t *idx, float *vals) {
+    const int64_t n = acttail_select_threshold(x, d_in, t, idx, vals);
+    acttail_rows_f32(wt, d_out, idx, vals, n, bias, y, nthreads);
+    return n;
+}

@@ -110,19 +110,44 @@ def test_decode_steps_run_the_kernel_for_every_sparsified_projection(
     tiny: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    real = kernels.topk_gemv
+    real = kernels.cpu.topk_rows_f32_into
 
-    def counting(weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def counting(weight_t: torch.Tensor, x: torch.Tensor, k: int, *args: object) -> None:
         calls.append(k)
-        return real(weight_t, x, k, bias)
+        real(weight_t, x, k, *args)
 
-    monkeypatch.setattr(kernels, "topk_gemv", counting)
+    monkeypatch.setattr(kernels.cpu, "topk_rows_f32_into", counting)
     sparsities = _per_projection(tiny, 7)
     swapped = sum(1 for s in sparsities.values() if s > 0)
     with enable_sparse_decode(tiny, sparsities) as handle:
         assert len(handle.originals) == swapped
         greedy_decode(tiny, PROMPT, 4)
     assert len(calls) == 3 * swapped  # prefill is dense-masked; each of the 3 decode steps hits the kernel
+
+
+def test_general_path_matches_the_fp32_fast_path(tiny: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    sparsities = _per_projection(tiny, 9)
+    with enable_sparse_decode(tiny, sparsities):
+        fast = greedy_decode(tiny, PROMPT, 12).tokens
+    monkeypatch.setattr(SparseDecodeLinear, "_fast_path", lambda self, x: False)  # kernels.topk_gemv route
+    with enable_sparse_decode(tiny, sparsities):
+        general = greedy_decode(tiny, PROMPT, 12).tokens
+    assert general == fast
+
+
+def test_bf16_model_decodes_through_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _tiny("llama").to(torch.bfloat16)
+    with apply_sparsity(model, 0.5, "topk", track=False):
+        reference = greedy_decode(model, PROMPT, 8).tokens
+    with enable_sparse_decode(model, 0.5) as handle:
+        assert handle.backend == "c-openmp"
+        with torch.inference_mode():
+            cache = model(input_ids=PROMPT, use_cache=True).cache
+            logits = model(input_ids=torch.tensor([[9]]), cache=cache, use_cache=True).logits
+        assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+        kernel = greedy_decode(model, PROMPT, 8).tokens
+    # bf16 rounding differs between the paths, so only the first tokens are compared.
+    assert kernel[:3] == reference[:3]
 
 
 def test_restore_puts_back_the_original_modules(tiny: nn.Module) -> None:
