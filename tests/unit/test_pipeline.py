@@ -1,0 +1,165 @@
+"""``run_pipeline`` / ``evaluate_allocation`` end to end on a tiny random Llama saved to disk, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from acttail.allocate import Allocation, allocate
+from acttail.cli import main
+from acttail.errors import ActTailError
+from acttail.pipeline import PipelineConfig, evaluate_allocation, run_pipeline
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_sparsity import tiny_model  # noqa: E402
+
+
+def byte_tokenizer():
+    """A 256-token byte-level BPE with no merges: offline, deterministic, any text encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=alphabet[0], pad_token=alphabet[0])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=256, max_position_embeddings=512)
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tf.LlamaForCausalLM(config).eval().save_pretrained(directory)
+    byte_tokenizer().save_pretrained(directory)
+    return directory
+
+
+QUICK = dict(seqlen=128, max_tokens=512)
+
+
+def test_run_pipeline_end_to_end(model_dir: Path) -> None:
+    stages: list[tuple[str, float]] = []
+    config = PipelineConfig(targets=(0.5, 0.8), **QUICK)
+    result = run_pipeline(str(model_dir), config, progress=lambda s, f: stages.append((s, f)))
+    labels = [v.label for v in result.variants]
+    assert labels == ["dense", "uniform@0.5", "acttail@0.5", "uniform@0.8", "acttail@0.8"]
+    dense = result.variant("dense")
+    assert dense.perplexity.windows == 4 and dense.perplexity.tokens_scored == 4 * 127
+    for v in result.variants[1:]:
+        assert v.allocation is not None and v.allocation.weighted_mean == pytest.approx(v.target)
+        assert v.realised_sparsity == pytest.approx(v.target, abs=0.02)  # TopK is exact up to rounding of k
+        assert v.ppl != dense.ppl
+    uniform, acttail = result.variant("uniform", 0.8), result.variant("acttail", 0.8)
+    assert uniform.ppl_gain_vs_uniform_pct is None or uniform.ppl_gain_vs_uniform_pct == 0.0
+    assert acttail.ppl_gain_vs_uniform_pct == pytest.approx(100 * (uniform.ppl - acttail.ppl) / uniform.ppl)
+    assert len(set(acttail.allocation.sparsities.values())) > 1  # alpha-guided, not uniform
+    fractions = [f for _, f in stages]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    doc = json.loads(json.dumps(result.to_dict()))
+    assert doc["model"]["fingerprint"] == result.model["fingerprint"] != ""
+    assert set(doc["versions"]) >= {"torch", "transformers", "acttail"}
+    assert doc["protocol"]["perplexity"] == {**doc["protocol"]["perplexity"], "seqlen": 128, "max_tokens": 512}
+    assert len(doc["alphas"]) == 14
+
+
+def test_pipeline_with_zero_shot_and_injected_model(model_dir: Path) -> None:
+    pytest.importorskip("acttail.evaluate.zeroshot")
+    from acttail.models import resolve_model
+
+    loaded = resolve_model(str(model_dir)).load_causal_lm()
+    config = PipelineConfig(targets=(0.5,), methods=("uniform",), tasks=("arc_easy", "piqa"), limit=4, **QUICK)
+    result = run_pipeline(str(model_dir), config, loaded=loaded)
+    for v in result.variants:
+        assert 0.0 <= v.mean_accuracy <= 1.0
+        assert set(v.zeroshot["tasks"]) == {"arc_easy", "piqa"}
+    # The injected model is restored after every variant.
+    from acttail.models.architectures import find_projections
+
+    assert all(not lin._forward_pre_hooks for _, lin in find_projections(loaded[0]))
+
+
+def test_evaluate_allocation_checks_the_model(model_dir: Path, tmp_path: Path) -> None:
+    from acttail.models import resolve_model
+
+    source = resolve_model(str(model_dir))
+    counts = {p.name: p.param_count for p in source.projections()}
+    fingerprint = source.describe().fingerprint
+    alloc = allocate({}, counts, 0.6, method="uniform", fingerprint=fingerprint, model_id=str(model_dir))
+    result = evaluate_allocation(str(model_dir), alloc, PipelineConfig(**QUICK))
+    assert [v.label for v in result.variants] == ["dense", "uniform@0.6"]
+    assert result.variants[1].realised_sparsity == pytest.approx(0.6, abs=0.02)
+    wrong = allocate({}, counts, 0.6, method="uniform", fingerprint="0" * 64)
+    with pytest.raises(ActTailError, match="fingerprint"):
+        evaluate_allocation(str(model_dir), wrong, PipelineConfig(**QUICK))
+
+
+def test_threshold_mode_pipeline(model_dir: Path) -> None:
+    config = PipelineConfig(targets=(0.5,), methods=("uniform",), mode="threshold", calibration_tokens=1024,
+                            include_dense=False, **QUICK)
+    (variant,) = run_pipeline(str(model_dir), config).variants
+    assert variant.realised_sparsity == pytest.approx(0.5, abs=0.05)
+
+
+def run_cli(args: list[str]) -> None:
+    """``acttail ...`` in-process; typer's standalone mode ends with SystemExit(0) on success."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
+
+
+def test_cli_run_and_evaluate(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run.json"
+    run_cli(["run", str(model_dir), "--sparsity", "0.7", "--seqlen", "128", "--max-tokens", "256", "--quiet",
+          "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "acttail" in printed and "uniform" in printed and "70%" in printed
+    doc = json.loads(out.read_text())
+    assert [v["label"] for v in doc["variants"]] == ["dense", "uniform@0.7", "acttail@0.7"]
+    alloc_path = tmp_path / "alloc.json"
+    Allocation.from_dict(doc["variants"][2]["allocation"]).save(alloc_path)
+    run_cli(["evaluate", str(model_dir), "--allocation", str(alloc_path), "--seqlen", "128", "--max-tokens", "256",
+          "--quiet", "--no-dense", "--json", str(tmp_path / "eval.json")])
+    evaluated = json.loads((tmp_path / "eval.json").read_text())["variants"]
+    assert [v["label"] for v in evaluated] == ["acttail@0.7"]
+    assert evaluated[0]["ppl"] == pytest.approx(doc["variants"][2]["ppl"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sparsity", "1.5"], "outside (0, 1)"),
+        (["--sparsity", "abc"], "not a number"),
+        (["--tasks", "arc_easy,nosuchtask"], "unknown task 'nosuchtask'"),
+        (["--method", "magic"], "unknown method 'magic'"),
+        (["--mode", "fuzzy"], "unknown mode 'fuzzy'"),
+        (["--estimator", "guess"], "unknown estimator 'guess'"),
+        (["--epsilon", "1.5"], "epsilon"),
+        (["--direction", "sideways"], "sideways"),
+        (["--seqlen", "128", "--max-tokens", "64"], "max_tokens"),
+    ],
+)
+def test_bad_cli_arguments_exit_2_with_one_line(
+    model_dir: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(model_dir), "--quiet", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_evaluate_missing_allocation_file_exits_2(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(model_dir), "--allocation", "/nonexistent/alloc.json", "--quiet"])
+    assert exc.value.code == 2
+    assert "allocation file not found" in capsys.readouterr().err
