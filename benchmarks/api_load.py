@@ -254,7 +254,11 @@ def machine() -> str:
         cpu = model
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()}-core {cpu}, Linux {platform.release()}, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()}-core {cpu}, Linux {platform.release()}, Python {platform.python_version()}; "
+        f"load average {load} at the start"
+    )
 
 
 def main() -> None:
@@ -271,6 +275,7 @@ def main() -> None:
 
     from tests.integration.workers.tiny_model import build_tiny_llama
 
+    host = machine()
     workdir = Path(tempfile.mkdtemp(prefix="acttail-load-"))
     model_root = workdir / "models"
     build_tiny_llama(model_root / "tiny-llama")
@@ -311,7 +316,7 @@ def main() -> None:
     turnaround = summary_ms([s for log in logs for s in log.turnaround_s])
     result = {
         "command": f"python benchmarks/api_load.py --clients {args.clients} --jobs-per-client {args.jobs_per_client}",
-        "machine": machine() + "; shared with other jobs during this run (numbers are indicative)",
+        "machine": host + "; shared with other engineers' jobs during this run (numbers are indicative)",
         "stack": "uvicorn (1 process) + Celery worker (prefork, concurrency 1) + Redis 7.0 + PostgreSQL 15, loopback",
         "clients": args.clients,
         "jobs_per_client": args.jobs_per_client,
