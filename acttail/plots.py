@@ -42,8 +42,14 @@ import matplotlib.style
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter
 from matplotlib.figure import Figure
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+    PercentFormatter,
+)
 
 from acttail.errors import ActTailError
 
@@ -61,7 +67,15 @@ __all__ = [
     "save_figure",
 ]
 
-KIND_ORDER: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")  # = ProjectionType order
+KIND_ORDER: tuple[str, ...] = (
+    "q",
+    "k",
+    "v",
+    "o",
+    "gate",
+    "up",
+    "down",
+)  # = ProjectionType order
 # Okabe-Ito (colour-blind safe): attention in blues/green/purple, MLP in orange/red/black.
 KIND_COLORS: dict[str, str] = {
     "q": "#0072B2",
@@ -72,11 +86,21 @@ KIND_COLORS: dict[str, str] = {
     "up": "#D55E00",
     "down": "#000000",
 }
-KIND_MARKERS: dict[str, str] = {"q": "o", "k": "s", "v": "^", "o": "D", "gate": "v", "up": "P", "down": "X"}
+KIND_MARKERS: dict[str, str] = {
+    "q": "o",
+    "k": "s",
+    "v": "^",
+    "o": "D",
+    "gate": "v",
+    "up": "P",
+    "down": "X",
+}
 METHOD_COLORS: dict[str, str] = {"uniform": "#0072B2", "acttail": "#D55E00"}
 _OTHER_METHOD_COLORS = ("#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
 HTSR_BAND: tuple[float, float] = (2.0, 6.0)
-EVALS_FLOOR = 1e-5  # eigenvalues at or below are numerical zeros (WeightWatcher's EVALS_THRESH)
+EVALS_FLOOR = (
+    1e-5  # eigenvalues at or below are numerical zeros (WeightWatcher's EVALS_THRESH)
+)
 DPI = 150
 SVG_HASHSALT = "acttail"
 
@@ -102,7 +126,9 @@ STYLE: dict[str, Any] = {
 }
 
 # Same rule as acttail.models.architectures._NAME_RE (copied: that module imports torch).
-_NAME_RE = re.compile(r"^(?:.*layers)\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<kind>[qkvo]|gate|up|down)_proj$")
+_NAME_RE = re.compile(
+    r"^(?:.*layers)\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<kind>[qkvo]|gate|up|down)_proj$"
+)
 _ATTN_KINDS = frozenset({"q", "k", "v", "o"})
 
 _LOCK = threading.RLock()
@@ -136,7 +162,11 @@ def _locked(fn: Callable[_P, _R]) -> Callable[_P, _R]:
         with _styled():
             return fn(*args, **kwargs)
 
-    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = (
+        fn.__name__,
+        fn.__qualname__,
+        fn.__doc__,
+    )
     wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
     return wrapper
 
@@ -152,7 +182,13 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 @_locked
-def plot_esd(evals: Sequence[float] | np.ndarray, fit: TailFit, *, title: str | None = None, bins: int | None = None) -> Figure:
+def plot_esd(
+    evals: Sequence[float] | np.ndarray,
+    fit: TailFit,
+    *,
+    title: str | None = None,
+    bins: int | None = None,
+) -> Figure:
     """Log-log ESD of one projection with the fitted power-law tail and x_min marked.
 
     ``evals`` are the eigenvalues λ of WᵀW (any order; values ≤ 1e-5 are dropped as numerical
@@ -165,29 +201,68 @@ def plot_esd(evals: Sequence[float] | np.ndarray, fit: TailFit, *, title: str | 
     values = _finite_array(evals, "evals")
     values = np.sort(values[values > EVALS_FLOOR])
     if values.size < 2 or values[0] == values[-1]:
-        raise PlotError(f"ESD plot needs at least 2 distinct eigenvalues above {EVALS_FLOOR:g}, got {values.size}")
-    alpha, xmin = _number(getattr(fit, "alpha", None), "fit.alpha"), _number(getattr(fit, "xmin", None), "fit.xmin")
+        raise PlotError(
+            f"ESD plot needs at least 2 distinct eigenvalues above {EVALS_FLOOR:g}, got {values.size}"
+        )
+    alpha, xmin = (
+        _number(getattr(fit, "alpha", None), "fit.alpha"),
+        _number(getattr(fit, "xmin", None), "fit.xmin"),
+    )
     if alpha <= 1.0:
-        raise PlotError(f"fit.alpha must be > 1 for a normalisable power law, got {alpha:g}")
+        raise PlotError(
+            f"fit.alpha must be > 1 for a normalisable power law, got {alpha:g}"
+        )
     if not values[0] <= xmin <= values[-1]:
-        raise PlotError(f"fit.xmin = {xmin:g} lies outside the eigenvalue range [{values[0]:g}, {values[-1]:g}]")
+        raise PlotError(
+            f"fit.xmin = {xmin:g} lies outside the eigenvalue range [{values[0]:g}, {values[-1]:g}]"
+        )
     n = values.size
-    num_bins = bins if bins is not None else int(np.clip(round(2 * math.sqrt(n)), 20, 100))
+    num_bins = (
+        bins if bins is not None else int(np.clip(round(2 * math.sqrt(n)), 20, 100))
+    )
     if num_bins < 2:
         raise PlotError(f"bins must be at least 2, got {num_bins}")
     edges = np.logspace(math.log10(values[0]), math.log10(values[-1]), num_bins + 1)
+    edges[0], edges[-1] = (
+        values[0],
+        values[-1],
+    )  # 10**log10(λ) can round below λ_max and drop it
     num_tail = getattr(fit, "num_tail", None)
-    n_tail = int(num_tail) if isinstance(num_tail, int) and num_tail > 0 else int(np.count_nonzero(values >= xmin))
+    n_tail = (
+        int(num_tail)
+        if isinstance(num_tail, int) and num_tail > 0
+        else int(np.count_nonzero(values >= xmin))
+    )
 
     fig = _new_figure(6.4, 4.4)
     ax = fig.add_subplot()
-    heights, _, _ = ax.hist(values, bins=edges, density=True, histtype="stepfilled", color="#56B4E9", alpha=0.55,
-            edgecolor="#0072B2", linewidth=0.8, label=f"ESD ({n} eigenvalues)")
+    heights, _, _ = ax.hist(
+        values,
+        bins=edges,
+        density=True,
+        histtype="stepfilled",
+        color="#56B4E9",
+        alpha=0.55,
+        edgecolor="#0072B2",
+        linewidth=0.8,
+        label=f"ESD ({n} eigenvalues)",
+    )
     lam = np.logspace(math.log10(xmin), math.log10(values[-1]), 64)
     tail_density = (n_tail / n) * (alpha - 1.0) / xmin * (lam / xmin) ** (-alpha)
-    ax.plot(lam, tail_density, color="#D55E00", linewidth=2.0,
-            label=f"power-law fit, α = {alpha:.2f} ({n_tail} in tail)")
-    ax.axvline(xmin, color="#000000", linestyle="--", linewidth=1.2, label=f"$x_{{min}}$ = {xmin:.3g}")
+    ax.plot(
+        lam,
+        tail_density,
+        color="#D55E00",
+        linewidth=2.0,
+        label=f"power-law fit, α = {alpha:.2f} ({n_tail} in tail)",
+    )
+    ax.axvline(
+        xmin,
+        color="#000000",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"$x_{{min}}$ = {xmin:.3g}",
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     # Headroom above the histogram (30 % of the decades shown) so the legend covers no data.
@@ -198,7 +273,13 @@ def plot_esd(evals: Sequence[float] | np.ndarray, fit: TailFit, *, title: str | 
     ax.set_ylabel("density")
     ax.set_title(title if title is not None else f"ESD, α = {alpha:.2f}")
     # The x_min line spans the full height, so the legend gets an opaque box wherever it lands.
-    ax.legend(loc="upper right", frameon=True, framealpha=0.92, facecolor="white", edgecolor="none")
+    ax.legend(
+        loc="upper right",
+        frameon=True,
+        framealpha=0.92,
+        facecolor="white",
+        edgecolor="none",
+    )
     return fig
 
 
@@ -222,14 +303,29 @@ def plot_alphas(report_or_rows: Any, *, title: str | None = None) -> Figure:
     fig = _new_figure(7.6, 4.2)
     ax = fig.add_subplot()
     low, high = HTSR_BAND
-    ax.axhspan(low, high, color="#009E73", alpha=0.10, linewidth=0, label=f"HT-SR band {low:g} ≤ α ≤ {high:g}")
+    ax.axhspan(
+        low,
+        high,
+        color="#009E73",
+        alpha=0.10,
+        linewidth=0,
+        label=f"HT-SR band {low:g} ≤ α ≤ {high:g}",
+    )
     for kind in KIND_ORDER:
         points = sorted(by_kind.get(kind, []))
         if not points:
             continue
         layers, alphas = zip(*points, strict=True)
-        ax.plot(layers, alphas, color=KIND_COLORS[kind], marker=KIND_MARKERS[kind], markersize=3.5,
-                linewidth=1.3, linestyle="-" if kind in _ATTN_KINDS else "--", label=kind)
+        ax.plot(
+            layers,
+            alphas,
+            color=KIND_COLORS[kind],
+            marker=KIND_MARKERS[kind],
+            markersize=3.5,
+            linewidth=1.3,
+            linestyle="-" if kind in _ATTN_KINDS else "--",
+            label=kind,
+        )
     all_layers = [layer for layer, _, _ in rows]
     all_alphas = [alpha for _, _, alpha in rows]
     ax.set_xlim(min(all_layers) - 0.5, max(all_layers) + 0.5)
@@ -241,7 +337,12 @@ def plot_alphas(report_or_rows: Any, *, title: str | None = None) -> Figure:
     ax.set_xlabel("layer")
     ax.set_ylabel("α (power-law exponent of the ESD tail)")
     ax.set_title(title if title is not None else default_title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="projection", title_fontsize=8.5)
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title="projection",
+        title_fontsize=8.5,
+    )
     return fig
 
 
@@ -251,22 +352,38 @@ def _alpha_rows(source: Any) -> tuple[list[tuple[int, str, float]], str]:
     items: Any = source
     if isinstance(source, Mapping):
         if "projections" not in source:
-            raise PlotError("alpha input is a mapping without 'projections' (expected an ESD report document)")
+            raise PlotError(
+                "alpha input is a mapping without 'projections' (expected an ESD report document)"
+            )
         items = source["projections"]
         title = _report_title(source.get("model"), source.get("estimator"))
     elif hasattr(source, "projections"):
         items = source.projections
-        title = _report_title(getattr(source, "model", None), getattr(source, "estimator", None))
+        title = _report_title(
+            getattr(source, "model", None), getattr(source, "estimator", None)
+        )
     if isinstance(items, str | bytes) or not isinstance(items, Iterable):
-        raise PlotError(f"alpha input must be an ESD report or a list of rows, got {type(source).__name__}")
+        raise PlotError(
+            f"alpha input must be an ESD report or a list of rows, got {type(source).__name__}"
+        )
     rows: list[tuple[int, str, float]] = []
     for i, item in enumerate(items):
-        layer, kind, alpha = (_field(item, key, i) for key in ("layer", "kind", "alpha"))
+        layer, kind, alpha = (
+            _field(item, key, i) for key in ("layer", "kind", "alpha")
+        )
         kind = str(getattr(kind, "value", kind))
         if kind not in KIND_COLORS:
-            raise PlotError(f"row {i}: unknown projection kind {kind!r}; valid: {', '.join(KIND_ORDER)}")
-        if isinstance(layer, bool) or not isinstance(layer, int | np.integer) or layer < 0:
-            raise PlotError(f"row {i}: layer must be a non-negative integer, got {layer!r}")
+            raise PlotError(
+                f"row {i}: unknown projection kind {kind!r}; valid: {', '.join(KIND_ORDER)}"
+            )
+        if (
+            isinstance(layer, bool)
+            or not isinstance(layer, int | np.integer)
+            or layer < 0
+        ):
+            raise PlotError(
+                f"row {i}: layer must be a non-negative integer, got {layer!r}"
+            )
         rows.append((int(layer), kind, _number(alpha, f"row {i}: alpha")))
     if not rows:
         raise PlotError("no alphas to plot")
@@ -287,7 +404,9 @@ def _report_title(model: Any, estimator: Any) -> str:
 
 
 @_locked
-def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool | None = None) -> Figure:
+def plot_allocation(
+    allocation: Any, *, title: str | None = None, annotate: bool | None = None
+) -> Figure:
     """Heatmap of an allocation: rows = layers (0 at the top), columns = q, k, v, o, gate, up, down.
 
     Accepts an ``acttail.allocate.Allocation`` (or anything with ``sparsities``, ``target``,
@@ -303,7 +422,9 @@ def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool
         match = _NAME_RE.match(str(name).removesuffix(".weight"))
         if match is None:
             raise PlotError(f"{name!r} is not a q/k/v/o/gate/up/down projection name")
-        cells[(int(match["layer"]), match["kind"])] = _sparsity(value, f"sparsity of {name}")
+        cells[(int(match["layer"]), match["kind"])] = _sparsity(
+            value, f"sparsity of {name}"
+        )
     layers = sorted({layer for layer, _ in cells})
     kinds = [k for k in KIND_ORDER if any(kind == k for _, kind in cells)]
     grid = np.full((len(layers), len(kinds)), np.nan)
@@ -319,13 +440,18 @@ def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool
     fig = _new_figure(1.9 + 0.62 * len(kinds), height)
     ax = fig.add_subplot()
     norm = Normalize(vmin=vmin, vmax=vmax)
-    image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
+    image = ax.imshow(
+        grid, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest"
+    )
     ax.grid(False)
     ax.set_xticks(range(len(kinds)), kinds)
     ax.xaxis.tick_top()
     ax.xaxis.set_label_position("top")
     step = max(1, math.ceil(len(layers) / 32))
-    ax.set_yticks(range(0, len(layers), step), [str(layers[i]) for i in range(0, len(layers), step)])
+    ax.set_yticks(
+        range(0, len(layers), step),
+        [str(layers[i]) for i in range(0, len(layers), step)],
+    )
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -333,32 +459,67 @@ def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool
     if annotate if annotate is not None else len(layers) <= 64:
         for (row, col), value in np.ndenumerate(grid):
             if not np.isnan(value):
-                dark_cell = abs(float(norm(value)) - 0.5) > 0.3  # saturated ends of RdBu: white text
-                ax.text(col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=6.5,
-                        color="white" if dark_cell else "black")
+                dark_cell = (
+                    abs(float(norm(value)) - 0.5) > 0.3
+                )  # saturated ends of RdBu: white text
+                ax.text(
+                    col,
+                    row,
+                    f"{100 * value:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6.5,
+                    color="white" if dark_cell else "black",
+                )
     cbar = fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03, aspect=30)
     cbar.set_label("sparsity of the projection's input (%)")
-    cbar.ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # whole percents where possible
+    cbar.ax.yaxis.set_major_locator(
+        MaxNLocator(nbins=6, steps=[1, 2, 5, 10])
+    )  # whole percents where possible
     cbar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
     cbar.ax.axhline(target, color="#000000", linewidth=1.5)
-    cbar.ax.text(-0.15, target, "target", transform=cbar.ax.get_yaxis_transform(), va="center",
-                 ha="right", fontsize=7.5, clip_on=False)
+    cbar.ax.text(
+        -0.15,
+        target,
+        "target",
+        transform=cbar.ax.get_yaxis_transform(),
+        va="center",
+        ha="right",
+        fontsize=7.5,
+        clip_on=False,
+    )
     prefix = f"{model_id}\n" if model_id else ""
-    ax.set_title(title if title is not None else f"{prefix}{method} allocation, target {100 * target:.4g}%", pad=6)
+    ax.set_title(
+        title
+        if title is not None
+        else f"{prefix}{method} allocation, target {100 * target:.4g}%",
+        pad=6,
+    )
     return fig
 
 
 def _allocation_fields(allocation: Any) -> tuple[Mapping[str, Any], float, str, str]:
     def get(key: str) -> Any:
-        return allocation.get(key) if isinstance(allocation, Mapping) else getattr(allocation, key, None)
+        return (
+            allocation.get(key)
+            if isinstance(allocation, Mapping)
+            else getattr(allocation, key, None)
+        )
 
     sparsities = get("sparsities")
     if not isinstance(sparsities, Mapping) or not sparsities:
-        raise PlotError("allocation needs a non-empty 'sparsities' mapping of projection name -> sparsity")
+        raise PlotError(
+            "allocation needs a non-empty 'sparsities' mapping of projection name -> sparsity"
+        )
     target = _sparsity(get("target"), "allocation target")
     method = get("method")
     model_id = get("model_id")
-    return sparsities, target, str(method) if method else "allocation", str(model_id) if model_id else ""
+    return (
+        sparsities,
+        target,
+        str(method) if method else "allocation",
+        str(model_id) if model_id else "",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,7 +527,9 @@ def _allocation_fields(allocation: Any) -> tuple[Mapping[str, Any], float, str, 
 
 
 @_locked
-def plot_sweep(rows: Iterable[Mapping[str, Any]], *, title: str | None = None) -> Figure:
+def plot_sweep(
+    rows: Iterable[Mapping[str, Any]], *, title: str | None = None
+) -> Figure:
     """Perplexity (log y) against target sparsity, one line per method, dense as a horizontal line.
 
     Each row: ``target`` (sparsity in [0, 1)), ``method`` (str), ``perplexity`` (> 0), optional
@@ -383,13 +546,19 @@ def plot_sweep(rows: Iterable[Mapping[str, Any]], *, title: str | None = None) -
     series: dict[str, dict[float, tuple[float, float | None]]] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
-            raise PlotError(f"sweep row {i} must be a mapping, got {type(row).__name__}")
+            raise PlotError(
+                f"sweep row {i} must be a mapping, got {type(row).__name__}"
+            )
         method = str(row.get("method") or "")
         ppl = _number(row.get("perplexity"), f"sweep row {i}: perplexity")
         if ppl <= 0:
             raise PlotError(f"sweep row {i}: perplexity must be positive, got {ppl:g}")
         acc_raw = row.get("mean_accuracy")
-        acc = None if acc_raw is None else _number(acc_raw, f"sweep row {i}: mean_accuracy")
+        acc = (
+            None
+            if acc_raw is None
+            else _number(acc_raw, f"sweep row {i}: mean_accuracy")
+        )
         if bool(row.get("dense")) or method == "dense":
             if dense_ppl is not None:
                 raise PlotError("more than one dense row")
@@ -400,11 +569,15 @@ def plot_sweep(rows: Iterable[Mapping[str, Any]], *, title: str | None = None) -
         target = _sparsity(row.get("target"), f"sweep row {i}: target")
         points = series.setdefault(method, {})
         if target in points:
-            raise PlotError(f"two sweep rows for method {method!r} at target {target:g}; filter to one setting first")
+            raise PlotError(
+                f"two sweep rows for method {method!r} at target {target:g}; filter to one setting first"
+            )
         points[target] = (ppl, acc)
     if not series:
         raise PlotError("sweep rows hold no sparse method (only dense)")
-    with_accuracy = dense_acc is not None or any(a is not None for pts in series.values() for _, a in pts.values())
+    with_accuracy = dense_acc is not None or any(
+        a is not None for pts in series.values() for _, a in pts.values()
+    )
 
     fig = _new_figure(11.0 if with_accuracy else 6.4, 4.2)
     axes = fig.subplots(1, 2) if with_accuracy else [fig.add_subplot()]
@@ -412,10 +585,23 @@ def plot_sweep(rows: Iterable[Mapping[str, Any]], *, title: str | None = None) -
     colors = _method_colors(series)
     for method in _method_order(series):
         targets = sorted(series[method])
-        ppl_ax.plot([100 * t for t in targets], [series[method][t][0] for t in targets], marker="o",
-                    markersize=4, linewidth=1.6, color=colors[method], label=method)
+        ppl_ax.plot(
+            [100 * t for t in targets],
+            [series[method][t][0] for t in targets],
+            marker="o",
+            markersize=4,
+            linewidth=1.6,
+            color=colors[method],
+            label=method,
+        )
     if dense_ppl is not None:
-        ppl_ax.axhline(dense_ppl, color="#555555", linestyle="--", linewidth=1.2, label=f"dense ({dense_ppl:.4g})")
+        ppl_ax.axhline(
+            dense_ppl,
+            color="#555555",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"dense ({dense_ppl:.4g})",
+        )
     ppl_ax.set_yscale("log")
     _plain_log_ticks(ppl_ax)
     ppl_ax.margins(y=0.08)
@@ -426,13 +612,27 @@ def plot_sweep(rows: Iterable[Mapping[str, Any]], *, title: str | None = None) -
     if with_accuracy:
         acc_ax = axes[1]
         for method in _method_order(series):
-            points = sorted((t, a) for t, (_, a) in series[method].items() if a is not None)
+            points = sorted(
+                (t, a) for t, (_, a) in series[method].items() if a is not None
+            )
             if points:
-                acc_ax.plot([100 * t for t, _ in points], [100 * a for _, a in points], marker="o", markersize=4,
-                            linewidth=1.6, color=colors[method], label=method)
+                acc_ax.plot(
+                    [100 * t for t, _ in points],
+                    [100 * a for _, a in points],
+                    marker="o",
+                    markersize=4,
+                    linewidth=1.6,
+                    color=colors[method],
+                    label=method,
+                )
         if dense_acc is not None:
-            acc_ax.axhline(100 * dense_acc, color="#555555", linestyle="--", linewidth=1.2,
-                           label=f"dense ({100 * dense_acc:.1f}%)")
+            acc_ax.axhline(
+                100 * dense_acc,
+                color="#555555",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"dense ({100 * dense_acc:.1f}%)",
+            )
         acc_ax.margins(y=0.1)
         acc_ax.set_xlabel("target sparsity (%)")
         acc_ax.set_ylabel("mean zero-shot accuracy (%)")
@@ -458,7 +658,12 @@ def _method_order(series: Mapping[str, Any]) -> list[str]:
 def _method_colors(series: Mapping[str, Any]) -> dict[str, str]:
     others = sorted(m for m in series if m not in METHOD_COLORS)
     colors = {m: METHOD_COLORS[m] for m in series if m in METHOD_COLORS}
-    colors.update({m: _OTHER_METHOD_COLORS[i % len(_OTHER_METHOD_COLORS)] for i, m in enumerate(others)})
+    colors.update(
+        {
+            m: _OTHER_METHOD_COLORS[i % len(_OTHER_METHOD_COLORS)]
+            for i, m in enumerate(others)
+        }
+    )
     return colors
 
 
@@ -488,7 +693,9 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in _FORMATS:
-        raise PlotError(f"cannot tell the image format from {path.name!r}: use a .png or .svg suffix")
+        raise PlotError(
+            f"cannot tell the image format from {path.name!r}: use a .png or .svg suffix"
+        )
     data = render_bytes(fig, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -507,7 +714,9 @@ def _field(item: Any, key: str, index: int) -> Any:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    if isinstance(value, bool) or not isinstance(
+        value, int | float | np.integer | np.floating
+    ):
         raise PlotError(f"{what} must be a number, got {value!r}")
     number = float(value)
     if not math.isfinite(number):
