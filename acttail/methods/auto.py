@@ -82,19 +82,13 @@ class Candidate:
 
 
 _HI, _LO = Direction.HIGHER_ALPHA_SPARSER, Direction.LOWER_ALPHA_SPARSER
-_BLOCK = Granularity.BLOCK
 
 DEFAULT_GRID: tuple[Candidate, ...] = (
     Candidate("uniform"),
-    Candidate(epsilon=0.1, direction=_HI),
+    Candidate(epsilon=0.1, direction=_HI),  # the ActTail/AlphaPruning rule
     Candidate(epsilon=0.1, direction=_LO),
-    Candidate(epsilon=0.2, direction=_LO),
     Candidate(epsilon=0.1, direction=_HI, per_type=True),
     Candidate(epsilon=0.1, direction=_LO, per_type=True),
-    Candidate(epsilon=0.2, direction=_HI, per_type=True),
-    Candidate(epsilon=0.2, direction=_LO, per_type=True),
-    Candidate(epsilon=0.1, direction=_HI, granularity=_BLOCK),
-    Candidate(epsilon=0.1, direction=_LO, granularity=_BLOCK),
 )
 
 
