@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -34,21 +35,33 @@ from acttail.sparsity import SparsityMode, keep_count, threshold_sparsify, topk_
 class SparseDecodeLinear(nn.Module):
     """Drop-in for one ``nn.Linear`` with input-activation sparsity; batch-1 tokens use the kernel."""
 
-    def __init__(self, linear: nn.Linear, sparsity: float, mode: SparsityMode, threshold: float = 0.0) -> None:
+    def __init__(
+        self,
+        linear: nn.Linear,
+        sparsity: float,
+        mode: SparsityMode,
+        threshold: float = 0.0,
+    ) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.weight = linear.weight  # shared Parameter: [d_out, d_in]
         self.bias = linear.bias
         # w^T: [d_in, d_out], one contiguous row per input channel (not saved in state_dict).
-        self.register_buffer("weight_t", linear.weight.detach().t().contiguous(), persistent=False)
+        self.register_buffer(
+            "weight_t", linear.weight.detach().t().contiguous(), persistent=False
+        )
         self.sparsity = sparsity
         self.mode = mode
         self.k = keep_count(sparsity, linear.in_features)
         self.threshold = threshold
         # Selection buffers of the fp32 CPU fast path (one decode stream per model at a time).
         d_in = linear.in_features
-        self._workspace = (torch.empty(d_in, dtype=torch.int64), torch.empty(d_in), torch.empty(d_in))
+        self._workspace = (
+            torch.empty(d_in, dtype=torch.int64),
+            torch.empty(d_in),
+            torch.empty(d_in),
+        )
 
     def _fast_path(self, x: torch.Tensor) -> bool:
         """fp32 CPU TopK with the compiled kernel: one C call per token, no Python-side selection."""
@@ -67,7 +80,9 @@ class SparseDecodeLinear(nn.Module):
         if x.numel() == self.in_features and not torch.is_grad_enabled():
             if self._fast_path(x):
                 y = torch.empty(*x.shape[:-1], self.out_features)
-                kernels.cpu.topk_rows_f32_into(self.weight_t, x, self.k, self.bias, y, self._workspace)
+                kernels.cpu.topk_rows_f32_into(
+                    self.weight_t, x, self.k, self.bias, y, self._workspace
+                )
                 return y
             xv = x.reshape(self.in_features)
             bias = None if self.bias is None else self.bias.detach()
@@ -76,7 +91,11 @@ class SparseDecodeLinear(nn.Module):
             else:
                 y = kernels.threshold_gemv(self.weight_t, xv, self.threshold, bias)
             return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-        masked = topk_sparsify(x, self.k) if self.mode is SparsityMode.TOPK else threshold_sparsify(x, self.threshold)
+        masked = (
+            topk_sparsify(x, self.k)
+            if self.mode is SparsityMode.TOPK
+            else threshold_sparsify(x, self.threshold)
+        )
         return F.linear(masked, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -108,7 +127,7 @@ class SparseDecodeHandle:
                 _set_submodule(self.model, name, wrapper)
             self.active = True
 
-    def __enter__(self) -> SparseDecodeHandle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -120,7 +139,9 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _sparsity_map(sparsities: Mapping[str, float] | Allocation | float, names: list[str]) -> dict[str, float]:
+def _sparsity_map(
+    sparsities: Mapping[str, float] | Allocation | float, names: list[str]
+) -> dict[str, float]:
     if isinstance(sparsities, Allocation):
         sparsities = sparsities.sparsities
     if isinstance(sparsities, int | float):
@@ -155,7 +176,9 @@ def enable_sparse_decode(
     projections = find_projections(model)
     smap = _sparsity_map(sparsities, [ref.name for ref, _ in projections])
     if mode is SparsityMode.THRESHOLD and thresholds is None:
-        raise AllocationError("threshold mode needs thresholds: run calibrate_thresholds first")
+        raise AllocationError(
+            "threshold mode needs thresholds: run calibrate_thresholds first"
+        )
     originals: dict[str, nn.Linear] = {}
     wrappers: dict[str, SparseDecodeLinear] = {}
     backend = "dense"
@@ -163,7 +186,11 @@ def enable_sparse_decode(
         s = smap[ref.name]
         if s == 0.0:
             continue
-        threshold = float(thresholds[ref.name]) if mode is SparsityMode.THRESHOLD and thresholds else 0.0
+        threshold = (
+            float(thresholds[ref.name])
+            if mode is SparsityMode.THRESHOLD and thresholds
+            else 0.0
+        )
         wrappers[ref.name] = SparseDecodeLinear(linear, s, mode, threshold)
         originals[ref.name] = linear
         _set_submodule(model, ref.name, wrappers[ref.name])

@@ -29,12 +29,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import describe_machine, load_average  # noqa: E402
+from _machine import describe_machine, load_average
 
-from acttail.allocate import allocate  # noqa: E402
-from acttail.evaluate.speed import DEFAULT_PROMPT, greedy_decode, measure_decode_speed  # noqa: E402
-from acttail.models import resolve_model  # noqa: E402
-from acttail.models.architectures import find_projections  # noqa: E402
+from acttail.allocate import allocate
+from acttail.evaluate.speed import DEFAULT_PROMPT, greedy_decode, measure_decode_speed
+from acttail.models import resolve_model
+from acttail.models.architectures import find_projections
 
 TARGETS = (0.5, 0.7, 0.8, 0.9)
 TARGET_SPEEDUP = 1.3
@@ -46,20 +46,31 @@ class _ZeroProjection(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.out_features = linear.out_features
-        self.register_buffer("zero", torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device))
+        self.register_buffer(
+            "zero",
+            torch.zeros(
+                linear.out_features,
+                dtype=linear.weight.dtype,
+                device=linear.weight.device,
+            ),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.zero.expand(*x.shape[:-1], self.out_features)
 
 
-def time_outside_projections(model: nn.Module, input_ids: torch.Tensor, new_tokens: int, warmup: int, clock: str) -> float:
+def time_outside_projections(
+    model: nn.Module, input_ids: torch.Tensor, new_tokens: int, warmup: int, clock: str
+) -> float:
     """Seconds per decode step with every projection stubbed out (median of 3 runs)."""
     projections = find_projections(model)
     for ref, linear in projections:
         parent, _, child = ref.name.rpartition(".")
         setattr(model.get_submodule(parent), child, _ZeroProjection(linear))
     try:
-        runs = [greedy_decode(model, input_ids, new_tokens, warmup, clock) for _ in range(3)]
+        runs = [
+            greedy_decode(model, input_ids, new_tokens, warmup, clock) for _ in range(3)
+        ]
     finally:
         for ref, linear in projections:
             parent, _, child = ref.name.rpartition(".")
@@ -74,13 +85,17 @@ def to_markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, L3 {m['l3_cache']}, {m.get('gpu', 'no GPU')}; torch {m['torch']}, "
-        f"{result['threads']} threads, dtype {result['dtype']}, clock {result['clock']}. {m['note']} Load average at start "
-        f"{m['load_average_at_start']}, at end {result['load_average_at_end']}.",
+        (
+            f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, L3 {m['l3_cache']}, {m.get('gpu', 'no GPU')}; torch {m['torch']}, "
+            f"{result['threads']} threads, dtype {result['dtype']}, clock {result['clock']}. {m['note']} Load average at start "
+            f"{m['load_average_at_start']}, at end {result['load_average_at_end']}."
+        ),
         "",
-        f"Prompt: {result['prompt_tokens']} tokens; {result['new_tokens']} new tokens per run, first "
-        f"{result['warmup_tokens']} steps dropped; median of {result['repeats']} interleaved dense/sparse runs. "
-        f"Alphas: {result['alphas_source']}.",
+        (
+            f"Prompt: {result['prompt_tokens']} tokens; {result['new_tokens']} new tokens per run, first "
+            f"{result['warmup_tokens']} steps dropped; median of {result['repeats']} interleaved dense/sparse runs. "
+            f"Alphas: {result['alphas_source']}."
+        ),
         "",
         "| allocation | target | dense tok/s | sparse tok/s | speed-up | Amdahl bound | reference (hooks) tok/s | tokens = reference |",
         "|---|---|---|---|---|---|---|---|",
@@ -93,9 +108,11 @@ def to_markdown(result: dict) -> str:
     a = result["amdahl"]
     lines += [
         "",
-        f"Per decode step (dense): {a['dense_ms']:.1f} ms, of which {a['other_ms']:.1f} ms "
-        f"({a['other_share']:.0%}) is outside the q/k/v/o/gate/up/down projections (attention, norms, "
-        f"the {a['lm_head_params'] / 1e6:.0f}M-parameter LM head, Python), measured by stubbing the projections out.",
+        (
+            f"Per decode step (dense): {a['dense_ms']:.1f} ms, of which {a['other_ms']:.1f} ms "
+            f"({a['other_share']:.0%}) is outside the q/k/v/o/gate/up/down projections (attention, norms, "
+            f"the {a['lm_head_params'] / 1e6:.0f}M-parameter LM head, Python), measured by stubbing the projections out."
+        ),
         "",
     ]
     return "\n".join(lines) + "\n"
@@ -106,18 +123,33 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"]
+    )
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--targets", type=float, nargs="*", default=list(TARGETS))
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: process CPU time (load-robust with --threads 1)")
-    parser.add_argument("--no-acttail", action="store_true", help="uniform allocations only (skip the ESD)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode_speed"))
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="cpu: process CPU time (load-robust with --threads 1)",
+    )
+    parser.add_argument(
+        "--no-acttail",
+        action="store_true",
+        help="uniform allocations only (skip the ESD)",
+    )
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "decode_speed")
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     source = resolve_model(args.model)
-    model, tokenizer = source.load_causal_lm(dtype=getattr(torch, args.dtype), device=args.device)
+    model, tokenizer = source.load_causal_lm(
+        dtype=getattr(torch, args.dtype), device=args.device
+    )
     projections = find_projections(model)
     counts = {ref.name: lin.weight.numel() for ref, lin in projections}
     alphas: dict[str, float] = {}
@@ -131,10 +163,15 @@ def main() -> None:
         print(alphas_source, flush=True)
 
     input_ids = tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids.to(args.device)
-    other = time_outside_projections(model, input_ids, args.new_tokens, args.warmup, args.clock)
+    other = time_outside_projections(
+        model, input_ids, args.new_tokens, args.warmup, args.clock
+    )
     dense_step = statistics.median(
         sum(r.step_seconds) / len(r.step_seconds)
-        for r in (greedy_decode(model, input_ids, args.new_tokens, args.warmup, args.clock) for _ in range(3))
+        for r in (
+            greedy_decode(model, input_ids, args.new_tokens, args.warmup, args.clock)
+            for _ in range(3)
+        )
     )
     lm_head = model.get_output_embeddings()
     amdahl = {
@@ -143,20 +180,36 @@ def main() -> None:
         "other_share": other / dense_step,
         "lm_head_params": lm_head.weight.numel() if lm_head is not None else 0,
     }
-    print(f"dense step {dense_step * 1e3:.1f} ms, outside projections {other * 1e3:.1f} ms", flush=True)
+    print(
+        f"dense step {dense_step * 1e3:.1f} ms, outside projections {other * 1e3:.1f} ms",
+        flush=True,
+    )
 
     runs = []
     methods = ["uniform"] + ([] if args.no_acttail else ["acttail"])
     for target in args.targets:
         for method in methods:
-            allocation = allocate(alphas, counts, target, method=method, model_id=args.model)
+            allocation = allocate(
+                alphas, counts, target, method=method, model_id=args.model
+            )
             res = measure_decode_speed(
-                model, tokenizer, allocation, DEFAULT_PROMPT, args.new_tokens,
-                warmup_tokens=args.warmup, repeats=args.repeats, clock=args.clock,
+                model,
+                tokenizer,
+                allocation,
+                DEFAULT_PROMPT,
+                args.new_tokens,
+                warmup_tokens=args.warmup,
+                repeats=args.repeats,
+                clock=args.clock,
             )
             proj = dense_step - other
             bound = dense_step / (other + proj * (1 - target))
-            row = {"method": method, "target": target, "amdahl_bound": bound, **res.to_dict()}
+            row = {
+                "method": method,
+                "target": target,
+                "amdahl_bound": bound,
+                **res.to_dict(),
+            }
             runs.append(row)
             print(
                 f"{method:8s} s={target:.1f}: dense {res.dense_tokens_per_s:6.1f} tok/s  sparse {res.sparse_tokens_per_s:6.1f} tok/s  "

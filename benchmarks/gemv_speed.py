@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import describe_machine, load_average  # noqa: E402
+from _machine import describe_machine, load_average
 
-from acttail import kernels  # noqa: E402
+from acttail import kernels
 
 SHAPES = {  # (d_out, d_in)
     "smollm2 q/o 576x576": (576, 576),
@@ -68,7 +68,9 @@ class _Flusher:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
-def _time_call(fn, device: torch.device, flush: _Flusher, clock=time.perf_counter) -> float:
+def _time_call(
+    fn, device: torch.device, flush: _Flusher, clock=time.perf_counter
+) -> float:
     flush()
     _sync(device)
     start = clock()
@@ -78,7 +80,13 @@ def _time_call(fn, device: torch.device, flush: _Flusher, clock=time.perf_counte
 
 
 def bench_shape(
-    d_out: int, d_in: int, device: torch.device, dtype: torch.dtype, flush_bytes: int, samples: int, clock: str = "wall"
+    d_out: int,
+    d_in: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    flush_bytes: int,
+    samples: int,
+    clock: str = "wall",
 ) -> list[dict]:
     elem = torch.finfo(dtype).bits // 8
     gen = torch.Generator().manual_seed(d_out * 7 + d_in)
@@ -93,7 +101,7 @@ def bench_shape(
         fns = {
             "dense": [lambda x=x: F.linear(x, w) for x in xs],
             "gemv": [lambda s_=s_: kernels.sparse_gemv(wt, s_[0], s_[1]) for s_ in sel],
-            "topk": [lambda x=x: kernels.topk_gemv(wt, x, k) for x in xs],
+            "topk": [lambda x=x, k=k: kernels.topk_gemv(wt, x, k) for x in xs],
         }
         for name in fns:  # warm-up: first-call allocations, lazy build
             for fn in fns[name][:3]:
@@ -101,7 +109,9 @@ def bench_shape(
         times: dict[str, list[float]] = {name: [] for name in fns}
         for i in range(samples):
             for name in fns:
-                times[name].append(_time_call(fns[name][i], device, flush, CLOCKS[clock]))
+                times[name].append(
+                    _time_call(fns[name][i], device, flush, CLOCKS[clock])
+                )
         # min: the call least disturbed by other jobs on a shared machine (timeit's rule);
         # medians are kept beside it.
         med = {name: min(t) for name, t in times.items()}
@@ -139,14 +149,18 @@ def to_markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, L3 {m['l3_cache']}, {m.get('gpu', 'no GPU')}; "
-        f"torch {m['torch']}, {result['threads']} threads, clock {result['clock']}, dtype {result['dtype']}, backend `{result['backend']}`. "
-        f"{m['note']} Load average at start {m['load_average_at_start']}, at end {result['load_average_at_end']}.",
+        (
+            f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, L3 {m['l3_cache']}, {m.get('gpu', 'no GPU')}; "
+            f"torch {m['torch']}, {result['threads']} threads, clock {result['clock']}, dtype {result['dtype']}, backend `{result['backend']}`. "
+            f"{m['note']} Load average at start {m['load_average_at_start']}, at end {result['load_average_at_end']}."
+        ),
         "",
-        "Times: minimum over samples. dense = `F.linear(x, W)`; gemv = sparse GEMV over W^T given the selected channels; "
-        "topk = TopK selection + GEMV (what sparse decode runs). fraction = speed-up / ideal, ideal = 1/(1-s). "
-        f"Caches flushed before every timed call ({result['flush_mib']} MiB read) so weights stream from DRAM as in decode; "
-        f"medians of {result['samples']} samples per cell, dense/gemv/topk interleaved.",
+        (
+            "Times: minimum over samples. dense = `F.linear(x, W)`; gemv = sparse GEMV over W^T given the selected channels; "
+            "topk = TopK selection + GEMV (what sparse decode runs). fraction = speed-up / ideal, ideal = 1/(1-s). "
+            f"Caches flushed before every timed call ({result['flush_mib']} MiB read) so weights stream from DRAM as in decode; "
+            f"medians of {result['samples']} samples per cell, dense/gemv/topk interleaved."
+        ),
         "",
         "| shape | s | k | dense µs | gemv µs | topk µs | ideal | gemv speed-up | gemv fraction | topk speed-up | topk fraction | dense GB/s | gemv GB/s | topk fraction (medians) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -160,7 +174,11 @@ def to_markdown(result: dict) -> str:
             )
     lines += ["", "## Target: >= 70% of ideal for 7B shapes at s = 0.5 and 0.8", ""]
     for h in result["headline"]:
-        verdict = "met" if h["topk_fraction"] >= TARGET_FRACTION else f"MISSED by {TARGET_FRACTION - h['topk_fraction']:.2f}"
+        verdict = (
+            "met"
+            if h["topk_fraction"] >= TARGET_FRACTION
+            else f"MISSED by {TARGET_FRACTION - h['topk_fraction']:.2f}"
+        )
         lines.append(
             f"- {h['shape']} s={h['sparsity']}: topk fraction {h['topk_fraction']:.2f} "
             f"(gemv alone {h['gemv_fraction']:.2f}) -> {verdict}"
@@ -172,15 +190,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--flush-mib", type=int, default=None, help="MiB read before each timed call (> last-level cache; default 96 CPU, 512 CUDA)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"]
+    )
+    parser.add_argument(
+        "--flush-mib",
+        type=int,
+        default=None,
+        help="MiB read before each timed call (> last-level cache; default 96 CPU, 512 CUDA)",
+    )
     parser.add_argument("--samples", type=int, default=25)
     parser.add_argument(
-        "--clock", default="wall", choices=list(CLOCKS),
+        "--clock",
+        default="wall",
+        choices=list(CLOCKS),
         help="cpu: CPU time of the calling thread (load-robust; only meaningful with --threads 1)",
     )
-    parser.add_argument("--shapes", nargs="*", help="subset of shape names (substring match)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gemv_speed"))
+    parser.add_argument(
+        "--shapes", nargs="*", help="subset of shape names (substring match)"
+    )
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "gemv_speed")
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -200,7 +231,9 @@ def main() -> None:
     for name, (d_out, d_in) in SHAPES.items():
         if args.shapes and not any(sub in name for sub in args.shapes):
             continue
-        rows = bench_shape(d_out, d_in, device, dtype, args.flush_mib << 20, args.samples, args.clock)
+        rows = bench_shape(
+            d_out, d_in, device, dtype, args.flush_mib << 20, args.samples, args.clock
+        )
         result["shapes"][name] = rows
         for r in rows:
             print(
@@ -211,7 +244,12 @@ def main() -> None:
             )
     result["load_average_at_end"] = load_average()
     result["headline"] = [
-        {"shape": name, "sparsity": r["sparsity"], "gemv_fraction": r["gemv_fraction"], "topk_fraction": r["topk_fraction"]}
+        {
+            "shape": name,
+            "sparsity": r["sparsity"],
+            "gemv_fraction": r["gemv_fraction"],
+            "topk_fraction": r["topk_fraction"],
+        }
         for name, rows in result["shapes"].items()
         for r in rows
         if (r["d_out"], r["d_in"]) in HEADLINE and r["sparsity"] in HEADLINE_SPARSITIES

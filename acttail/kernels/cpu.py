@@ -31,13 +31,21 @@ import torch
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("gemv.c")
-_CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-fno-math-errno")
+_CFLAGS = (
+    "-O3",
+    "-march=native",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+    "-std=c11",
+    "-fno-math-errno",
+)
 _LOCK = threading.Lock()
 # Weights read (k * d_out) below which the kernel runs on the calling thread only. An OpenMP
 # fork/join costs a few microseconds on an idle machine, but on a loaded one (other processes
 # holding the cores) every barrier can wait a scheduler time slice (milliseconds) for the second
 # thread; decode runs ~200 of these per token. Override with ACTTAIL_GEMV_PARALLEL_MIN.
-PARALLEL_MIN_WORK = int(os.environ.get("ACTTAIL_GEMV_PARALLEL_MIN", 1 << 20))
+PARALLEL_MIN_WORK = int(os.environ.get("ACTTAIL_GEMV_PARALLEL_MIN", str(1 << 20)))
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -73,8 +81,12 @@ def _cpu_flags() -> str:
 
 def _build(cc: str) -> Path:
     source = _SOURCE.read_bytes()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(source + version.encode() + _cpu_flags().encode() + " ".join(_CFLAGS).encode())
+    version = subprocess.run(
+        [cc, "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    key = hashlib.sha256(
+        source + version.encode() + _cpu_flags().encode() + " ".join(_CFLAGS).encode()
+    )
     target = _cache_dir() / key.hexdigest()[:16] / "libacttail_gemv.so"
     if target.exists():
         return target
@@ -83,7 +95,12 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *_CFLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [cc, *_CFLAGS, str(_SOURCE), "-o", tmp, "-lm"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-400:]}")
         os.replace(tmp, target)
@@ -123,9 +140,32 @@ def _load() -> ctypes.CDLL | None:
         lib.acttail_select_threshold.restype = _i64
         lib.acttail_select_topk.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
         lib.acttail_select_topk.restype = _i64
-        lib.acttail_topk_rows_f32.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _ptr, _ptr, ctypes.c_int, _ptr, _ptr, _ptr]
+        lib.acttail_topk_rows_f32.argtypes = [
+            _ptr,
+            _i64,
+            _i64,
+            _ptr,
+            _i64,
+            _ptr,
+            _ptr,
+            ctypes.c_int,
+            _ptr,
+            _ptr,
+            _ptr,
+        ]
         lib.acttail_topk_rows_f32.restype = None
-        lib.acttail_threshold_rows_f32.argtypes = [_ptr, _i64, _i64, _ptr, ctypes.c_float, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
+        lib.acttail_threshold_rows_f32.argtypes = [
+            _ptr,
+            _i64,
+            _i64,
+            _ptr,
+            ctypes.c_float,
+            _ptr,
+            _ptr,
+            ctypes.c_int,
+            _ptr,
+            _ptr,
+        ]
         lib.acttail_threshold_rows_f32.restype = _i64
         _LIB = lib
         _STATUS = BuildStatus(True, str(path), "compiled C kernel")
@@ -143,15 +183,22 @@ def cpu_kernel_available() -> bool:
     return cpu_kernel_status().available
 
 
-def _check_rows_args(weight_t: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -> None:
+def _check_rows_args(
+    weight_t: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor
+) -> None:
     if weight_t.dim() != 2 or not weight_t.is_contiguous():
         raise ValueError("weight_t must be a contiguous [d_in, d_out] tensor")
     if idx.dim() != 1 or vals.shape != idx.shape:
-        raise ValueError(f"idx and vals must be 1-D of equal length, got {tuple(idx.shape)} and {tuple(vals.shape)}")
+        raise ValueError(
+            f"idx and vals must be 1-D of equal length, got {tuple(idx.shape)} and {tuple(vals.shape)}"
+        )
 
 
 def gather_rows_gemv(
-    weight_t: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor, bias: torch.Tensor | None = None
+    weight_t: torch.Tensor,
+    idx: torch.Tensor,
+    vals: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = bias + vals @ W^T[idx]  ->  [d_out], via the compiled kernel (fp32/bf16 on CPU).
 
@@ -167,7 +214,11 @@ def gather_rows_gemv(
     v32 = vals.to(torch.float32).contiguous()
     b32 = None if bias is None else bias.to(torch.float32).contiguous()
     y = torch.empty(d_out, dtype=torch.float32)
-    fn = lib.acttail_rows_f32 if weight_t.dtype == torch.float32 else lib.acttail_rows_bf16
+    fn = (
+        lib.acttail_rows_f32
+        if weight_t.dtype == torch.float32
+        else lib.acttail_rows_bf16
+    )
     fn(
         weight_t.data_ptr(),
         d_out,
@@ -190,7 +241,11 @@ class _Workspace(threading.local):
     def get(self, d_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         bufs = self.buffers.get(d_in)
         if bufs is None:
-            bufs = (torch.empty(d_in, dtype=torch.int64), torch.empty(d_in), torch.empty(d_in))
+            bufs = (
+                torch.empty(d_in, dtype=torch.int64),
+                torch.empty(d_in),
+                torch.empty(d_in),
+            )
             self.buffers[d_in] = bufs
         return bufs
 
@@ -198,7 +253,12 @@ class _Workspace(threading.local):
 _WORKSPACE = _Workspace()
 
 
-def _fusable(lib: ctypes.CDLL | None, weight_t: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+def _fusable(
+    lib: ctypes.CDLL | None,
+    weight_t: torch.Tensor,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> bool:
     return (
         lib is not None
         and weight_t.dtype == torch.float32
@@ -228,8 +288,17 @@ def fused_topk_gemv(
     y = torch.empty(d_out, dtype=torch.float32)
     threads = torch.get_num_threads() if k * d_out >= PARALLEL_MIN_WORK else 1
     lib.acttail_topk_rows_f32(
-        weight_t.data_ptr(), d_in, d_out, x.data_ptr(), k, None if bias is None else bias.data_ptr(),
-        y.data_ptr(), threads, idx.data_ptr(), vals.data_ptr(), scratch.data_ptr(),
+        weight_t.data_ptr(),
+        d_in,
+        d_out,
+        x.data_ptr(),
+        k,
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        threads,
+        idx.data_ptr(),
+        vals.data_ptr(),
+        scratch.data_ptr(),
     )
     return y
 
@@ -251,14 +320,25 @@ def topk_rows_f32_into(
     d_in, d_out = weight_t.shape
     idx, vals, scratch = workspace
     _LIB.acttail_topk_rows_f32(
-        weight_t.data_ptr(), d_in, d_out, x.data_ptr(), k, None if bias is None else bias.data_ptr(), out.data_ptr(),
+        weight_t.data_ptr(),
+        d_in,
+        d_out,
+        x.data_ptr(),
+        k,
+        None if bias is None else bias.data_ptr(),
+        out.data_ptr(),
         torch.get_num_threads() if k * d_out >= PARALLEL_MIN_WORK else 1,
-        idx.data_ptr(), vals.data_ptr(), scratch.data_ptr(),
+        idx.data_ptr(),
+        vals.data_ptr(),
+        scratch.data_ptr(),
     )
 
 
 def fused_threshold_gemv(
-    weight_t: torch.Tensor, x: torch.Tensor, threshold: float, bias: torch.Tensor | None = None
+    weight_t: torch.Tensor,
+    x: torch.Tensor,
+    threshold: float,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = W (x * [|x| > t]) + bias for one fp32 token in one C call, x: [d_in]."""
     lib = _load()
@@ -272,14 +352,25 @@ def fused_threshold_gemv(
     # The kept count is unknown before selection: parallelise on the dense size.
     threads = torch.get_num_threads() if d_in * d_out >= 2 * PARALLEL_MIN_WORK else 1
     lib.acttail_threshold_rows_f32(
-        weight_t.data_ptr(), d_in, d_out, x.data_ptr(), float(threshold), None if bias is None else bias.data_ptr(),
-        y.data_ptr(), threads, idx.data_ptr(), vals.data_ptr(),
+        weight_t.data_ptr(),
+        d_in,
+        d_out,
+        x.data_ptr(),
+        float(threshold),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        threads,
+        idx.data_ptr(),
+        vals.data_ptr(),
     )
     return y
 
 
 def torch_gather_gemv(
-    weight_t: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor, bias: torch.Tensor | None = None
+    weight_t: torch.Tensor,
+    idx: torch.Tensor,
+    vals: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference/fallback: gather the selected rows (a copy), then one matrix-vector product."""
     y = vals.to(weight_t.dtype) @ weight_t.index_select(0, idx)
@@ -302,11 +393,15 @@ def select_topk_c(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     idx = torch.empty(d_in, dtype=torch.int64)
     vals = torch.empty(d_in, dtype=torch.float32)
     scratch = torch.empty(d_in, dtype=torch.float32)
-    n = lib.acttail_select_topk(x.data_ptr(), d_in, k, idx.data_ptr(), vals.data_ptr(), scratch.data_ptr())
+    n = lib.acttail_select_topk(
+        x.data_ptr(), d_in, k, idx.data_ptr(), vals.data_ptr(), scratch.data_ptr()
+    )
     return idx[:n], vals[:n]
 
 
-def select_threshold_c(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def select_threshold_c(
+    x: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (ascending) and values of the entries with |x| > threshold (1-D CPU vector)."""
     lib = _load()
     if lib is None or x.dtype != torch.float32:
@@ -316,5 +411,7 @@ def select_threshold_c(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor,
     d_in = x.numel()
     idx = torch.empty(d_in, dtype=torch.int64)
     vals = torch.empty(d_in, dtype=torch.float32)
-    n = lib.acttail_select_threshold(x.data_ptr(), d_in, float(threshold), idx.data_ptr(), vals.data_ptr())
+    n = lib.acttail_select_threshold(
+        x.data_ptr(), d_in, float(threshold), idx.data_ptr(), vals.data_ptr()
+    )
     return idx[:n], vals[:n]

@@ -41,7 +41,9 @@ def _kernel() -> Any:
     import triton.language as tl
 
     @triton.jit
-    def gemv_t_threshold(wt_ptr, x_ptr, y_ptr, d_in, d_out, threshold, BN: tl.constexpr, BM: tl.constexpr):
+    def gemv_t_threshold(
+        wt_ptr, x_ptr, y_ptr, d_in, d_out, threshold, BN: tl.constexpr, BM: tl.constexpr
+    ):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         rn = pid_n * BN + tl.arange(0, BN)
@@ -50,7 +52,11 @@ def _kernel() -> Any:
         in_m = rm < d_out
         x = tl.load(x_ptr + rn, mask=in_n, other=0.0).to(tl.float32)
         keep = (tl.abs(x) > threshold) & in_n
-        w = tl.load(wt_ptr + rn[:, None] * d_out + rm[None, :], mask=keep[:, None] & in_m[None, :], other=0.0)
+        w = tl.load(
+            wt_ptr + rn[:, None] * d_out + rm[None, :],
+            mask=keep[:, None] & in_m[None, :],
+            other=0.0,
+        )
         acc = tl.sum(w.to(tl.float32) * x[:, None], axis=0)
         tl.atomic_add(y_ptr + rm, acc, mask=in_m)
 
@@ -58,7 +64,10 @@ def _kernel() -> Any:
 
 
 def threshold_gemv(
-    weight_t: torch.Tensor, x: torch.Tensor, threshold: float, bias: torch.Tensor | None = None
+    weight_t: torch.Tensor,
+    x: torch.Tensor,
+    threshold: float,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = W (x * [|x| > t]) + bias on CUDA; weight_t: [d_in, d_out] contiguous, x: [d_in]."""
     triton, kernel = _kernel()
@@ -66,13 +75,25 @@ def threshold_gemv(
     x = x.reshape(-1).contiguous()
     y = torch.zeros(d_out, dtype=torch.float32, device=weight_t.device)
     grid = (triton.cdiv(d_in, BLOCK_N), triton.cdiv(d_out, BLOCK_M))
-    kernel[grid](weight_t, x, y, d_in, d_out, float(threshold), BN=BLOCK_N, BM=BLOCK_M, num_warps=4)
+    kernel[grid](
+        weight_t,
+        x,
+        y,
+        d_in,
+        d_out,
+        float(threshold),
+        BN=BLOCK_N,
+        BM=BLOCK_M,
+        num_warps=4,
+    )
     if bias is not None:
         y += bias.to(torch.float32)
     return y.to(weight_t.dtype)
 
 
-def topk_gemv(weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+def topk_gemv(
+    weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """y = W topk_k(x) + bias on CUDA: zero all but the k largest |x|, then the threshold kernel at 0."""
     x = x.reshape(-1)
     idx = torch.topk(x.abs(), k, sorted=False).indices
