@@ -48,7 +48,6 @@ from matplotlib.ticker import (
     LogLocator,
     MaxNLocator,
     NullFormatter,
-    PercentFormatter,
 )
 
 from acttail.errors import ActTailError
@@ -476,7 +475,7 @@ def plot_allocation(
     cbar.ax.yaxis.set_major_locator(
         MaxNLocator(nbins=6, steps=[1, 2, 5, 10])
     )  # whole percents where possible
-    cbar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+    cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.4g}%"))
     cbar.ax.axhline(target, color="#000000", linewidth=1.5)
     cbar.ax.text(
         -0.15,
