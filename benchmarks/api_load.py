@@ -357,8 +357,8 @@ def render(r: dict[str, Any]) -> str:
         f"Machine: {r['machine']}  ",
         f"Stack: {r['stack']}",
         "",
-        f"{r['clients']} concurrent clients x {r['jobs_per_client']} jobs, polling every {r['poll_interval_s']} s; "
-        f"load phase {r['wall_s']} s ({r['jobs_per_s']} jobs/s end to end).",
+        (f"{r['clients']} concurrent clients x {r['jobs_per_client']} jobs, polling every {r['poll_interval_s']} s; "
+         f"load phase {r['wall_s']} s ({r['jobs_per_s']} jobs/s end to end)."),
         "",
         "| latency (ms) | n | p50 | p99 | mean | max |",
         "|---|---|---|---|---|---|",
@@ -369,9 +369,9 @@ def render(r: dict[str, Any]) -> str:
         "",
         f"Read latency under load / idle: p50 x{r['read_p50_loaded_over_idle']}, p99 x{r['read_p99_loaded_over_idle']}.",
         "",
-        f"Accounting: {a['submitted']} submitted, {a['unique_ids']} unique IDs, {a['listed_by_api']} listed by "
-        f"GET /v1/jobs, {a['succeeded']} succeeded, {a['failed']} failed, {a['unfinished']} unfinished, "
-        f"{len(a['client_errors'])} client errors → all jobs accounted for: **{r['all_jobs_accounted_for']}**.",
+        (f"Accounting: {a['submitted']} submitted, {a['unique_ids']} unique IDs, {a['listed_by_api']} listed by "
+         f"GET /v1/jobs, {a['succeeded']} succeeded, {a['failed']} failed, {a['unfinished']} unfinished, "
+         f"{len(a['client_errors'])} client errors → all jobs accounted for: **{r['all_jobs_accounted_for']}**."),
     ])  # fmt: skip
 
 

@@ -34,7 +34,7 @@ RESTORE_INTERVAL_S = 10  # how often a worker sweeps Redis for unacked messages 
 
 def visibility_timeout_for(hard_time_limit_s: float) -> int:
     """Redis visibility timeout: always longer than the longest a task may run."""
-    return int(math.ceil(hard_time_limit_s + max(5.0, 0.1 * hard_time_limit_s)))
+    return math.ceil(hard_time_limit_s + max(5.0, 0.1 * hard_time_limit_s))
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

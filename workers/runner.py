@@ -160,10 +160,10 @@ def run_job(
     except TRANSIENT_ERRORS:
         log.warning("transient error during %s; leaving the job running for a retry", ctx.stage, exc_info=True)
         raise
-    except Exception as exc:  # noqa: BLE001 - every other error ends the job with a readable reason
+    except Exception as exc:
         reason = failure_reason(exc, ctx.stage)
         if not isinstance(exc, ActTailError):
-            log.error("failed during %s", ctx.stage, exc_info=True)
+            log.exception("failed during %s", ctx.stage)
         with session_scope(session_factory) as db:
             mark_failed(job_id, reason, db_session=db)
         log.info("failed: %s", reason)

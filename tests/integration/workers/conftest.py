@@ -22,6 +22,7 @@ import pytest
 
 from tests.integration.workers.support import REPO, WorkerProcess, worker_env
 from tests.integration.workers.tiny_model import build_tiny_llama
+
 PG_ADMIN_URL = os.environ.get("ACTTAIL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ACTTAIL_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/5")
 TINY_MODEL = "tiny-llama"

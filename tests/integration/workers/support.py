@@ -82,11 +82,10 @@ def child_pids(pid: int) -> list[int]:
 
 def submit(session_factory: Any, broker_url: str, request: dict[str, Any], *, team_id: int, queue: str = "cpu") -> str:
     """Create the job row and enqueue it exactly as the API's CeleryDispatcher does."""
-    from api.dispatch import CeleryDispatcher
-
     from acttail.store.db import session_scope
     from acttail.store.jobs import create_job
     from acttail.store.requests import JobRequest
+    from api.dispatch import CeleryDispatcher
 
     parsed = JobRequest.model_validate(request)
     with session_scope(session_factory) as db:
@@ -121,12 +120,15 @@ def job_row(session_factory: Any, job_id: str) -> Any:
         return get_job(job_id, db_session=db)
 
 
-def wait_job(session_factory: Any, job_id: str, timeout: float = 180.0, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled")) -> Any:
-    return wait_for(
-        lambda: (lambda j: j if j.status in statuses else None)(job_row(session_factory, job_id)),
-        timeout,
-        f"job {job_id} to reach {statuses}",
-    )
+def wait_job(
+    session_factory: Any, job_id: str, timeout: float = 180.0,
+    statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+) -> Any:  # fmt: skip
+    def finished() -> Any:
+        job = job_row(session_factory, job_id)
+        return job if job.status in statuses else None
+
+    return wait_for(finished, timeout, f"job {job_id} to reach {statuses}")
 
 
 def result_counts(session_factory: Any, model_id: str) -> dict[str, int]:

@@ -196,7 +196,11 @@ def test_redis_outage_answers_503_then_recovers(
 
         time.sleep(1.0)
         private_redis.start()
-        after = wait_for(lambda: (lambda r: r if r.status_code == 202 else None)(submit(0.3)), 30, "202 after restart")
+        def accepted() -> Any:
+            response = submit(0.3)
+            return response if response.status_code == 202 else None
+
+        after = wait_for(accepted, 30, "202 after restart")
         assert client.get("/readyz").status_code == 200
         job = _poll(client, after.json()["id"], headers, timeout=120)  # the worker reconnected by itself
         assert job["status"] == "succeeded", job
