@@ -57,7 +57,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A Redis blip must not kill a running job: it finishes, its ack is lost, the message comes
+        # back after the visibility timeout and the rerun sees a finished job and does nothing.
+        # (True would terminate it, and its rerun would wait out the whole visibility timeout.)
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_connection_max_retries": None,  # reconnect forever: an outage must not stop workers
         "task_soft_time_limit": soft,
         "task_time_limit": hard,
         "task_default_queue": "cpu",

@@ -39,6 +39,8 @@ def test_celery_config_is_safe_for_long_jobs(tmp_path: Path) -> None:
     assert conf["broker_transport_options"]["visibility_timeout"] > 130
     assert conf["result_backend"] is None and conf["task_ignore_result"] is True
     assert conf["task_routes"] == {"acttail.run_job": {"queue": "cpu"}}
+    assert conf["worker_cancel_long_running_tasks_on_connection_loss"] is False
+    assert conf["broker_connection_max_retries"] is None
 
 
 def test_app_registers_the_task_by_name(tmp_path: Path) -> None:

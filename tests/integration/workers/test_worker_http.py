@@ -205,3 +205,28 @@ def test_redis_outage_answers_503_then_recovers(
         job = _poll(client, after.json()["id"], headers, timeout=120)  # the worker reconnected by itself
         assert job["status"] == "succeeded", job
     assert worker.log().count("job succeeded after") == 2
+
+
+def test_redis_outage_during_a_job_does_not_interrupt_it(
+    tmp_path: Path, pg_url: str, session_factory: Any, team: tuple[int, str], start_worker: Any,
+    tiny_llama_id: Any, private_redis: PrivateRedis,
+) -> None:  # fmt: skip
+    """Redis goes away while a prefork worker runs a job: the job is not cancelled and finishes in
+    its first attempt (worker_cancel_long_running_tasks_on_connection_loss is off). Its lost ack
+    brings the message back only after the visibility timeout, and ``mark_running`` then refuses
+    to run a finished job (covered in tests/unit/test_workers.py)."""
+    from tests.integration.workers.support import job_row, submit, wait_job
+
+    model_id = tiny_llama_id(24)
+    broker = f"redis://127.0.0.1:{OUTAGE_PORT}/0"
+    limits = {"ACTTAIL_TASK_SOFT_TIME_LIMIT_S": "120", "ACTTAIL_TASK_HARD_TIME_LIMIT_S": "150"}
+    worker = start_worker("blip", pool="prefork", broker_url=broker, ACTTAIL_TEST_STAGE_DELAY="esd:0.5", **limits)
+    job_id = submit(session_factory, broker, {"model_id": model_id, "targets": [0.5]}, team_id=team[0])
+    wait_for(lambda: job_row(session_factory, job_id).stage == "esd", 90, "the esd stage")
+    private_redis.stop()
+    time.sleep(2.0)
+    assert job_row(session_factory, job_id).status == "running"
+    private_redis.start()
+    job = wait_job(session_factory, job_id, timeout=90)
+    assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
+    assert worker.log().count("job succeeded after") == 1
