@@ -1,7 +1,7 @@
 """Dense zero-shot accuracy of SmolLM2-135M on the seven bundled tasks.
 
 Reproduce (the committed results):
-    .venv/bin/python benchmarks/zeroshot_dense.py --limit 100 --out benchmarks/results/zeroshot_dense
+    .venv/bin/python benchmarks/zeroshot_dense.py --limit 50 --tasks arc_easy,piqa,hellaswag,lambada_openai,arc_challenge,winogrande,boolq --out benchmarks/results/zeroshot_dense
 
 ``--limit N`` scores the first N items of each task (file order); ``--limit 0`` means the full
 sets (about 27k items, hours on 2 CPU cores). Writes ``OUT.json`` and ``OUT.md``.
