@@ -74,6 +74,9 @@ class SpeedResult:
     speedup: float | None  # sparse / dense tokens/s
     reference_tokens_per_s: float | None  # hooks: masking + dense F.linear
     tokens_match_reference: bool | None  # greedy tokens: kernel path == reference
+    # Leading tokens equal to the reference's. A shorter prefix means a TopK boundary tie: two
+    # |x_j| within ~1 ulp, which ~1e-7 relative summation-order differences resolve differently.
+    matching_prefix: int | None
     prefill_seconds_dense: float
     dense_runs_tokens_per_s: list[float]
     sparse_runs_tokens_per_s: list[float]
@@ -146,6 +149,15 @@ def greedy_decode(
     return DecodeRun(tokens=tokens, prefill_seconds=prefill, step_seconds=steps)
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _weighted_target(model: nn.Module, smap: Mapping[str, float]) -> float:
     counts = {name: model.get_submodule(name).weight.numel() for name in smap}
     total = sum(counts.values())
@@ -208,7 +220,9 @@ def measure_decode_speed(
         reference: DecodeRun | None = None
         if sparsities is not None and check_reference:
             with apply_sparsity(model, sparsities, mode, thresholds, track=False):
-                reference = greedy_decode(model, input_ids, new_tokens, warmup_tokens)
+                reference = greedy_decode(
+                    model, input_ids, new_tokens, warmup_tokens, clock
+                )
     finally:
         if handle is not None:
             handle.restore()
@@ -236,6 +250,9 @@ def measure_decode_speed(
         tokens_match_reference=None
         if reference is None
         else reference.tokens == sparse_runs[0].tokens,
+        matching_prefix=None
+        if reference is None
+        else _common_prefix(reference.tokens, sparse_runs[0].tokens),
         prefill_seconds_dense=statistics.median(r.prefill_seconds for r in dense_runs),
         dense_runs_tokens_per_s=[r.tokens_per_s for r in dense_runs],
         sparse_runs_tokens_per_s=[r.tokens_per_s for r in sparse_runs],

@@ -253,7 +253,7 @@ def test_measure_decode_speed_reports_both_paths() -> None:
         repeats=2,
     )
     assert isinstance(result, SpeedResult)
-    assert result.tokens_match_reference is True
+    assert result.tokens_match_reference is True and result.matching_prefix == 10
     assert result.backend == "c-openmp" and result.mode == "topk"
     assert result.target_sparsity == pytest.approx(0.5, abs=0.01)
     assert result.timed_steps == 7 and len(result.dense_runs_tokens_per_s) == 2
