@@ -144,7 +144,7 @@ def sweep_target(model, report, calibration, trace, test_ids, seqlen, target) ->
     uniform = build_allocation("uniform", report=report, target=target)
     acttail = build_allocation("acttail", report=report, target=target)
     greedy = allocation_from_trace(trace, report.param_counts(), target)
-    choice = auto_allocation(report, target, model, calibration)
+    choice = auto_allocation(report, target, model, calibration, trace=trace)
     base = evaluate(uniform)
     row = {"target": target, "uniform_ppl": math.exp(base.mean()),
            "auto_choice": choice.labels[choice.chosen], "auto_best_on_calibration": choice.labels[choice.best],

@@ -57,7 +57,7 @@ _KNOBS: dict[str, set[str]] = {
     "acttail-block": _ALPHA_KNOBS - {"granularity"},
     "acttail-per-type": _ALPHA_KNOBS,
     "teal-greedy": {"s_min", "s_max", "step", "greedy_tokens", "last_fraction", "trace"},
-    "auto": {"s_min", "s_max", "grid", "min_gain"},
+    "auto": {"s_min", "s_max", "grid", "min_gain", "trace"},
 }
 _CALIBRATION_KNOBS = {"calibration_tokens", "calibration_seqlen"}
 
@@ -154,6 +154,7 @@ def build_allocation(
         min_gain=float(params.get("min_gain", DEFAULT_MIN_GAIN)),
         s_min=float(params.get("s_min", 0.0)),
         s_max=float(params.get("s_max", 0.99)),
+        trace=params.get("trace"),
     )
     return choice.allocation
 

@@ -1,4 +1,5 @@
-"""``auto``: choose, on calibration text only, between uniform and a small grid of ActTail settings.
+"""``auto``: choose, on calibration text only, between uniform, a small grid of ActTail settings
+and TEAL's greedy allocation.
 
 For the requested target S every candidate allocation c of the grid is applied (TopK) and scored
 by its perplexity on the calibration set (WikiText-2 raw *validation*, ``CalibrationSet``):
@@ -11,7 +12,10 @@ of the alphas, the grid and the calibration tokens. The ``min_gain`` margin keep
 a candidate wins by more than calibration noise, which is what makes the choice carry over to
 held-out text. The grid, every score, the margin, the calibration set's description and the
 chosen candidate are recorded in the allocation document's ``params``; the sparsities are those
-of the chosen candidate (so the budget holds exactly, as for every method).
+of the chosen candidate (so the budget holds exactly, as for every method). The ``teal-greedy``
+candidate reads a ``GreedyTrace`` (pass ``trace=`` to reuse one across targets; otherwise it is
+computed on the calibration set); it was added after a first SmolLM2 sweep where the ActTail-only
+grid's calibration winner lost to uniform on the test split (docs/science.md).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from acttail.allocate import Allocation, AllocationParams, Direction, Granularit
 from acttail.errors import AllocationError
 from acttail.methods.calibration import CalibrationSet, calibration_nll
 from acttail.methods.per_type import allocate_per_type
+from acttail.methods.teal_greedy import GreedyTrace, allocation_from_trace, greedy_trace
 
 if TYPE_CHECKING:
     from acttail.esd import ESDReport
@@ -42,7 +47,7 @@ DEFAULT_MIN_GAIN = 0.01
 class Candidate:
     """One grid entry: uniform, or ActTail with these knobs (``per_type``: alpha normalised per kind)."""
 
-    method: str = "acttail"  # "uniform" | "acttail"
+    method: str = "acttail"  # "uniform" | "acttail" | "teal-greedy"
     epsilon: float = 0.1
     direction: Direction = Direction.HIGHER_ALPHA_SPARSER
     granularity: Granularity = Granularity.PROJECTION
@@ -50,16 +55,16 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        if self.method == "uniform":
-            return "uniform"
+        if self.method in ("uniform", "teal-greedy"):
+            return self.method
         direction = "hi" if self.direction is Direction.HIGHER_ALPHA_SPARSER else "lo"
         norm = "/per-type" if self.per_type else ""
         gran = "block" if self.granularity is Granularity.BLOCK else "proj"
         return f"acttail eps={self.epsilon:g} {direction}-alpha-sparser {gran}{norm}"
 
     def to_dict(self) -> dict[str, Any]:
-        if self.method == "uniform":
-            return {"method": "uniform", "label": self.label}
+        if self.method in ("uniform", "teal-greedy"):
+            return {"method": self.method, "label": self.label}
         return {
             "method": self.method,
             "epsilon": self.epsilon,
@@ -69,8 +74,15 @@ class Candidate:
             "label": self.label,
         }
 
-    def build(self, report: ESDReport, target: float, s_min: float, s_max: float) -> Allocation:
+    def build(
+        self, report: ESDReport, target: float, s_min: float, s_max: float, trace: GreedyTrace | None = None
+    ) -> Allocation:
         ident = {"model_id": str(report.model.get("model_id", "")), "fingerprint": str(report.model.get("fingerprint", ""))}
+        if self.method == "teal-greedy":
+            if trace is None:
+                raise AllocationError("the teal-greedy candidate needs a greedy trace")
+            return allocation_from_trace(trace, report.param_counts(), target, AllocationParams(s_min=s_min, s_max=s_max),
+                                         **ident)
         if self.method == "uniform":
             return allocate(report.alphas(), report.param_counts(), target, method="uniform", **ident)
         params = AllocationParams(self.epsilon, self.direction, self.granularity, s_min, s_max)
@@ -89,6 +101,7 @@ DEFAULT_GRID: tuple[Candidate, ...] = (
     Candidate(epsilon=0.1, direction=_LO),
     Candidate(epsilon=0.1, direction=_HI, per_type=True),
     Candidate(epsilon=0.1, direction=_LO, per_type=True),
+    Candidate("teal-greedy"),  # measured block-output error; see teal_greedy
 )
 
 
@@ -114,15 +127,18 @@ def auto_allocation(
     min_gain: float = DEFAULT_MIN_GAIN,
     s_min: float = 0.0,
     s_max: float = 0.99,
+    trace: GreedyTrace | None = None,
 ) -> AutoChoice:
     """Score every grid candidate on ``calibration`` and return the choice (see module docstring)."""
     if not grid or grid[0].method != "uniform":
         raise AllocationError("the auto grid must start with the uniform candidate (its fallback)")
     if not 0.0 <= min_gain < 1.0:
         raise AllocationError(f"min_gain must be in [0, 1), got {min_gain}")
+    if trace is None and any(c.method == "teal-greedy" for c in grid):
+        trace = greedy_trace(model, calibration, max_target=target, s_max=s_max)
     allocations, ppl = [], []
     for candidate in grid:
-        alloc = candidate.build(report, target, s_min, s_max)
+        alloc = candidate.build(report, target, s_min, s_max, trace)
         allocations.append(alloc)
         ppl.append(math.exp(calibration_nll(model, calibration, alloc)))
         logger.info("auto %.2f %-45s calibration ppl %.4f", target, candidate.label, ppl[-1])

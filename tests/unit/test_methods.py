@@ -169,3 +169,15 @@ def test_unknown_method_and_knob_list_the_valid_ones(report: ESDReport) -> None:
         build_allocation("acttail", report=report, target=0.5, epslion=0.1)
     with pytest.raises(AllocationError, match="needs the loaded model"):
         build_allocation("auto", report=report, target=0.5)
+
+
+def test_auto_can_pick_the_greedy_candidate(model: torch.nn.Module, report: ESDReport, calibration) -> None:  # noqa: ANN001
+    trace = greedy_trace(model, calibration, max_target=0.7, step=0.25, max_tokens=64)
+    grid = (DEFAULT_GRID[0], Candidate("teal-greedy"))
+    choice = auto_allocation(report, 0.7, model, calibration, grid=grid, min_gain=0.0, trace=trace)
+    assert choice.labels == ("uniform", "teal-greedy")
+    _check_budget(choice.allocation, 0.7)
+    if choice.chosen == 1:
+        greedy = build_allocation("teal-greedy", report=report, target=0.7, model=model, trace=trace)
+        assert choice.allocation.sparsities == greedy.sparsities
+    assert DEFAULT_GRID[-1].method == "teal-greedy"
