@@ -97,13 +97,17 @@ def to_markdown(result: dict) -> str:
             f"Alphas: {result['alphas_source']}."
         ),
         "",
-        "| allocation | target | dense tok/s | sparse tok/s | speed-up | Amdahl bound | reference (hooks) tok/s | tokens = reference |",
-        "|---|---|---|---|---|---|---|---|",
+        (
+            "| allocation | target | dense tok/s | sparse tok/s | speed-up | Amdahl bound | reference (hooks) tok/s "
+            "| tokens = reference | identical leading tokens |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['method']} | {r['target']:.1f} | {r['dense_tokens_per_s']:.1f} | {r['sparse_tokens_per_s']:.1f} | "
-            f"**{r['speedup']:.2f}x** | {r['amdahl_bound']:.2f}x | {r['reference_tokens_per_s']:.1f} | {r['tokens_match_reference']} |"
+            f"**{r['speedup']:.2f}x** | {r['amdahl_bound']:.2f}x | {r['reference_tokens_per_s']:.1f} | {r['tokens_match_reference']} "
+            f"| {r.get('matching_prefix')} / {r['new_tokens']} |"
         )
     a = result["amdahl"]
     lines += [
@@ -146,6 +150,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    machine = describe_machine()  # load average at the start
     source = resolve_model(args.model)
     model, tokenizer = source.load_causal_lm(
         dtype=getattr(torch, args.dtype), device=args.device
@@ -220,7 +225,7 @@ def main() -> None:
     first = runs[0]
     result = {
         "command": "python " + " ".join(sys.argv),
-        "machine": describe_machine(),
+        "machine": machine,
         "model": args.model,
         "fingerprint": source.describe().fingerprint,
         "threads": args.threads,
