@@ -637,8 +637,12 @@ def plot_sweep(
         acc_ax.set_ylabel("mean zero-shot accuracy (%)")
         acc_ax.set_title("mean zero-shot accuracy")
         acc_ax.legend(loc="lower left")
-    if title is not None:
+    if title is not None and with_accuracy:
         fig.suptitle(title)
+    elif title is not None:
+        ppl_ax.set_title(
+            title
+        )  # one panel: its own title, no redundant "perplexity" above it
     return fig
 
 

@@ -399,8 +399,9 @@ def test_sweep_without_accuracy_has_one_panel_and_sorted_targets() -> None:
         {"method": "acttail", "target": 0.3, "perplexity": 20.0},
         {"method": "teal", "target": 0.5, "perplexity": 30.0, "mean_accuracy": None},
     ]
-    fig = plots.plot_sweep(rows)
+    fig = plots.plot_sweep(rows, title="one panel")
     (ax,) = fig.axes
+    assert ax.get_title() == "one panel" and fig.get_suptitle() == ""
     acttail, teal = ax.get_lines()
     assert list(acttail.get_xdata()) == pytest.approx([30, 70])
     assert (acttail.get_label(), teal.get_label()) == ("acttail", "teal")
