@@ -69,7 +69,15 @@ __all__ = [
     "calibration_from_ids",
     "calibration_nll",
     "calibration_set",
+    "greedy_trace",
 ]
+
+
+def greedy_trace(model: nn.Module, calibration: CalibrationSet, *, max_target: float = 0.9, **knobs: Any) -> Any:
+    """TEAL's greedy trace up to ``max_target`` (compute once, pass as ``trace=`` to every target)."""
+    from acttail.methods.teal_greedy import greedy_trace as _trace
+
+    return _trace(model, calibration, max_target=max_target, **knobs)
 
 
 def _alpha_params(params: Mapping[str, Any], **forced: Any) -> AllocationParams:
