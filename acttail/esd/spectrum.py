@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+_GRAM_SLICE_BYTES = 64 << 20  # fp64 slice of W converted at a time while accumulating the Gram
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` means CUDA when available, else CPU."""
@@ -55,21 +57,33 @@ def eigenvalues_batch(
         stop = start + 1
         while stop < len(weights) and weights[stop].shape == weights[start].shape:
             stop += 1
-        stacked = torch.stack([w.detach().to(target, dtype) for w in weights[start:stop]])  # [B, d_out, d_in]
-        evals = gram_eigenvalues(stacked)
+        stacked = torch.stack([w.detach().to(target) for w in weights[start:stop]])  # [B, d_out, d_in]
+        evals = gram_eigenvalues(stacked, dtype)
         results.extend(np.asarray(e) for e in evals.cpu().numpy())
         start = stop
     return results
 
 
-def gram_eigenvalues(stacked: torch.Tensor) -> torch.Tensor:
+def gram_eigenvalues(stacked: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Ascending eigenvalues [B, m] of the smaller-side Gram of each matrix in ``stacked`` [B, d_out, d_in]."""
     if stacked.ndim != 3:
         raise ValueError(f"expected a [B, d_out, d_in] stack, got shape {tuple(stacked.shape)}")
-    d_out, d_in = stacked.shape[-2:]
-    if d_out >= d_in:
-        gram = stacked.transpose(-2, -1) @ stacked  # WᵀW: [B, d_in, d_in]
-    else:
-        gram = stacked @ stacked.transpose(-2, -1)  # WWᵀ: [B, d_out, d_out], same nonzero spectrum
-    evals = torch.linalg.eigvalsh(gram)
+    evals = torch.linalg.eigvalsh(gram(stacked, dtype))
     return torch.clamp_min(evals, 0.0)
+
+
+def gram(stacked: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """WᵀW (d_out ≥ d_in) or WWᵀ, [B, m, m] in ``dtype``, accumulated over slices of the long side.
+
+    Slicing keeps the ``dtype`` copy of W to ~``_GRAM_SLICE_BYTES`` instead of a full fp64 copy
+    (360 MB for an 11008×4096 matrix).
+    """
+    if stacked.shape[-2] < stacked.shape[-1]:
+        stacked = stacked.transpose(-2, -1)  # WWᵀ = (Wᵀ)ᵀ(Wᵀ): always contract over the long side
+    batch, long_side, m = stacked.shape
+    step = max(1, _GRAM_SLICE_BYTES // (batch * m * torch.finfo(dtype).bits // 8))
+    out = torch.zeros(batch, m, m, dtype=dtype, device=stacked.device)
+    for start in range(0, long_side, step):
+        part = stacked[:, start : start + step].to(dtype)  # [B, rows, m]
+        out.baddbmm_(part.transpose(-2, -1), part)
+    return out
