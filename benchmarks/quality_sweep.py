@@ -50,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=16384)
     p.add_argument("--dense-only", action="store_true", help="Only the dense model (use without --max-tokens cap).")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--esd-json", help="Reuse a stored ESDReport (acttail.esd to_dict JSON) of the same model.")
+    p.add_argument("--resume", action="store_true", help="Keep rows already in <out>.json (same settings), skip them.")
     p.add_argument("--out", required=True, help="Output prefix: writes <out>.json and <out>.md")
     return p.parse_args()
 
@@ -113,7 +115,19 @@ def main() -> None:
         "rows": [],
     }
 
+    if args.resume and out.with_suffix(".json").exists():
+        previous = json.loads(out.with_suffix(".json").read_text())
+        if previous["model"]["fingerprint"] == description["fingerprint"] and previous["max_tokens"] == max_tokens:
+            doc["rows"] = previous["rows"]
+            doc.update({k: previous[k] for k in ("windows", "tokens_scored") if k in previous})
+
+    def done(method: str, target: float, extra: dict) -> bool:
+        return any(r["method"] == method and r["target"] == target and all(r.get(k) == v for k, v in extra.items())
+                   for r in doc["rows"])
+
     def record(method: str, target: float, alloc=None, **extra) -> None:
+        if done(method, target, extra):
+            return
         began = time.perf_counter()
         handle = apply_sparsity(model, alloc) if alloc is not None else None
         try:
@@ -135,7 +149,14 @@ def main() -> None:
     record("dense", 0.0)
     if args.dense_only:
         return
-    report = analyze_source(source, estimator=args.estimator, progress=False)
+    if args.esd_json:
+        from acttail.esd import ESDReport
+
+        report = ESDReport.from_dict(json.loads(Path(args.esd_json).read_text()))
+        if report.model.get("fingerprint") != description["fingerprint"] or report.estimator != args.estimator:
+            raise SystemExit("--esd-json is for another model or estimator")
+    else:
+        report = analyze_source(source, estimator=args.estimator, progress=False)
     doc["alphas"] = report.alphas()
     alphas, counts = report.alphas(), report.param_counts()
     for target in (float(t) for t in args.targets.split(",")):
