@@ -82,7 +82,9 @@ class SensitivityResult:
 
     def matrix(self, value: str = "delta_nll") -> tuple[list[str], np.ndarray]:
         """``(kinds, M)`` with M[i, g] the ``value`` of kind i in group g."""
-        kinds = [str(k) for k in PROJECTION_ORDER if any(c.kind == k for c in self.cells)]
+        kinds = [
+            str(k) for k in PROJECTION_ORDER if any(c.kind == k for c in self.cells)
+        ]
         out = np.full((len(kinds), self.groups), np.nan)
         for cell in self.cells:
             out[kinds.index(cell.kind), cell.group] = getattr(cell, value)
@@ -93,7 +95,10 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rho (Pearson correlation of average ranks); NaN when either side is constant."""
     from scipy.stats import rankdata
 
-    rx, ry = rankdata(np.asarray(x, dtype=np.float64)), rankdata(np.asarray(y, dtype=np.float64))
+    rx, ry = (
+        rankdata(np.asarray(x, dtype=np.float64)),
+        rankdata(np.asarray(y, dtype=np.float64)),
+    )
     if np.ptp(rx) == 0 or np.ptp(ry) == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
@@ -112,11 +117,22 @@ class _InputStats:
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         x = args[0].detach().double().reshape(-1, args[0].shape[-1])  # [tokens, d_in]
         self.n += x.numel()
-        self.sums += np.array([float(x.abs().sum()), float(x.sum()), float(x.pow(2).sum()),
-                               float(x.pow(3).sum()), float(x.pow(4).sum())])
+        self.sums += np.array(
+            [
+                float(x.abs().sum()),
+                float(x.sum()),
+                float(x.pow(2).sum()),
+                float(x.pow(3).sum()),
+                float(x.pow(4).sum()),
+            ]
+        )
         energy = x.pow(2)
         k = keep_count(self.level, x.shape[-1])
-        kept = energy.topk(k, dim=-1).values.sum(-1) if k > 0 else torch.zeros(x.shape[0], dtype=x.dtype)
+        kept = (
+            energy.topk(k, dim=-1).values.sum(-1)
+            if k > 0
+            else torch.zeros(x.shape[0], dtype=x.dtype)
+        )
         total = energy.sum(-1).clamp_min(1e-300)
         self.dropped += float((1.0 - kept / total).sum())
         self.tokens += x.shape[0]
@@ -125,14 +141,22 @@ class _InputStats:
         m_abs, m1, m2, m3, m4 = self.sums / max(self.n, 1)
         var = max(m2 - m1**2, 1e-300)
         central4 = m4 - 4 * m1 * m3 + 6 * m1**2 * m2 - 3 * m1**4
-        return {"mean_abs": m_abs, "kurtosis": central4 / var**2 - 3.0, "dropped_energy": self.dropped / max(self.tokens, 1)}
+        return {
+            "mean_abs": m_abs,
+            "kurtosis": central4 / var**2 - 3.0,
+            "dropped_energy": self.dropped / max(self.tokens, 1),
+        }
 
 
-def activation_stats(model: nn.Module, calibration: CalibrationSet, level: float) -> dict[str, dict[str, float]]:
+def activation_stats(
+    model: nn.Module, calibration: CalibrationSet, level: float
+) -> dict[str, dict[str, float]]:
     """mean |x|, excess kurtosis and TopK-dropped energy of every projection input, on dense text."""
     projections = find_projections(model)
     stats = {ref.name: _InputStats(level) for ref, _ in projections}
-    handles = [lin.register_forward_pre_hook(stats[ref.name]) for ref, lin in projections]
+    handles = [
+        lin.register_forward_pre_hook(stats[ref.name]) for ref, lin in projections
+    ]
     try:
         calibration_nll(model, calibration, None)
     finally:
@@ -145,7 +169,10 @@ def layer_groups(num_layers: int, groups: int) -> list[tuple[int, ...]]:
     """``groups`` slices of consecutive layers, sizes differing by at most one."""
     if not 1 <= groups <= num_layers:
         raise ActTailError(f"groups must be in [1, {num_layers}], got {groups}")
-    return [tuple(int(i) for i in part) for part in np.array_split(np.arange(num_layers), groups)]
+    return [
+        tuple(int(i) for i in part)
+        for part in np.array_split(np.arange(num_layers), groups)
+    ]
 
 
 def sensitivity_study(
@@ -168,7 +195,9 @@ def sensitivity_study(
     esd = {p.name: p for p in reports[0].projections}
     missing = [n for n in names if n not in esd]
     if missing:
-        raise ActTailError(f"ESD report lacks {len(missing)} projections of the model (e.g. {missing[0]})")
+        raise ActTailError(
+            f"ESD report lacks {len(missing)} projections of the model (e.g. {missing[0]})"
+        )
     per_proj: dict[str, dict[str, float]] = {n: {} for n in names}
     for report in reports:
         alphas = report.alphas()
@@ -176,8 +205,11 @@ def sensitivity_study(
             per_proj[n][f"alpha_{report.estimator}"] = alphas[n]
     for n in names:
         p = esd[n]
-        per_proj[n].update(log_spectral_norm=math.log10(p.spectral_norm), stable_rank=p.stable_rank,
-                           alpha_weighted=p.alpha_weighted)
+        per_proj[n].update(
+            log_spectral_norm=math.log10(p.spectral_norm),
+            stable_rank=p.stable_rank,
+            alpha_weighted=p.alpha_weighted,
+        )
     for n, values in activation_stats(model, calibration, level).items():
         per_proj[n].update(values)
     dense = calibration_nll(model, calibration, None)
@@ -185,22 +217,52 @@ def sensitivity_study(
     cells = []
     for kind in PROJECTION_ORDER:
         for g, layers in enumerate(layer_groups(num_layers, groups)):
-            members = [ref.name for ref, _ in projections if ref.kind == kind and ref.layer in layers]
+            members = [
+                ref.name
+                for ref, _ in projections
+                if ref.kind == kind and ref.layer in layers
+            ]
             if not members:
                 continue
             sparsities = {n: (level if n in members else 0.0) for n in names}
             nll = calibration_nll(model, calibration, sparsities)
             count = sum(esd[n].param_count for n in members)
-            predictors = {key: float(np.mean([per_proj[n][key] for n in members])) for key in per_proj[members[0]]}
-            cells.append(SensitivityCell(str(kind), g, layers, count, nll, nll - dense,
-                                         (nll - dense) / (level * count) * 1e6, predictors))
+            predictors = {
+                key: float(np.mean([per_proj[n][key] for n in members]))
+                for key in per_proj[members[0]]
+            }
+            cells.append(
+                SensitivityCell(
+                    str(kind),
+                    g,
+                    layers,
+                    count,
+                    nll,
+                    nll - dense,
+                    (nll - dense) / (level * count) * 1e6,
+                    predictors,
+                )
+            )
     keys = list(cells[0].predictors)
     correlations = {
-        target: {key: spearman([c.predictors[key] for c in cells], [getattr(c, target) for c in cells]) for key in keys}
+        target: {
+            key: spearman(
+                [c.predictors[key] for c in cells], [getattr(c, target) for c in cells]
+            )
+            for key in keys
+        }
         for target in TARGETS
     }
-    return SensitivityResult(model_id, level, groups, calibration.describe(), dense, tuple(cells), correlations,
-                             tuple(r.estimator for r in reports))
+    return SensitivityResult(
+        model_id,
+        level,
+        groups,
+        calibration.describe(),
+        dense,
+        tuple(cells),
+        correlations,
+        tuple(r.estimator for r in reports),
+    )
 
 
 def plot_sensitivity(result: SensitivityResult, path: str | Path) -> Path:
@@ -215,18 +277,28 @@ def plot_sensitivity(result: SensitivityResult, path: str | Path) -> Path:
     kinds, mat = result.matrix("delta_nll_per_mparam")
     image = left.imshow(mat, cmap="magma_r", aspect="auto")
     left.set_yticks(range(len(kinds)), kinds)
-    left.set_xticks(range(result.groups), [f"L{c.layers[0]}-{c.layers[-1]}" for c in result.cells[: result.groups]])
+    left.set_xticks(
+        range(result.groups),
+        [f"L{c.layers[0]}-{c.layers[-1]}" for c in result.cells[: result.groups]],
+    )
     left.set_title(f"dNLL per M weights skipped (level {result.level:g})")
     fig.colorbar(image, ax=left, shrink=0.8)
     preds = list(result.correlations["delta_nll"])
     x = np.arange(len(preds))
     for offset, target in ((-0.2, "delta_nll"), (0.2, "delta_nll_per_mparam")):
-        right.bar(x + offset, [result.correlations[target][p] for p in preds], width=0.4, label=target)
+        right.bar(
+            x + offset,
+            [result.correlations[target][p] for p in preds],
+            width=0.4,
+            label=target,
+        )
     right.axhline(0.0, color="black", linewidth=0.8)
     right.set_xticks(x, preds, rotation=35, ha="right")
     right.set_ylim(-1, 1)
     right.set_ylabel("Spearman rho with sensitivity")
-    right.set_title(f"{result.model_id}: what predicts sensitivity ({len(result.cells)} cells)")
+    right.set_title(
+        f"{result.model_id}: what predicts sensitivity ({len(result.cells)} cells)"
+    )
     right.legend(fontsize=8)
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -235,8 +307,14 @@ def plot_sensitivity(result: SensitivityResult, path: str | Path) -> Path:
 
 def predictor_table(result: SensitivityResult) -> list[tuple[str, float, float]]:
     """``(predictor, rho vs dNLL, rho vs dNLL per M weights)`` rows for printing."""
-    return [(k, result.correlations["delta_nll"][k], result.correlations["delta_nll_per_mparam"][k])
-            for k in result.correlations["delta_nll"]]
+    return [
+        (
+            k,
+            result.correlations["delta_nll"][k],
+            result.correlations["delta_nll_per_mparam"][k],
+        )
+        for k in result.correlations["delta_nll"]
+    ]
 
 
 def cells_by_kind(result: SensitivityResult) -> Mapping[str, list[SensitivityCell]]:

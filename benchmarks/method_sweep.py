@@ -41,7 +41,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def load_reports(alias: str, esd_dir: Path, estimators: tuple[str, ...]) -> list[ESDReport]:
+def load_reports(
+    alias: str, esd_dir: Path, estimators: tuple[str, ...]
+) -> list[ESDReport]:
     reports = []
     for est in estimators:
         path = esd_dir / f"esd_{alias}_{est}.json"
@@ -56,14 +58,25 @@ def load_reports(alias: str, esd_dir: Path, estimators: tuple[str, ...]) -> list
     return reports
 
 
-def window_nlls(model: torch.nn.Module, ids: torch.Tensor, seqlen: int, sparsities: Allocation | None) -> np.ndarray:
+def window_nlls(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    seqlen: int,
+    sparsities: Allocation | None,
+) -> np.ndarray:
     """Mean NLL of each test window (every token after the first of its window is scored)."""
-    handle = None if sparsities is None else apply_sparsity(model, sparsities, "topk", track=False)
+    handle = (
+        None
+        if sparsities is None
+        else apply_sparsity(model, sparsities, "topk", track=False)
+    )
     out = []
     try:
         with torch.inference_mode():
             for w in range(ids.numel() // seqlen):
-                nll, count = window_nll(model, ids[w * seqlen : (w + 1) * seqlen].unsqueeze(0))
+                nll, count = window_nll(
+                    model, ids[w * seqlen : (w + 1) * seqlen].unsqueeze(0)
+                )
                 out.append(nll / count)
     finally:
         if handle is not None:
@@ -75,7 +88,11 @@ def change_vs(base: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     """(% change of PPL vs base, paired standard error in %), windows have equal token counts."""
     diff = other - base
     pct = (math.exp(other.mean() - base.mean()) - 1.0) * 100.0
-    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) * 100.0 if len(diff) > 1 else float("nan")
+    se = (
+        float(diff.std(ddof=1) / math.sqrt(len(diff))) * 100.0
+        if len(diff) > 1
+        else float("nan")
+    )
     return pct, se
 
 
@@ -85,10 +102,17 @@ def main() -> None:
     parser.add_argument("--targets", default="0.3,0.5,0.7,0.8,0.9")
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--test-tokens", type=int, default=16384)
-    parser.add_argument("--cal-tokens", type=int, default=4096, help="auto's calibration tokens (validation)")
+    parser.add_argument(
+        "--cal-tokens",
+        type=int,
+        default=4096,
+        help="auto's calibration tokens (validation)",
+    )
     parser.add_argument("--greedy-tokens", type=int, default=512)
     parser.add_argument("--greedy-step", type=float, default=0.1)
-    parser.add_argument("--sensitivity", action="store_true", help="also run the sensitivity study")
+    parser.add_argument(
+        "--sensitivity", action="store_true", help="also run the sensitivity study"
+    )
     parser.add_argument("--sens-tokens", type=int, default=2048)
     parser.add_argument("--sens-level", type=float, default=0.7)
     parser.add_argument("--esd-dir", type=Path, default=Path("/tmp/acttail_study"))
@@ -102,18 +126,29 @@ def main() -> None:
     report = next(r for r in reports if r.estimator == "ks")
     model, tokenizer = resolve_model(args.model).load_causal_lm()
     test_ids = tokenize_split(tokenizer, "test")[: args.test_tokens]
-    calibration = calibration_set(tokenizer, max_tokens=args.cal_tokens, seqlen=args.seqlen)
-    log(f"loaded {args.model}; {test_ids.numel()} test tokens, {calibration.num_tokens} calibration tokens")
+    calibration = calibration_set(
+        tokenizer, max_tokens=args.cal_tokens, seqlen=args.seqlen
+    )
+    log(
+        f"loaded {args.model}; {test_ids.numel()} test tokens, {calibration.num_tokens} calibration tokens"
+    )
     stem = args.model.replace("/", "_")
     doc: dict = {
         "model": report.model,
         "command": "python " + " ".join(sys.argv),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads of a 2-core VM shared with "
         "other engineers' jobs during this run (load average > 6); timings are not comparable across runs",
-        "protocol": {"dataset": "wikitext-2-raw-v1 test", "seqlen": args.seqlen, "test_tokens": int(test_ids.numel()),
-                     "windows": int(test_ids.numel() // args.seqlen), "mode": "topk",
-                     "calibration": calibration.describe(), "greedy_tokens": args.greedy_tokens,
-                     "greedy_step": args.greedy_step, "estimator": "ks"},
+        "protocol": {
+            "dataset": "wikitext-2-raw-v1 test",
+            "seqlen": args.seqlen,
+            "test_tokens": int(test_ids.numel()),
+            "windows": int(test_ids.numel() // args.seqlen),
+            "mode": "topk",
+            "calibration": calibration.describe(),
+            "greedy_tokens": args.greedy_tokens,
+            "greedy_step": args.greedy_step,
+            "estimator": "ks",
+        },
         "rows": [],
     }
     if args.sensitivity:
@@ -122,17 +157,26 @@ def main() -> None:
     doc["dense_ppl"] = math.exp(dense.mean())
     log(f"dense test PPL {doc['dense_ppl']:.3f}")
     trace_start = time.perf_counter()
-    trace = greedy_trace(model, calibration, max_target=max(targets), step=args.greedy_step,
-                         max_tokens=args.greedy_tokens)
+    trace = greedy_trace(
+        model,
+        calibration,
+        max_target=max(targets),
+        step=args.greedy_step,
+        max_tokens=args.greedy_tokens,
+    )
     doc["greedy_seconds"] = time.perf_counter() - trace_start
     log(f"greedy trace in {doc['greedy_seconds']:.0f}s")
     for target in targets:  # in the given order: put the targets that matter most first
-        doc["rows"].append(sweep_target(model, report, calibration, trace, test_ids, args.seqlen, target))
+        doc["rows"].append(
+            sweep_target(
+                model, report, calibration, trace, test_ids, args.seqlen, target
+            )
+        )
         doc["elapsed_s"] = time.perf_counter() - started
         write(doc, args.out_dir / f"method_sweep_{stem}")
 
 
-def sweep_target(model, report, calibration, trace, test_ids, seqlen, target) -> dict:  # noqa: ANN001
+def sweep_target(model, report, calibration, trace, test_ids, seqlen, target) -> dict:
     cache: dict[tuple[float, ...], np.ndarray] = {}
 
     def evaluate(alloc: Allocation) -> np.ndarray:
@@ -146,15 +190,29 @@ def sweep_target(model, report, calibration, trace, test_ids, seqlen, target) ->
     greedy = allocation_from_trace(trace, report.param_counts(), target)
     choice = auto_allocation(report, target, model, calibration, trace=trace)
     base = evaluate(uniform)
-    row = {"target": target, "uniform_ppl": math.exp(base.mean()),
-           "auto_choice": choice.labels[choice.chosen], "auto_best_on_calibration": choice.labels[choice.best],
-           "auto_grid_calibration_ppl": dict(zip(choice.labels, choice.ppl, strict=True))}
-    for name, alloc in (("teal_greedy", greedy), ("acttail", acttail), ("auto", choice.allocation)):
+    row = {
+        "target": target,
+        "uniform_ppl": math.exp(base.mean()),
+        "auto_choice": choice.labels[choice.chosen],
+        "auto_best_on_calibration": choice.labels[choice.best],
+        "auto_grid_calibration_ppl": dict(zip(choice.labels, choice.ppl, strict=True)),
+    }
+    for name, alloc in (
+        ("teal_greedy", greedy),
+        ("acttail", acttail),
+        ("auto", choice.allocation),
+    ):
         nlls = evaluate(alloc)
         pct, se = change_vs(base, nlls)
-        row[f"{name}_ppl"], row[f"{name}_change_pct"], row[f"{name}_se_pct"] = math.exp(nlls.mean()), pct, se
-    log(f"target {target}: uniform {row['uniform_ppl']:.3f} greedy {row['teal_greedy_ppl']:.3f} "
-        f"acttail {row['acttail_ppl']:.3f} auto {row['auto_ppl']:.3f} ({row['auto_choice']})")
+        row[f"{name}_ppl"], row[f"{name}_change_pct"], row[f"{name}_se_pct"] = (
+            math.exp(nlls.mean()),
+            pct,
+            se,
+        )
+    log(
+        f"target {target}: uniform {row['uniform_ppl']:.3f} greedy {row['teal_greedy_ppl']:.3f} "
+        f"acttail {row['acttail_ppl']:.3f} auto {row['auto_ppl']:.3f} ({row['auto_choice']})"
+    )
     return row
 
 
@@ -179,23 +237,35 @@ def write(doc: dict, prefix: Path) -> None:
         "|---:|---:|---:|---:|---:|---|",
     ]
     for r in sorted(doc["rows"], key=lambda r: r["target"]):
-        cells = [f"{r[f'{m}_ppl']:.3f} ({r[f'{m}_change_pct']:+.1f}% +- {r[f'{m}_se_pct']:.1f})"
-                 for m in ("teal_greedy", "acttail", "auto")]
-        lines.append(f"| {r['target']:.0%} | {r['uniform_ppl']:.3f} | " + " | ".join(cells) + f" | {r['auto_choice']} |")
+        cells = [
+            f"{r[f'{m}_ppl']:.3f} ({r[f'{m}_change_pct']:+.1f}% +- {r[f'{m}_se_pct']:.1f})"
+            for m in ("teal_greedy", "acttail", "auto")
+        ]
+        lines.append(
+            f"| {r['target']:.0%} | {r['uniform_ppl']:.3f} | "
+            + " | ".join(cells)
+            + f" | {r['auto_choice']} |"
+        )
     lines += ["", "auto's grid (calibration perplexity, validation split):", ""]
     for r in doc["rows"]:
-        grid = ", ".join(f"{k}: {v:.3f}" for k, v in r["auto_grid_calibration_ppl"].items())
+        grid = ", ".join(
+            f"{k}: {v:.3f}" for k, v in r["auto_grid_calibration_ppl"].items()
+        )
         lines.append(f"- {r['target']:.0%}: {grid}")
-    lines.append(f"\nElapsed: {doc.get('elapsed_s', 0):.0f} s (greedy search {doc.get('greedy_seconds', 0):.0f} s).")
+    lines.append(
+        f"\nElapsed: {doc.get('elapsed_s', 0):.0f} s (greedy search {doc.get('greedy_seconds', 0):.0f} s)."
+    )
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
-def run_sensitivity(model, tokenizer, reports, args, stem) -> None:  # noqa: ANN001
+def run_sensitivity(model, tokenizer, reports, args, stem) -> None:
     from acttail.sensitivity import plot_sensitivity, predictor_table, sensitivity_study
 
     cal = calibration_set(tokenizer, max_tokens=args.sens_tokens, seqlen=args.seqlen)
     t = time.perf_counter()
-    result = sensitivity_study(model, cal, reports, level=args.sens_level, groups=3, model_id=args.model)
+    result = sensitivity_study(
+        model, cal, reports, level=args.sens_level, groups=3, model_id=args.model
+    )
     prefix = args.out_dir / f"sensitivity_{stem}"
     doc = result.to_dict()
     doc["command"] = "python " + " ".join(sys.argv)
@@ -204,18 +274,38 @@ def run_sensitivity(model, tokenizer, reports, args, stem) -> None:  # noqa: ANN
     plot_sensitivity(result, prefix.with_suffix(".png"))
     kinds, mat = result.matrix("delta_nll")
     _, per = result.matrix("delta_nll_per_mparam")
-    lines = [f"# Sensitivity of {args.model} (one kind x layer group at {result.level:g}, TopK)", "",
-             f"Command: `{doc['command']}`", "",
-             f"Calibration: {cal.num_tokens} WikiText-2 validation tokens, seqlen {cal.seqlen}; dense PPL "
-             f"{result.dense_ppl:.3f}. Cell value: dNLL (nats/token) and, in brackets, dNLL per million weights "
-             "skipped.", "", "| kind | " + " | ".join(
-                 f"L{c.layers[0]}-{c.layers[-1]}" for c in result.cells[: result.groups]) + " |",
-             "|---|" + "---:|" * result.groups]
+    lines = [
+        f"# Sensitivity of {args.model} (one kind x layer group at {result.level:g}, TopK)",
+        "",
+        f"Command: `{doc['command']}`",
+        "",
+        f"Calibration: {cal.num_tokens} WikiText-2 validation tokens, seqlen {cal.seqlen}; dense PPL "
+        f"{result.dense_ppl:.3f}. Cell value: dNLL (nats/token) and, in brackets, dNLL per million weights "
+        "skipped.",
+        "",
+        "| kind | "
+        + " | ".join(
+            f"L{c.layers[0]}-{c.layers[-1]}" for c in result.cells[: result.groups]
+        )
+        + " |",
+        "|---|" + "---:|" * result.groups,
+    ]
     for i, kind in enumerate(kinds):
-        lines.append(f"| {kind} | " + " | ".join(f"{mat[i, g]:.4f} ({per[i, g]:.4f})" for g in range(result.groups)) + " |")
-    lines += ["", "Spearman rho of each predictor with sensitivity (21 cells; negative: higher value = less "
-              "sensitive, which is what higher-alpha-sparser assumes for alpha):", "",
-              "| predictor | rho vs dNLL | rho vs dNLL per M weights |", "|---|---:|---:|"]
+        lines.append(
+            f"| {kind} | "
+            + " | ".join(
+                f"{mat[i, g]:.4f} ({per[i, g]:.4f})" for g in range(result.groups)
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Spearman rho of each predictor with sensitivity (21 cells; negative: higher value = less "
+        "sensitive, which is what higher-alpha-sparser assumes for alpha):",
+        "",
+        "| predictor | rho vs dNLL | rho vs dNLL per M weights |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {k} | {a:+.2f} | {b:+.2f} |" for k, a, b in predictor_table(result)]
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
     log(f"sensitivity study in {doc['elapsed_s']:.0f}s")

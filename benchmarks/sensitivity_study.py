@@ -19,16 +19,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from method_sweep import ESTIMATORS, load_reports, log, run_sensitivity  # noqa: E402
+from method_sweep import ESTIMATORS, load_reports, log, run_sensitivity
 
-from acttail.models import resolve_model  # noqa: E402
+from acttail.models import resolve_model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--seqlen", type=int, default=256)
-    parser.add_argument("--tokens", type=int, default=512, help="calibration tokens (validation)")
+    parser.add_argument(
+        "--tokens", type=int, default=512, help="calibration tokens (validation)"
+    )
     parser.add_argument("--level", type=float, default=0.7)
     parser.add_argument("--esd-dir", type=Path, default=Path("/tmp/acttail_study"))
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
@@ -39,10 +41,19 @@ def main() -> None:
     model, tokenizer = resolve_model(args.model).load_causal_lm()
     log(f"loaded {args.model}")
     t = time.perf_counter()
-    run_sensitivity(model, tokenizer, reports,
-                    argparse.Namespace(sens_tokens=args.tokens, seqlen=args.seqlen, sens_level=args.level,
-                                       model=args.model, out_dir=args.out_dir),
-                    args.model.replace("/", "_"))
+    run_sensitivity(
+        model,
+        tokenizer,
+        reports,
+        argparse.Namespace(
+            sens_tokens=args.tokens,
+            seqlen=args.seqlen,
+            sens_level=args.level,
+            model=args.model,
+            out_dir=args.out_dir,
+        ),
+        args.model.replace("/", "_"),
+    )
     log(f"done in {time.perf_counter() - t:.0f}s")
 
 

@@ -21,7 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from acttail.allocate import Allocation, AllocationParams, Direction, Granularity, allocate
+from acttail.allocate import (
+    Allocation,
+    AllocationParams,
+    Direction,
+    Granularity,
+    allocate,
+)
 from acttail.errors import AllocationError
 from acttail.methods.calibration import (
     DEFAULT_CALIBRATION_SEQLEN,
@@ -56,7 +62,14 @@ _KNOBS: dict[str, set[str]] = {
     "acttail-reverse": _ALPHA_KNOBS - {"direction"},
     "acttail-block": _ALPHA_KNOBS - {"granularity"},
     "acttail-per-type": _ALPHA_KNOBS,
-    "teal-greedy": {"s_min", "s_max", "step", "greedy_tokens", "last_fraction", "trace"},
+    "teal-greedy": {
+        "s_min",
+        "s_max",
+        "step",
+        "greedy_tokens",
+        "last_fraction",
+        "trace",
+    },
     "auto": {"s_min", "s_max", "grid", "min_gain", "trace"},
 }
 _CALIBRATION_KNOBS = {"calibration_tokens", "calibration_seqlen"}
@@ -73,7 +86,13 @@ __all__ = [
 ]
 
 
-def greedy_trace(model: nn.Module, calibration: CalibrationSet, *, max_target: float = 0.9, **knobs: Any) -> Any:
+def greedy_trace(
+    model: nn.Module,
+    calibration: CalibrationSet,
+    *,
+    max_target: float = 0.9,
+    **knobs: Any,
+) -> Any:
     """TEAL's greedy trace up to ``max_target`` (compute once, pass as ``trace=`` to every target)."""
     from acttail.methods.teal_greedy import greedy_trace as _trace
 
@@ -94,12 +113,16 @@ def _alpha_params(params: Mapping[str, Any], **forced: Any) -> AllocationParams:
 
 
 def _calibration(
-    calibration: CalibrationSet | None, tokenizer: PreTrainedTokenizerBase | None, params: Mapping[str, Any]
+    calibration: CalibrationSet | None,
+    tokenizer: PreTrainedTokenizerBase | None,
+    params: Mapping[str, Any],
 ) -> CalibrationSet:
     if calibration is not None:
         return calibration
     if tokenizer is None:
-        raise AllocationError("this method needs calibration text: pass calibration= or tokenizer=")
+        raise AllocationError(
+            "this method needs calibration text: pass calibration= or tokenizer="
+        )
     return calibration_set(
         tokenizer,
         max_tokens=int(params.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS)),
@@ -125,12 +148,22 @@ def build_allocation(
     ``calibration_tokens`` x ``calibration_seqlen`` set from WikiText-2 validation).
     """
     if method not in METHODS:
-        raise AllocationError(f"unknown allocation method {method!r}; valid: {', '.join(METHODS)}")
+        raise AllocationError(
+            f"unknown allocation method {method!r}; valid: {', '.join(METHODS)}"
+        )
     unknown = sorted(set(params) - _KNOBS[method] - _CALIBRATION_KNOBS)
     if unknown:
-        valid = sorted(_KNOBS[method] | (_CALIBRATION_KNOBS if method in {"teal-greedy", "auto"} else set()))
-        raise AllocationError(f"{method}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}")
-    ident = {"model_id": str(report.model.get("model_id", "")), "fingerprint": str(report.model.get("fingerprint", ""))}
+        valid = sorted(
+            _KNOBS[method]
+            | (_CALIBRATION_KNOBS if method in {"teal-greedy", "auto"} else set())
+        )
+        raise AllocationError(
+            f"{method}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}"
+        )
+    ident = {
+        "model_id": str(report.model.get("model_id", "")),
+        "fingerprint": str(report.model.get("fingerprint", "")),
+    }
     alphas, counts = report.alphas(), report.param_counts()
     if method == "uniform":
         return allocate(alphas, counts, target, method="uniform", **ident)
@@ -140,17 +173,33 @@ def build_allocation(
             forced["direction"] = Direction.LOWER_ALPHA_SPARSER
         if method == "acttail-block":
             forced["granularity"] = Granularity.BLOCK
-        alloc = allocate(alphas, counts, target, method="acttail", params=_alpha_params(params, **forced),
-                         estimator=report.estimator, **ident)
+        alloc = allocate(
+            alphas,
+            counts,
+            target,
+            method="acttail",
+            params=_alpha_params(params, **forced),
+            estimator=report.estimator,
+            **ident,
+        )
         return alloc if method == "acttail" else _renamed(alloc, method)
     if method == "acttail-per-type":
         from acttail.methods.per_type import allocate_per_type
 
-        return allocate_per_type(alphas, counts, target, _alpha_params(params), estimator=report.estimator, **ident)
+        return allocate_per_type(
+            alphas,
+            counts,
+            target,
+            _alpha_params(params),
+            estimator=report.estimator,
+            **ident,
+        )
     if model is None:
         raise AllocationError(f"{method} needs the loaded model (model=...)")
     if method == "teal-greedy":
-        return _teal_greedy(report, target, model, tokenizer, calibration, params, ident)
+        return _teal_greedy(
+            report, target, model, tokenizer, calibration, params, ident
+        )
     from acttail.methods.auto import DEFAULT_GRID, DEFAULT_MIN_GAIN, auto_allocation
 
     choice = auto_allocation(
@@ -190,7 +239,9 @@ def _teal_greedy(
         greedy_trace,
     )
 
-    bounds = AllocationParams(s_min=float(params.get("s_min", 0.0)), s_max=float(params.get("s_max", 0.99)))
+    bounds = AllocationParams(
+        s_min=float(params.get("s_min", 0.0)), s_max=float(params.get("s_max", 0.99))
+    )
     trace = params.get("trace")
     if trace is None or trace.max_target < target:
         cal = _calibration(calibration, tokenizer, params)
@@ -206,4 +257,6 @@ def _teal_greedy(
         extra = {"calibration": cal.describe()}
     else:
         extra = {}
-    return allocation_from_trace(trace, report.param_counts(), target, bounds, extra_params=extra, **ident)
+    return allocation_from_trace(
+        trace, report.param_counts(), target, bounds, extra_params=extra, **ident
+    )

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from acttail.allocate import Allocation, AllocationParams, Direction, Granularity, allocate
+from acttail.allocate import (
+    Allocation,
+    AllocationParams,
+    Direction,
+    Granularity,
+    allocate,
+)
 from acttail.errors import AllocationError
 from acttail.methods.calibration import CalibrationSet, calibration_nll
 from acttail.methods.per_type import allocate_per_type
@@ -75,22 +81,56 @@ class Candidate:
         }
 
     def build(
-        self, report: ESDReport, target: float, s_min: float, s_max: float, trace: GreedyTrace | None = None
+        self,
+        report: ESDReport,
+        target: float,
+        s_min: float,
+        s_max: float,
+        trace: GreedyTrace | None = None,
     ) -> Allocation:
-        ident = {"model_id": str(report.model.get("model_id", "")), "fingerprint": str(report.model.get("fingerprint", ""))}
+        ident = {
+            "model_id": str(report.model.get("model_id", "")),
+            "fingerprint": str(report.model.get("fingerprint", "")),
+        }
         if self.method == "teal-greedy":
             if trace is None:
                 raise AllocationError("the teal-greedy candidate needs a greedy trace")
-            return allocation_from_trace(trace, report.param_counts(), target, AllocationParams(s_min=s_min, s_max=s_max),
-                                         **ident)
+            return allocation_from_trace(
+                trace,
+                report.param_counts(),
+                target,
+                AllocationParams(s_min=s_min, s_max=s_max),
+                **ident,
+            )
         if self.method == "uniform":
-            return allocate(report.alphas(), report.param_counts(), target, method="uniform", **ident)
-        params = AllocationParams(self.epsilon, self.direction, self.granularity, s_min, s_max)
+            return allocate(
+                report.alphas(),
+                report.param_counts(),
+                target,
+                method="uniform",
+                **ident,
+            )
+        params = AllocationParams(
+            self.epsilon, self.direction, self.granularity, s_min, s_max
+        )
         if self.per_type:
-            return allocate_per_type(report.alphas(), report.param_counts(), target, params,
-                                     estimator=report.estimator, **ident)
-        return allocate(report.alphas(), report.param_counts(), target, method="acttail", params=params,
-                        estimator=report.estimator, **ident)
+            return allocate_per_type(
+                report.alphas(),
+                report.param_counts(),
+                target,
+                params,
+                estimator=report.estimator,
+                **ident,
+            )
+        return allocate(
+            report.alphas(),
+            report.param_counts(),
+            target,
+            method="acttail",
+            params=params,
+            estimator=report.estimator,
+            **ident,
+        )
 
 
 _HI, _LO = Direction.HIGHER_ALPHA_SPARSER, Direction.LOWER_ALPHA_SPARSER
@@ -131,7 +171,9 @@ def auto_allocation(
 ) -> AutoChoice:
     """Score every grid candidate on ``calibration`` and return the choice (see module docstring)."""
     if not grid or grid[0].method != "uniform":
-        raise AllocationError("the auto grid must start with the uniform candidate (its fallback)")
+        raise AllocationError(
+            "the auto grid must start with the uniform candidate (its fallback)"
+        )
     if not 0.0 <= min_gain < 1.0:
         raise AllocationError(f"min_gain must be in [0, 1), got {min_gain}")
     if trace is None and any(c.method == "teal-greedy" for c in grid):
@@ -141,7 +183,9 @@ def auto_allocation(
         alloc = candidate.build(report, target, s_min, s_max, trace)
         allocations.append(alloc)
         ppl.append(math.exp(calibration_nll(model, calibration, alloc)))
-        logger.info("auto %.2f %-45s calibration ppl %.4f", target, candidate.label, ppl[-1])
+        logger.info(
+            "auto %.2f %-45s calibration ppl %.4f", target, candidate.label, ppl[-1]
+        )
     best = min(range(len(grid)), key=lambda i: (ppl[i], i))
     chosen = best if ppl[best] <= (1.0 - min_gain) * ppl[0] else 0
     picked = allocations[chosen]
@@ -151,7 +195,19 @@ def auto_allocation(
         "selection": "argmin calibration perplexity; uniform unless the best beats it by min_gain",
         "min_gain": min_gain,
         "calibration": calibration.describe(),
-        "grid": [{**c.to_dict(), "calibration_ppl": round(p, 6)} for c, p in zip(grid, ppl, strict=True)],
+        "grid": [
+            {**c.to_dict(), "calibration_ppl": round(p, 6)}
+            for c, p in zip(grid, ppl, strict=True)
+        ],
     }
-    allocation = replace(picked, method=METHOD, estimator=report.estimator, params=params)
-    return AutoChoice(float(target), tuple(c.label for c in grid), tuple(ppl), chosen, best, allocation)
+    allocation = replace(
+        picked, method=METHOD, estimator=report.estimator, params=params
+    )
+    return AutoChoice(
+        float(target),
+        tuple(c.label for c in grid),
+        tuple(ppl),
+        chosen,
+        best,
+        allocation,
+    )

@@ -59,12 +59,17 @@ class BlockTrace:
         """Sparsities at effective sparsity ``target`` (linear interpolation inside the step)."""
         eff = np.asarray(self.effective)
         if target > eff[-1] + 1e-9:
-            raise AllocationError(f"greedy trace of block {self.layer} stops at {eff[-1]:.3f} < target {target}")
+            raise AllocationError(
+                f"greedy trace of block {self.layer} stops at {eff[-1]:.3f} < target {target}"
+            )
         idx = int(np.searchsorted(eff, target, side="left"))
         if idx == 0:
             return dict(zip(self.names, self.states[0], strict=True))
         lo, hi = eff[idx - 1], eff[min(idx, len(eff) - 1)]
-        a, b = np.asarray(self.states[idx - 1]), np.asarray(self.states[min(idx, len(eff) - 1)])
+        a, b = (
+            np.asarray(self.states[idx - 1]),
+            np.asarray(self.states[min(idx, len(eff) - 1)]),
+        )
         frac = 0.0 if hi <= lo else (target - lo) / (hi - lo)
         return dict(zip(self.names, (a + frac * (b - a)).tolist(), strict=True))
 
@@ -86,8 +91,12 @@ class GreedyTrace:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"step": self.step, "tokens": self.tokens, "last_fraction": self.last_fraction,
-                "max_target": self.max_target}
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "last_fraction": self.last_fraction,
+            "max_target": self.max_target,
+        }
 
 
 class _BlockSparsifier:
@@ -96,7 +105,10 @@ class _BlockSparsifier:
     def __init__(self, linears: Sequence[nn.Linear]) -> None:
         self.ks = [lin.in_features for lin in linears]
         self.d_in = [lin.in_features for lin in linears]
-        self.handles = [lin.register_forward_pre_hook(self._hook(i)) for i, lin in enumerate(linears)]
+        self.handles = [
+            lin.register_forward_pre_hook(self._hook(i))
+            for i, lin in enumerate(linears)
+        ]
 
     def _hook(self, i: int) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -120,16 +132,29 @@ def _capture_block_io(
     model: nn.Module, layer_names: Sequence[str], windows: Sequence[torch.Tensor]
 ) -> dict[str, list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]]]:
     """Dense (args, kwargs, output hidden state) of every decoder layer on every window."""
-    captured: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]]] = {n: [] for n in layer_names}
+    captured: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]]] = {
+        n: [] for n in layer_names
+    }
     pending: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
     handles = []
     for name in layer_names:
         layer = model.get_submodule(name)
 
-        def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = name) -> None:
+        def pre(
+            module: nn.Module,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            name: str = name,
+        ) -> None:
             pending[name] = (args, dict(kwargs))
 
-        def post(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, name: str = name) -> None:
+        def post(
+            module: nn.Module,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            out: Any,
+            name: str = name,
+        ) -> None:
             a, k = pending.pop(name)
             captured[name].append((a, k, _hidden(out)))
 
@@ -138,7 +163,10 @@ def _capture_block_io(
     try:
         with torch.inference_mode():
             for window in windows:
-                decoder_only(model)(input_ids=window.to(next(model.parameters()).device), use_cache=False)
+                decoder_only(model)(
+                    input_ids=window.to(next(model.parameters()).device),
+                    use_cache=False,
+                )
     finally:
         for handle in handles:
             handle.remove()
@@ -150,7 +178,9 @@ def _hidden(out: Any) -> torch.Tensor:
 
 
 def _block_error(
-    layer: nn.Module, io: Sequence[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]], last_fraction: float
+    layer: nn.Module,
+    io: Sequence[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]],
+    last_fraction: float,
 ) -> float:
     """sum ||B_s(x) - y||^2 / sum ||y||^2 over the last ``last_fraction`` of the tokens of each window."""
     num, den = 0.0, 0.0
@@ -191,8 +221,16 @@ def greedy_trace(
     blocks = []
     for index, (layer_name, projections) in enumerate(by_layer.items()):
         blocks.append(
-            _greedy_block(index, model.get_submodule(layer_name), projections, io.pop(layer_name),
-                          max_target, step, last_fraction, s_max)
+            _greedy_block(
+                index,
+                model.get_submodule(layer_name),
+                projections,
+                io.pop(layer_name),
+                max_target,
+                step,
+                last_fraction,
+                s_max,
+            )
         )
         logger.info("greedy block %d: %d steps", index, len(blocks[-1].effective) - 1)
     tokens = len(windows) * calibration.seqlen
@@ -262,7 +300,9 @@ def allocation_from_trace(
     raw = trace.sparsities_at(target)
     missing = [n for n in names if n not in raw]
     if missing:
-        raise AllocationError(f"greedy trace lacks {len(missing)} projections (e.g. {missing[0]})")
+        raise AllocationError(
+            f"greedy trace lacks {len(missing)} projections (e.g. {missing[0]})"
+        )
     weights = np.array([param_counts[n] for n in names], dtype=np.float64)
     scores = np.array([raw[n] for n in names], dtype=np.float64)
     if target > 0 and float(scores @ weights) <= 0:
@@ -276,5 +316,10 @@ def allocation_from_trace(
         target=float(target),
         sparsities={n: float(v) for n, v in zip(names, values, strict=True)},
         param_counts={n: int(param_counts[n]) for n in names},
-        params={**trace.describe(), "s_min": params.s_min, "s_max": params.s_max, **dict(extra_params or {})},
+        params={
+            **trace.describe(),
+            "s_min": params.s_min,
+            "s_max": params.s_max,
+            **dict(extra_params or {}),
+        },
     )
