@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,7 +21,7 @@ from rich.table import Table
 from acttail.errors import ActTailError
 
 if TYPE_CHECKING:
-    from acttail.pipeline import PipelineConfig, PipelineResult
+    from acttail.pipeline import PipelineResult
 
 console = Console()
 
@@ -118,11 +119,16 @@ def _finish(result: PipelineResult, json_path: Path | None) -> None:
         console.print(f"wrote {json_path}")
 
 
-def _config(
-    *, targets: tuple[float, ...], methods: tuple[str, ...], epsilon: float, direction: str, granularity: str,
-    estimator: str, mode: str, seqlen: int, max_tokens: int | None, tasks: str, limit: int | None,
-    no_dense: bool, calibration_tokens: int,
-) -> PipelineConfig:
+def _evaluate(
+    call: Callable[..., PipelineResult], *, targets: tuple[float, ...], methods: tuple[str, ...] = (),
+    epsilon: float = 0.1, direction: str = "higher_alpha_sparser", granularity: str = "projection",
+    estimator: str = "ks", mode: str, seqlen: int, max_tokens: int | None, tasks: str, limit: int | None,
+    no_dense: bool, calibration_tokens: int, quiet: bool,
+) -> PipelineResult:
+    """Validate the options into one PipelineConfig, then ``call(config, progress=...)`` under the bar.
+
+    ``run`` and ``evaluate`` share this, so an option is parsed and checked the same way in both.
+    """
     from acttail.allocate import AllocationParams, Direction, Granularity
     from acttail.pipeline import PipelineConfig
 
@@ -136,7 +142,11 @@ def _config(
         calibration_tokens=calibration_tokens,
     )
     config.validate()
-    return config
+    bar, report = _progress_bar(quiet)
+    if bar is None:
+        return call(config)
+    with bar:
+        return call(config, progress=report)
 
 
 def run(
@@ -160,18 +170,13 @@ def run(
     """Alphas once, uniform and ActTail allocations per target, dense and every variant evaluated."""
     from acttail.pipeline import run_pipeline
 
-    methods = tuple(m.strip() for m in method.split(",") if m.strip())
-    config = _config(
-        targets=parse_sparsities(sparsity), methods=methods, epsilon=epsilon, direction=direction,
-        granularity=granularity, estimator=estimator, mode=mode, seqlen=seqlen, max_tokens=max_tokens,
-        tasks=tasks, limit=limit, no_dense=no_dense, calibration_tokens=calibration_tokens,
+    result = _evaluate(
+        lambda config, **kw: run_pipeline(model, config, **kw),
+        targets=parse_sparsities(sparsity), methods=tuple(m.strip() for m in method.split(",") if m.strip()),
+        epsilon=epsilon, direction=direction, granularity=granularity, estimator=estimator, mode=mode,
+        seqlen=seqlen, max_tokens=max_tokens, tasks=tasks, limit=limit, no_dense=no_dense,
+        calibration_tokens=calibration_tokens, quiet=quiet,
     )
-    bar, report = _progress_bar(quiet)
-    if bar is None:
-        result = run_pipeline(model, config)
-    else:
-        with bar:
-            result = run_pipeline(model, config, progress=report)  # type: ignore[arg-type]
     _finish(result, json_path)
 
 
@@ -193,17 +198,12 @@ def evaluate(
     from acttail.pipeline import evaluate_allocation
 
     alloc = Allocation.load(allocation)
-    config = _config(
-        targets=(alloc.target,), methods=(), epsilon=0.1, direction="higher_alpha_sparser", granularity="projection",
-        estimator=alloc.estimator or "ks", mode=mode, seqlen=seqlen, max_tokens=max_tokens, tasks=tasks, limit=limit,
-        no_dense=no_dense, calibration_tokens=calibration_tokens,
+    result = _evaluate(
+        lambda config, **kw: evaluate_allocation(model, alloc, config, **kw),
+        targets=(alloc.target,), estimator=alloc.estimator or "ks", mode=mode, seqlen=seqlen,
+        max_tokens=max_tokens, tasks=tasks, limit=limit, no_dense=no_dense,
+        calibration_tokens=calibration_tokens, quiet=quiet,
     )
-    bar, report = _progress_bar(quiet)
-    if bar is None:
-        result = evaluate_allocation(model, alloc, config)
-    else:
-        with bar:
-            result = evaluate_allocation(model, alloc, config, progress=report)  # type: ignore[arg-type]
     _finish(result, json_path)
 
 

@@ -163,3 +163,26 @@ def test_evaluate_missing_allocation_file_exits_2(model_dir: Path, capsys: pytes
         main(["evaluate", str(model_dir), "--allocation", "/nonexistent/alloc.json", "--quiet"])
     assert exc.value.code == 2
     assert "allocation file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "arc_easy,nosuchtask"], "unknown task 'nosuchtask'"),
+        (["--mode", "fuzzy"], "unknown mode 'fuzzy'"),
+        (["--seqlen", "128", "--max-tokens", "64"], "max_tokens"),
+    ],
+)
+def test_evaluate_checks_shared_options_like_run(
+    model_dir: Path, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from acttail.models import resolve_model
+
+    infos = resolve_model(str(model_dir)).projections()
+    alloc_path = tmp_path / "alloc.json"
+    allocate({i.name: 3.0 for i in infos}, {i.name: i.param_count for i in infos}, 0.5, method="uniform").save(alloc_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(model_dir), "--allocation", str(alloc_path), "--quiet", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
