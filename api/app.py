@@ -20,8 +20,9 @@ from acttail.store.db import make_engine, make_session_factory
 from api.bootstrap import ensure_default_team
 from api.dispatch import EmbeddedDispatcher, JobDispatcher, build_dispatcher
 from api.errors import install_error_handlers
+from api.image_cache import ImageCache
 from api.middleware import BodySizeLimit
-from api.routers import allocations, benchmarks, health, jobs, models
+from api.routers import allocations, benchmarks, health, jobs, models, plots
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | 
     app.state.engine = engine
     app.state.session_factory = session_factory
     app.state.head_revision = migrate.head_revision()
+    app.state.image_cache = ImageCache()
     install_error_handlers(app)
-    for module in (health, jobs, models, allocations, benchmarks):
+    for module in (health, jobs, models, allocations, benchmarks, plots):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

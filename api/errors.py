@@ -27,6 +27,7 @@ from acttail.store.errors import (
     NotFoundError,
 )
 from api.dispatch import BrokerUnavailableError
+from api.plot_images import UndrawableError
 from api.validation import InvalidModelIdError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     AllocationError: 422,
     EstimationError: 422,
     MissingPackageError: 422,
+    UndrawableError: 422,
     BrokerUnavailableError: 503,
     ActTailError: 400,
 }
