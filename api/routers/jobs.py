@@ -11,9 +11,8 @@ from acttail.store import jobs
 from acttail.store.orm import Job, JobStatus, Model
 from acttail.store.requests import JobRequest
 from api.deps import DispatcherDep, SessionDep, SettingsDep, TeamDep
-from api.dispatch import BrokerUnavailableError
 from api.schemas import MAX_PAGE, JobCreated, JobOut, Page
-from api.validation import check_model_id
+from api.submission import submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -50,24 +49,10 @@ def submit_job(
     """Queue a job (202). An identical request while one is queued or running, or a repeated
     Idempotency-Key, returns the existing job (200). If the broker is down the job is removed
     again and the answer is 503: nothing was queued, retry later."""
-    check_model_id(request.model_id, settings.model_roots)
-    request = request.model_copy(update={"queue": request.queue or settings.default_queue})
-    job, created = jobs.create_job(
-        request.model_dump(mode="json"),
-        team_id=team.id,
-        request_hash=request.request_hash(),
-        queue=request.queue or settings.default_queue,
+    job, created = submit(
+        request, team_id=team.id, db_session=db_session, settings=settings, dispatcher=dispatcher,
         idempotency_key=idempotency_key,
-        db_session=db_session,
-    )
-    db_session.commit()  # the worker must see the row before it gets the message
-    if created:
-        try:
-            dispatcher.dispatch(job.id, job.queue)
-        except BrokerUnavailableError:
-            jobs.delete_job(job.id, db_session=db_session)
-            db_session.commit()
-            raise
+    )  # fmt: skip
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
