@@ -16,7 +16,6 @@ the dense module, exactly as ``apply_sparsity`` leaves them unhooked.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Self
@@ -27,9 +26,15 @@ from torch import nn
 
 from acttail import kernels
 from acttail.allocate import Allocation
-from acttail.errors import AllocationError
 from acttail.models.architectures import find_projections
-from acttail.sparsity import SparsityMode, keep_count, threshold_sparsify, topk_sparsify
+from acttail.sparsity import (
+    SparsityMode,
+    check_thresholds,
+    keep_count,
+    sparsity_map,
+    threshold_sparsify,
+    topk_sparsify,
+)
 
 
 class SparseDecodeLinear(nn.Module):
@@ -139,27 +144,6 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _sparsity_map(
-    sparsities: Mapping[str, float] | Allocation | float, names: list[str]
-) -> dict[str, float]:
-    if isinstance(sparsities, Allocation):
-        sparsities = sparsities.sparsities
-    if isinstance(sparsities, int | float):
-        sparsities = {n: float(sparsities) for n in names}
-    unknown = sorted(set(sparsities) - set(names))
-    missing = sorted(set(names) - set(sparsities))
-    if unknown or missing:
-        raise AllocationError(
-            f"sparsities do not match the model's projections: {len(missing)} missing "
-            f"(e.g. {missing[:2]}), {len(unknown)} unknown (e.g. {unknown[:2]})"
-        )
-    out = {n: float(sparsities[n]) for n in names}
-    for name, s in out.items():
-        if not (0.0 <= s < 1.0 and math.isfinite(s)):
-            raise AllocationError(f"sparsity of {name} must be in [0, 1), got {s!r}")
-    return out
-
-
 def enable_sparse_decode(
     model: nn.Module,
     sparsities: Mapping[str, float] | Allocation | float,
@@ -174,11 +158,8 @@ def enable_sparse_decode(
     """
     mode = SparsityMode(mode)
     projections = find_projections(model)
-    smap = _sparsity_map(sparsities, [ref.name for ref, _ in projections])
-    if mode is SparsityMode.THRESHOLD and thresholds is None:
-        raise AllocationError(
-            "threshold mode needs thresholds: run calibrate_thresholds first"
-        )
+    smap = sparsity_map(sparsities, [ref.name for ref, _ in projections])
+    check_thresholds(smap, mode, thresholds)
     originals: dict[str, nn.Linear] = {}
     wrappers: dict[str, SparseDecodeLinear] = {}
     backend = "dense"

@@ -166,11 +166,16 @@ class SparsityHandle:
         self.remove()
 
 
-def _as_sparsity_map(sparsities: Mapping[str, float] | Allocation | float, names: Sequence[str]) -> dict[str, float]:
+def sparsity_map(sparsities: Mapping[str, float] | Allocation | float, names: Sequence[str]) -> dict[str, float]:
+    """``{name: s_i}`` for exactly ``names``, each s_i in [0, 1); shared by hooks and sparse decode.
+
+    Accepts a mapping, an ``Allocation`` or one float (uniform). AllocationError names what is
+    missing, unknown or out of range.
+    """
     if isinstance(sparsities, Allocation):
         sparsities = sparsities.sparsities
     if isinstance(sparsities, int | float):
-        return {n: float(sparsities) for n in names}
+        sparsities = {n: float(sparsities) for n in names}
     unknown = sorted(set(sparsities) - set(names))
     missing = sorted(set(names) - set(sparsities))
     if unknown or missing:
@@ -184,6 +189,19 @@ def _as_sparsity_map(sparsities: Mapping[str, float] | Allocation | float, names
         name, value = next(iter(bad.items()))
         raise AllocationError(f"sparsity of {name} must be in [0, 1), got {value!r}")
     return out
+
+
+def check_thresholds(
+    smap: Mapping[str, float], mode: SparsityMode, thresholds: Mapping[str, float] | None
+) -> None:
+    """Threshold mode needs a calibrated t_i for every projection with s_i > 0."""
+    if mode is not SparsityMode.THRESHOLD:
+        return
+    if thresholds is None:
+        raise AllocationError("threshold mode needs thresholds: run calibrate_thresholds first")
+    missing = [n for n, s in smap.items() if s > 0 and n not in thresholds]
+    if missing:
+        raise AllocationError(f"no threshold for {len(missing)} projections (e.g. {missing[0]})")
 
 
 def apply_sparsity(
@@ -203,13 +221,8 @@ def apply_sparsity(
     mode = SparsityMode(mode)
     projections = find_projections(model)
     names = [ref.name for ref, _ in projections]
-    smap = _as_sparsity_map(sparsities, names)
-    if mode is SparsityMode.THRESHOLD:
-        if thresholds is None:
-            raise AllocationError("threshold mode needs thresholds: run calibrate_thresholds first")
-        missing = [n for n in names if smap[n] > 0 and n not in thresholds]
-        if missing:
-            raise AllocationError(f"no threshold for {len(missing)} projections (e.g. {missing[0]})")
+    smap = sparsity_map(sparsities, names)
+    check_thresholds(smap, mode, thresholds)
     hooks: dict[str, _ProjectionHook] = {}
     handles: list[RemovableHandle] = []
     for ref, linear in projections:
@@ -292,7 +305,7 @@ def calibrate_thresholds(
     s_i = 0 get threshold 0 (and no hook when applied).
     """
     projections = find_projections(model)
-    smap = _as_sparsity_map(sparsities, [ref.name for ref, _ in projections])
+    smap = sparsity_map(sparsities, [ref.name for ref, _ in projections])
     if token_ids is None:
         if tokenizer is None or texts is None:
             raise AllocationError("calibrate_thresholds needs texts and a tokenizer, or token_ids")

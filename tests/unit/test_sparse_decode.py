@@ -230,6 +230,9 @@ def test_bad_sparsities_raise(tiny: nn.Module) -> None:
         enable_sparse_decode(tiny, 1.0)
     with pytest.raises(AllocationError, match="thresholds"):
         enable_sparse_decode(tiny, 0.5, "threshold")
+    partial = {ref.name: 0.3 for ref, _ in find_projections(tiny)[1:]}
+    with pytest.raises(AllocationError, match="no threshold for 1 projections"):
+        enable_sparse_decode(tiny, 0.5, "threshold", partial)
     assert not any(isinstance(m, SparseDecodeLinear) for m in tiny.modules())
 
 

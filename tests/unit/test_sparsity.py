@@ -243,6 +243,9 @@ def test_bad_inputs_raise_allocation_error(model: nn.Module) -> None:
         apply_sparsity(model, {names[0]: 0.5})
     with pytest.raises(AllocationError, match=r"\[0, 1\)"):
         apply_sparsity(model, {n: 1.5 for n in names})
+    for uniform in (1.0, -0.1, float("nan")):  # one float is checked like a mapping
+        with pytest.raises(AllocationError, match=r"\[0, 1\)"):
+            apply_sparsity(model, uniform)
     with pytest.raises(AllocationError, match="calibrate_thresholds"):
         apply_sparsity(model, 0.5, mode="threshold")
     with pytest.raises(ValueError):
