@@ -207,7 +207,9 @@ def test_report_views_and_json_round_trip() -> None:
         ESDReport.from_dict({**doc, "format": "acttail.allocation"})
 
 
-def test_analysis_streams_holding_at_most_two_weights() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_analysis_streams_holding_at_most_one_weight_per_worker(workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACTTAIL_ESD_WORKERS", str(workers))
     alive: list[weakref.ref[torch.Tensor]] = []
     peak = 0
 
@@ -222,4 +224,16 @@ def test_analysis_streams_holding_at_most_two_weights() -> None:
 
     report = analyze_weights(stream(), "ks", progress=False)
     assert len(report.projections) == 21
-    assert peak <= 2  # the matrix being analysed and the one just read
+    assert peak <= workers  # the matrices being analysed, besides the one being read
+
+
+def test_concurrent_cpu_analysis_matches_one_worker_and_restores_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    infos = _tiny_model(3)
+    threads = torch.get_num_threads()
+    reports = {}
+    for workers in (1, 3):
+        monkeypatch.setenv("ACTTAIL_ESD_WORKERS", str(workers))
+        reports[workers] = analyze_weights(_weights(infos), "ks", progress=False)
+        assert torch.get_num_threads() == threads
+    assert [p.name for p in reports[3].projections] == [p.name for p in reports[1].projections]
+    assert [p.alpha for p in reports[3].projections] == [p.alpha for p in reports[1].projections]
