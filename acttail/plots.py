@@ -24,14 +24,13 @@ by content.
 
 This module must not import torch (the API imports it), so it takes its inputs by duck type
 (anything with the right attributes, or the plain dicts stored in the database) and parses
-projection names with its own copy of the naming rule in ``acttail.models.architectures``.
+projection names with ``acttail.models.architectures.parse_projection_name`` (torch-free).
 """
 
 from __future__ import annotations
 
 import io
 import math
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -51,6 +50,7 @@ from matplotlib.ticker import (
 )
 
 from acttail.errors import ActTailError
+from acttail.models.architectures import parse_projection_name
 
 __all__ = [
     "HTSR_BAND",
@@ -124,10 +124,6 @@ STYLE: dict[str, Any] = {
     "path.simplify": True,
 }
 
-# Same rule as acttail.models.architectures._NAME_RE (copied: that module imports torch).
-_NAME_RE = re.compile(
-    r"^(?:.*layers)\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<kind>[qkvo]|gate|up|down)_proj$"
-)
 _ATTN_KINDS = frozenset({"q", "k", "v", "o"})
 
 _LOCK = threading.RLock()
@@ -418,10 +414,11 @@ def plot_allocation(
     sparsities, target, method, model_id = _allocation_fields(allocation)
     cells: dict[tuple[int, str], float] = {}
     for name, value in sparsities.items():
-        match = _NAME_RE.match(str(name).removesuffix(".weight"))
-        if match is None:
-            raise PlotError(f"{name!r} is not a q/k/v/o/gate/up/down projection name")
-        cells[(int(match["layer"]), match["kind"])] = _sparsity(
+        try:
+            ref = parse_projection_name(str(name))
+        except ValueError as exc:
+            raise PlotError(str(exc)) from None
+        cells[(ref.layer, ref.kind.value)] = _sparsity(
             value, f"sparsity of {name}"
         )
     layers = sorted({layer for layer, _ in cells})

@@ -4,6 +4,9 @@
 a local path (a ``.gguf`` file or a Hugging Face directory with safetensors), or a hub ID
 (``org/name``, optional revision). When ``model_roots`` is given (the service always gives it),
 local paths must resolve inside one of those directories: no ``..`` escapes, no symlinks out.
+
+Importing this package does not import torch (the API validates model IDs with it); the
+torch-bound classes of ``acttail.models.base`` load on first attribute access.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from acttail.errors import ModelNotFoundError
 from acttail.models.architectures import ProjectionRef, ProjectionType, find_projections
-from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
 from acttail.models.bundled import BUNDLED
+
+if TYPE_CHECKING:
+    from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
 
 __all__ = [
     "BUNDLED",
@@ -30,6 +36,17 @@ __all__ = [
     "resolve_local_path",
     "resolve_model",
 ]
+
+_BASE_NAMES = ("ModelDescription", "ModelSource", "ProjectionInfo")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:
+        from acttail.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Hub repo IDs: "name" or "org/name"; letters, digits, "-", "_", "."; no "..", no leading "." or "-".
 HUB_ID_PATTERN = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")

@@ -6,6 +6,9 @@ half-analysed: it fails with the list of linear modules it does have.
 
 Canonical projection name = the Hugging Face module path, e.g.
 ``model.layers.3.self_attn.q_proj``; the weight tensor is that name + ``.weight``.
+
+torch is imported only inside ``find_projections``: the naming rules here are also used by
+processes that never load a model (the API, ``acttail.plots``).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from acttail.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class ProjectionType(StrEnum):
@@ -133,6 +138,8 @@ def find_projections(model: nn.Module) -> list[tuple[ProjectionRef, nn.Linear]]:
     Raises UnsupportedArchitectureError naming the linear modules found when the model's
     type is unknown or its layout does not match the spec.
     """
+    from torch import nn
+
     model_type = getattr(getattr(model, "config", None), "model_type", None) or "<no config>"
     modules = dict(model.named_modules())
     linear_names = [n for n, m in modules.items() if isinstance(m, nn.Linear)]

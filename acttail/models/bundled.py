@@ -12,9 +12,12 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from acttail.errors import MissingPackageError, ModelSourceError
-from acttail.models.gguf_source import GGUFSource
+
+if TYPE_CHECKING:
+    from acttail.models.gguf_source import GGUFSource
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ def _assemble(bundle: BundledModel, parts: list[Path]) -> Path:
 
 
 def resolve_bundled(alias: str) -> GGUFSource:
+    from acttail.models.gguf_source import GGUFSource
+
     bundle = BUNDLED[alias]
     paths = [_module_dir(m, bundle) / f for m, f in zip(bundle.modules, bundle.filenames, strict=True)]
     missing = [p for p in paths if not p.is_file()]

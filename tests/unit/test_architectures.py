@@ -37,3 +37,18 @@ def test_parse_projection_name_round_trip() -> None:
     assert (ref.layer, ref.kind, ref.name) == (12, ProjectionType.DOWN, "model.layers.12.mlp.down_proj")
     with pytest.raises(ValueError):
         parse_projection_name("model.layers.1.mlp.act_fn")
+
+
+def test_naming_rules_and_plots_import_without_torch() -> None:
+    """The API imports these; torch would cost it seconds and hundreds of MB per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, acttail.plots, acttail.models.architectures, acttail.models\n"
+        "from acttail.models import BUNDLED, is_hub_id\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'gguf'))\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
