@@ -13,6 +13,7 @@ ACTTAIL_EXECUTOR               ``embedded`` (thread pool in the API process) or 
 ACTTAIL_MODEL_ROOTS            directories local model paths must live under (``:``-separated or JSON list)
 ACTTAIL_RESULTS_DIR            where workers write artefacts (default ``$ACTTAIL_HOME/results``)
 ACTTAIL_MAX_BODY_BYTES         request bodies above this size are refused with 413
+ACTTAIL_SESSION_SECRET         signs dashboard session cookies (default: generated into $ACTTAIL_HOME/session_secret)
 =============================  ==================================================================
 """
 
@@ -23,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Executor = Literal["embedded", "celery"]
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(default=True, description="Run Alembic upgrade head when the API starts.")
     task_soft_time_limit_s: int = Field(default=6 * 3600, ge=10)
     task_hard_time_limit_s: int = Field(default=6 * 3600 + 600, ge=20)
+    session_secret: SecretStr | None = Field(
+        default=None, min_length=32, description="Signs dashboard session cookies; unset: $ACTTAIL_HOME/session_secret."
+    )
+    session_https_only: bool = Field(default=False, description="Send the dashboard cookie over HTTPS only.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
@@ -91,6 +96,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def session_secret_file(self) -> Path:
+        """Where the dashboard's cookie-signing secret is generated and kept when none is configured (0600)."""
+        return self.home / "session_secret"
 
     @property
     def api_key_file(self) -> Path:

@@ -23,6 +23,7 @@ from api.errors import install_error_handlers
 from api.image_cache import ImageCache
 from api.middleware import BodySizeLimit
 from api.routers import allocations, benchmarks, health, jobs, models, plots
+from api.ui.install import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -66,5 +67,6 @@ def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | 
     install_error_handlers(app)
     for module in (health, jobs, models, allocations, benchmarks, plots):
         app.include_router(module.router)
+    install_ui(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -28,6 +28,8 @@ from acttail.store.errors import (
 )
 from api.dispatch import BrokerUnavailableError
 from api.plot_images import UndrawableError
+from api.ui.forms import FormError
+from api.ui.session import CsrfError
 from api.validation import InvalidModelIdError
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 # Looked up along the exception's MRO, so the most specific class wins.
 ERROR_STATUS: dict[type[Exception], int] = {
     AuthenticationError: 401,
+    CsrfError: 403,
     NotFoundError: 404,
     ConflictError: 409,
     InvalidStateError: 409,
@@ -47,6 +50,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     EstimationError: 422,
     MissingPackageError: 422,
     UndrawableError: 422,
+    FormError: 422,
     BrokerUnavailableError: 503,
     ActTailError: 400,
 }
@@ -59,7 +63,7 @@ def status_for(exc: Exception) -> int:
     return 500
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def validation_message(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:10]:
         location = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
@@ -83,7 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+        return JSONResponse({"detail": validation_message(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

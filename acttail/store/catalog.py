@@ -10,7 +10,7 @@ from sqlalchemy import Select, exists, insert, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from acttail.store.errors import NotFoundError
-from acttail.store.orm import AllocationRow, Benchmark, EsdProjection, EsdRun, Model, utcnow
+from acttail.store.orm import AllocationRow, Benchmark, EsdProjection, EsdRun, Job, Model, utcnow
 from acttail.store.upsert import insert_ignore
 
 MODEL_FIELDS = ("model_id", "source", "revision", "fingerprint", "architecture", "num_layers", "projection_params")
@@ -70,6 +70,41 @@ def list_models(*, team_id: int, db_session: Session, limit: int = 100, offset: 
         exists().where(Benchmark.model_pk == Model.id, _visible(Benchmark.team_id, Benchmark.shared, team_id)),
     )
     stmt = select(Model).where(visible).order_by(Model.model_id, Model.id).limit(limit).offset(offset)
+    return list(db_session.scalars(stmt))
+
+
+def _worked_on(team_id: int) -> Any:
+    """SQL condition: the team has its own job on the model, or an allocation or benchmark it can see."""
+    return or_(
+        exists().where(Job.model_pk == Model.id, Job.team_id == team_id),
+        exists().where(
+            AllocationRow.model_pk == Model.id, _visible(AllocationRow.team_id, AllocationRow.shared, team_id)
+        ),
+        exists().where(Benchmark.model_pk == Model.id, _visible(Benchmark.team_id, Benchmark.shared, team_id)),
+    )
+
+
+def team_models(*, team_id: int, db_session: Session, limit: int = 200, offset: int = 0) -> list[Model]:
+    """Models the team worked on: its own jobs, or allocations/benchmarks it can see (own or shared).
+
+    Unlike ``list_models``, a shared ESD run alone does not count: the dashboard shows a team its
+    own work and what was published to it, not which models other teams looked at.
+    """
+    stmt = select(Model).where(_worked_on(team_id)).order_by(Model.model_id, Model.id).limit(limit).offset(offset)
+    return list(db_session.scalars(stmt))
+
+
+def get_team_model(fingerprint: str, *, team_id: int, db_session: Session) -> Model:
+    """The model with this fingerprint if the team worked on it (see ``team_models``), else NotFoundError."""
+    model = db_session.scalar(select(Model).where(Model.fingerprint == fingerprint, _worked_on(team_id)))
+    if model is None:
+        raise NotFoundError(f"no model with fingerprint {fingerprint!r}")
+    return model
+
+
+def list_esd_runs(model: Model, *, db_session: Session) -> list[EsdRun]:
+    """The model's ESD runs (one per estimator), newest first, without their projections."""
+    stmt = select(EsdRun).where(EsdRun.model_pk == model.id).order_by(EsdRun.created_at.desc(), EsdRun.id.desc())
     return list(db_session.scalars(stmt))
 
 

@@ -51,6 +51,15 @@ def authenticate(plaintext: str, *, db_session: Session) -> Team:
     return row.team
 
 
+def team_of_key_prefix(prefix: str, *, db_session: Session) -> Team:
+    """The team of the unrevoked key with this lookup prefix (a dashboard session remembers only
+    the prefix of the key it was opened with, so revoking the key ends the session)."""
+    row = db_session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if row is None or row.revoked_at is not None:
+        raise AuthenticationError("invalid or revoked API key")
+    return row.team
+
+
 def revoke_api_key(prefix: str, *, db_session: Session) -> None:
     row = db_session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
     if row is None:

@@ -1,0 +1,78 @@
+// ActTail dashboard: live job status. Plain JS, no dependencies; text goes in via textContent only.
+"use strict";
+
+const POLL_MS = 1500;
+const ACTIVE = new Set(["queued", "running"]);
+
+function setField(scope, name, value) {
+  const el = scope.querySelector(`[data-field="${name}"]`);
+  if (el) el.textContent = value;
+}
+
+function showJob(scope, job) {
+  const status = scope.querySelector('[data-field="status"]');
+  if (status) {
+    status.textContent = job.status;
+    status.className = `status status-${job.status}`;
+  }
+  setField(scope, "stage", job.stage);
+  setField(scope, "percent", `${Math.round(100 * job.progress)}%`);
+  setField(scope, "error", job.error || "");
+  const bar = scope.querySelector("progress");
+  if (bar) bar.value = job.progress;
+  const link = scope.querySelector('[data-field="model_url"]');
+  if (link && job.model_url) {
+    link.href = job.model_url;
+    link.hidden = false;
+  }
+}
+
+async function fetchJson(url) {
+  const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  if (response.status === 401) {
+    window.location.assign(`/ui/login?next=${encodeURIComponent(window.location.pathname)}`);
+    return null;
+  }
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  return response.json();
+}
+
+function poll(url, update) {
+  const tick = async () => {
+    let again = true;
+    try {
+      const body = await fetchJson(url);
+      again = body !== null && update(body);
+    } catch (err) {
+      console.warn(err); // a blip (server restarting): keep trying
+    }
+    if (again) window.setTimeout(tick, POLL_MS);
+  };
+  window.setTimeout(tick, POLL_MS);
+}
+
+function watchJobList(table) {
+  poll(table.dataset.poll, (body) => {
+    const rows = new Map([...table.querySelectorAll("tr[data-job]")].map((row) => [row.dataset.job, row]));
+    if (body.items.some((job) => !rows.has(job.id))) {
+      window.location.reload(); // a job submitted elsewhere: render the list again
+      return false;
+    }
+    body.items.forEach((job) => showJob(rows.get(job.id), job));
+    return body.items.some((job) => ACTIVE.has(job.status));
+  });
+}
+
+function watchJob(section) {
+  poll(section.dataset.poll, (job) => {
+    showJob(section, job);
+    return ACTIVE.has(job.status);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const list = document.querySelector("table#jobs[data-poll]");
+  if (list) watchJobList(list);
+  const job = document.querySelector("section#job[data-poll]");
+  if (job) watchJob(job);
+});
