@@ -162,6 +162,9 @@ class PipelineResult:
     versions: dict[str, str]
     elapsed_s: float
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # The ESD report behind ``alphas`` (every statistic per projection), for the results store;
+    # not part of the JSON document, which keeps only the alphas.
+    esd: ESDReport | None = field(default=None, repr=False, compare=False)
 
     def variant(self, method: str, target: float | None = None) -> VariantResult:
         for v in self.variants:
@@ -371,8 +374,9 @@ def run_pipeline(
         config=config,
         variants=variants,
         alphas=esd_report.alphas(),
-        versions=library_versions(),
+        versions={**library_versions(), "device": _device_of(lm)},
         elapsed_s=time.perf_counter() - began,
+        esd=esd_report,
     )
 
 
@@ -411,7 +415,7 @@ def evaluate_allocation(
         config=config,
         variants=variants,
         alphas=None,
-        versions=library_versions(),
+        versions={**library_versions(), "device": _device_of(lm)},
         elapsed_s=time.perf_counter() - began,
     )
 
@@ -420,3 +424,8 @@ def _projection_names(model: Any) -> list[str]:
     from acttail.models.architectures import find_projections
 
     return [ref.name for ref, _ in find_projections(model)]
+
+
+def _device_of(model: Any) -> str:
+    """``cpu`` or ``cuda``: stored with the versions, like the workers do."""
+    return next(model.parameters()).device.type

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from acttail import __version__
 from acttail.settings import Settings
 from acttail.store import migrate
+from acttail.store.bootstrap import ensure_default_team
 from acttail.store.db import make_engine, make_session_factory
-from api.bootstrap import ensure_default_team
 from api.dispatch import EmbeddedDispatcher, JobDispatcher, build_dispatcher
 from api.errors import install_error_handlers
 from api.image_cache import ImageCache
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | 
         active = dispatcher or build_dispatcher(settings, session_factory)
         app.state.dispatcher = active
         if isinstance(active, EmbeddedDispatcher):
-            ensure_default_team(settings, session_factory)
+            ensure_default_team(settings.api_key_file, session_factory)
             resumed = active.resume()
             if resumed:
                 log.info("resumed %d unfinished job(s)", len(resumed))

@@ -43,6 +43,26 @@ def build_tiny_model(arch: str, seed: int = 0):
     return AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
 
 
+def byte_tokenizer():
+    """A 256-token byte-level BPE with no merges: offline, deterministic, any text encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=alphabet[0], pad_token=alphabet[0])
+
+
+def save_tiny_model(directory: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """``build_tiny_model`` saved as a Hugging Face directory (safetensors) with ``byte_tokenizer``."""
+    build_tiny_model(arch, seed).save_pretrained(directory)
+    byte_tokenizer().save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture
 def tiny_model() -> Callable[..., torch.nn.Module]:
     return build_tiny_model

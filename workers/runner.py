@@ -8,9 +8,12 @@ checking between steps whether the job was cancelled::
     stage         fraction    what
     resolve       0.00-0.02   acttail.models.resolve_model(model_id) → describe() → models row
     esd           0.02-0.40   reuse the ESD run of (fingerprint, estimator), else compute and store it
-    allocate      0.40-0.45   acttail.allocate.allocate(alphas, param_counts, target) per target
-    benchmark     0.45-0.98   dense + every allocation: perplexity, zero-shot; per allocation: decode
-                              speed, dense vs sparse kernels (requested evaluations only)
+    allocate      0.40-0.45   acttail.methods.build_allocations(method, targets) from the stored alphas
+      (auto, teal-greedy: 0.40-0.75: "allocate: loading model", then "calibrating: ..." per greedy
+      block and per scored candidate, on WikiText-2 validation text; one greedy trace for all targets)
+    benchmark     ..-0.98     dense + every allocation: perplexity, zero-shot; per allocation: decode
+                              speed, dense vs sparse kernels (requested evaluations only; the model
+                              loaded for calibration is reused)
     done          1.00        link results, mark succeeded
 
 Idempotence: every write is an upsert on a natural key (``acttail.store``), so a job that is run
@@ -38,8 +41,9 @@ import sqlalchemy.exc
 from acttail.errors import ActTailError
 from acttail.store.db import session_scope
 from acttail.store.jobs import link_results, mark_failed, mark_running, mark_succeeded, update_progress
+from acttail.store.measurements import Measurement, perplexity_measurements, save_measurements, zeroshot_measurements
 from acttail.store.orm import JobStatus
-from acttail.store.requests import JobRequest
+from acttail.store.requests import NEEDS_MODEL, JobRequest
 from workers.locks import esd_lock
 
 try:  # raised inside a Celery task when the soft time limit passes; absent in embedded-only installs
@@ -77,7 +81,8 @@ STAGE_DELAY_ENV = "ACTTAIL_TEST_STAGE_DELAY"
 
 ESD_SPAN = (0.02, 0.40)
 ALLOCATE_SPAN = (0.40, 0.45)
-BENCHMARK_SPAN = (0.45, 0.98)
+CALIBRATED_ALLOCATE_SPAN = (0.40, 0.75)  # auto / teal-greedy: model load and calibration passes
+BENCHMARK_END = 0.98
 
 
 class JobCancelled(Exception):
@@ -220,10 +225,10 @@ def _execute(ctx: _Context, request: JobRequest, settings: Settings) -> None:
                  description.fingerprint[:12], device)  # fmt: skip
 
     alphas, param_counts = _esd_stage(ctx, source, description, request.estimator, device)
-    allocations = _allocation_stage(ctx, request, description, alphas, param_counts)
+    allocations, loaded = _allocation_stage(ctx, request, source, description, alphas, param_counts, device)
     evaluations = request.evaluations
     if any(spec is not None for spec in (evaluations.perplexity, evaluations.zeroshot, evaluations.speed)):
-        _benchmark_stage(ctx, request, source, description, allocations, device)
+        _benchmark_stage(ctx, request, source, description, allocations, device, loaded)
     with session_scope(ctx.session_factory) as db:
         if not mark_succeeded(ctx.job_id, db_session=db):
             raise JobCancelled("finished after cancellation")
@@ -315,30 +320,44 @@ def _compute_esd(
 def _allocation_stage(
     ctx: _Context,
     request: JobRequest,
+    source: ModelSource,
     description: ModelDescription,
     alphas: Mapping[str, float],
     param_counts: Mapping[str, int],
-) -> list[tuple[int, Allocation]]:
-    """One allocation per requested target, upserted; returns (row id, allocation) pairs."""
-    from acttail.allocate import AllocationParams, Direction, Granularity, allocate
+    device: str,
+) -> tuple[list[tuple[int, Allocation]], tuple[Any, Any] | None]:
+    """One allocation per requested target, upserted; returns (row id, allocation) pairs and the
+    (model, tokenizer) loaded for a calibrated method (None otherwise), for the benchmarks to reuse.
+
+    ``auto`` records its choice and every candidate's calibration perplexity in the document's
+    params, so GET /v1/allocations/{id} shows why it picked what it picked.
+    """
+    from acttail.methods import AlphaTable, build_allocations
     from acttail.store.results import save_allocation
 
-    params = AllocationParams(
-        epsilon=request.epsilon,
-        direction=Direction(request.direction),
-        granularity=Granularity(request.granularity),
-        s_min=request.s_min,
-        s_max=request.s_max,
-    )
-    start, stop = ALLOCATE_SPAN
+    calibrated = request.method in NEEDS_MODEL
+    start, stop = CALIBRATED_ALLOCATE_SPAN if calibrated else ALLOCATE_SPAN
     ctx.report("allocate", start)
-    built = [
-        allocate(
-            alphas, param_counts, target, method=request.method, params=params,
-            model_id=description.model_id, fingerprint=description.fingerprint, estimator=request.estimator,
-        )
-        for target in request.targets
-    ]  # fmt: skip
+    loaded = None
+    if calibrated:
+        ctx.report("allocate: loading model", start)
+        loaded = source.load_causal_lm(device=device)
+
+    def calibrating(stage: str, fraction: float) -> None:  # also the cancellation check
+        ctx.report(f"calibrating: {stage}", start + (stop - start) * fraction)
+
+    alpha_table = AlphaTable(
+        {"model_id": description.model_id, "fingerprint": description.fingerprint}, request.estimator,
+        alphas, param_counts,
+    )  # fmt: skip
+    built = build_allocations(
+        [request.method], report=alpha_table, targets=request.targets,
+        model=None if loaded is None else loaded[0], tokenizer=None if loaded is None else loaded[1],
+        progress=calibrating if calibrated else None, **request.allocation_params(),
+    )  # fmt: skip
+    for allocation in built:
+        if "choice" in allocation.params:
+            ctx.log.info("auto at %g chose %s", allocation.target, allocation.params["choice"]["label"])
     out: list[tuple[int, Allocation]] = []
     with session_scope(ctx.session_factory) as db:
         model = _model_row(description, db)
@@ -347,19 +366,11 @@ def _allocation_stage(
             out.append((row.id, allocation))
         link_results(ctx.job_id, allocation_ids=[row_id for row_id, _ in out], db_session=db)
     ctx.report("allocate", stop)
-    return out
+    return out, loaded
 
 
 # --------------------------------------------------------------------------------------------
 # Benchmarks
-
-
-@dataclass(frozen=True)
-class _Measurement:
-    kind: str
-    metric: str
-    value: float
-    settings: dict[str, Any]
 
 
 def _benchmark_stage(
@@ -369,19 +380,22 @@ def _benchmark_stage(
     description: ModelDescription,
     allocations: list[tuple[int, Allocation]],
     device: str,
+    loaded: tuple[Any, Any] | None = None,
 ) -> None:
     """Dense model, then each allocation applied with TopK sparsity: the requested evaluations."""
     from acttail.sparsity import apply_sparsity
 
-    start, stop = BENCHMARK_SPAN
-    ctx.report("benchmark: loading model", start)
-    model, tokenizer = source.load_causal_lm(device=device)
+    start = (CALIBRATED_ALLOCATE_SPAN if loaded is not None else ALLOCATE_SPAN)[1]
+    stop = BENCHMARK_END
+    if loaded is None:
+        ctx.report("benchmark: loading model", start)
+    model, tokenizer = loaded if loaded is not None else source.load_causal_lm(device=device)
     token_ids = None
     variants: list[tuple[int | None, Allocation | None]] = [(None, None), *allocations]
     for i, (allocation_id, allocation) in enumerate(variants):
         label = "dense" if allocation is None else f"sparsity {allocation.target:g}"
         ctx.report(f"benchmark: {label}", start + (stop - start) * i / len(variants))
-        measurements: list[_Measurement] = []
+        measurements: list[Measurement] = []
         handle = apply_sparsity(model, allocation) if allocation is not None else nullcontext()
         with handle:
             if request.evaluations.perplexity is not None:
@@ -398,34 +412,21 @@ def _benchmark_stage(
     ctx.report("benchmark", stop)
 
 
-def _perplexity(model: Any, token_ids: Any, spec: Any) -> list[_Measurement]:
+def _perplexity(model: Any, token_ids: Any, spec: Any) -> list[Measurement]:
     from acttail.evaluate.perplexity import evaluate_perplexity
 
     result = evaluate_perplexity(model, token_ids=token_ids, seqlen=spec.seqlen, max_tokens=spec.max_tokens, progress=False)
-    settings = {
-        "dataset": result.dataset, "split": result.split, "seqlen": result.seqlen,
-        "max_tokens": result.max_tokens, "mode": "topk",
-    }  # fmt: skip
-    return [_Measurement("perplexity", "ppl", result.ppl, {**settings, "tokens_scored": result.tokens_scored})]
+    return perplexity_measurements(result.to_dict(), mode="topk")
 
 
-def _zeroshot(model: Any, tokenizer: Any, spec: Any) -> list[_Measurement]:
+def _zeroshot(model: Any, tokenizer: Any, spec: Any) -> list[Measurement]:
     from acttail.evaluate.zeroshot import evaluate_zeroshot
 
     report = evaluate_zeroshot(model, tokenizer, tasks=list(spec.tasks), limit=spec.limit, progress=False)
-    settings = {"limit": spec.limit, "mode": "topk", **report.settings}
-    out = [
-        _Measurement("zeroshot", "mean_accuracy", report.mean_accuracy, {**settings, "tasks": sorted(spec.tasks)})
-    ]
-    for result in report.results:
-        task_settings = {**settings, "task": result.task, "n": result.n}
-        out.append(_Measurement("zeroshot", f"{result.task}/acc", result.acc, task_settings))
-        if result.acc_norm is not None:
-            out.append(_Measurement("zeroshot", f"{result.task}/acc_norm", result.acc_norm, task_settings))
-    return out
+    return zeroshot_measurements(report.to_dict(), mode="topk")
 
 
-def _speed(model: Any, tokenizer: Any, allocation: Allocation, spec: Any) -> list[_Measurement]:
+def _speed(model: Any, tokenizer: Any, allocation: Allocation, spec: Any) -> list[Measurement]:
     """Greedy batch-1 decode tokens/s, dense vs the sparse kernels, interleaved (acttail.evaluate.speed)."""
     from acttail.evaluate.speed import measure_decode_speed
 
@@ -443,24 +444,19 @@ def _speed(model: Any, tokenizer: Any, allocation: Allocation, spec: Any) -> lis
         "sparse_tokens_per_s": result.sparse_tokens_per_s,
         "speedup": result.speedup,
     }
-    return [_Measurement("speed", metric, value, settings) for metric, value in values.items() if value is not None]
+    return [Measurement("speed", metric, value, settings) for metric, value in values.items() if value is not None]
 
 
 def _save_measurements(
-    ctx: _Context, description: ModelDescription, allocation_id: int | None, rows: list[_Measurement], device: str
+    ctx: _Context, description: ModelDescription, allocation_id: int | None, rows: list[Measurement], device: str
 ) -> None:
-    from acttail.store.results import save_benchmark
-
     versions = {**library_versions(), "device": device}
-    ids: list[int] = []
     with session_scope(ctx.session_factory) as db:
         model = _model_row(description, db)
-        for m in rows:
-            row, _ = save_benchmark(
-                model=model, kind=m.kind, metric=m.metric, value=m.value, settings=m.settings, versions=versions,
-                allocation_id=allocation_id, team_id=ctx.team_id, shared=ctx.shared, db_session=db,
-            )  # fmt: skip
-            ids.append(row.id)
+        ids = save_measurements(
+            rows, model=model, allocation_id=allocation_id, versions=versions, team_id=ctx.team_id,
+            shared=ctx.shared, db_session=db,
+        )  # fmt: skip
         link_results(ctx.job_id, benchmark_ids=ids, db_session=db)
 
 

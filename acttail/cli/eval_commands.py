@@ -1,7 +1,8 @@
 """``acttail run`` (the paper's sweep) and ``acttail evaluate`` (one allocation).
 
-Both call ``acttail.pipeline``; this module only parses options, draws progress and prints the
-table. Bad option values raise ActTailError, which ``acttail.cli.main`` prints as one line
+Both call ``acttail.pipeline``; this module only parses options, draws progress, prints the
+table and hands the result to the JSON file and the results database (``acttail.cli.results_store``).
+Bad option values raise ActTailError, which ``acttail.cli.main`` prints as one line
 (exit 2).
 """
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from acttail.cli.results_store import DbOpt, NoStoreOpt, ResultsStore, open_results_store, record_result
 from acttail.errors import ActTailError
 
 if TYPE_CHECKING:
@@ -112,22 +114,32 @@ def print_result(result: PipelineResult) -> None:
     console.print("vs uniform: perplexity reduction against uniform at the same target (positive = better).")
 
 
-def _finish(result: PipelineResult, json_path: Path | None) -> None:
+def _finish(result: PipelineResult, json_path: Path | None, store: ResultsStore | None) -> None:
+    """Table, then the JSON file, then the results database (a database error cannot lose the file)."""
     print_result(result)
     if json_path is not None:
         json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {json_path}")
+    if store is not None:
+        recorded = record_result(store, result)
+        console.print(
+            f"recorded in {store.shown_url} (team 'default'): {len(recorded.allocation_ids)} allocations, "
+            f"{len(recorded.benchmark_ids)} benchmark rows",
+            highlight=False, soft_wrap=True,
+        )
 
 
 def _evaluate(
     call: Callable[..., PipelineResult], *, targets: tuple[float, ...], methods: tuple[str, ...] = (),
     epsilon: float = 0.1, direction: str = "higher_alpha_sparser", granularity: str = "projection",
     estimator: str = "ks", mode: str, seqlen: int, max_tokens: int | None, tasks: str, limit: int | None,
-    no_dense: bool, calibration_tokens: int, quiet: bool,
-) -> PipelineResult:
-    """Validate the options into one PipelineConfig, then ``call(config, progress=...)`` under the bar.
+    no_dense: bool, calibration_tokens: int, quiet: bool, command: str, db: str | None, no_store: bool,
+) -> tuple[PipelineResult, ResultsStore | None]:
+    """Validate the options into one PipelineConfig, open the results store (unless ``no_store``),
+    then ``call(config, progress=...)`` under the bar.
 
-    ``run`` and ``evaluate`` share this, so an option is parsed and checked the same way in both.
+    ``run`` and ``evaluate`` share this, so an option is parsed and checked the same way in both,
+    and a bad option or database fails before any model is loaded.
     """
     from acttail.allocate import AllocationParams, Direction, Granularity
     from acttail.pipeline import PipelineConfig
@@ -142,11 +154,17 @@ def _evaluate(
         calibration_tokens=calibration_tokens,
     )
     config.validate()
+    store = None if no_store else open_results_store(db, command=command)
     bar, report = _progress_bar(quiet)
-    if bar is None:
-        return call(config)
-    with bar:
-        return call(config, progress=report)
+    try:
+        if bar is None:
+            return call(config), store
+        with bar:
+            return call(config, progress=report), store
+    except BaseException:
+        if store is not None:
+            store.engine.dispose()
+        raise
 
 
 def run(
@@ -166,18 +184,24 @@ def run(
     no_dense: NoDenseOpt = False,
     json_path: JsonOpt = None,
     quiet: QuietOpt = False,
+    no_store: NoStoreOpt = False,
+    db: DbOpt = None,
 ) -> None:
-    """Alphas once, uniform and ActTail allocations per target, dense and every variant evaluated."""
+    """Alphas once, uniform and ActTail allocations per target, dense and every variant evaluated.
+
+    Results go to the table, the ``--json`` file and the results database (``--db``; team
+    ``default``), where ``acttail serve`` and the API read them; ``--no-store`` skips the database.
+    """
     from acttail.pipeline import run_pipeline
 
-    result = _evaluate(
+    result, store = _evaluate(
         lambda config, **kw: run_pipeline(model, config, **kw),
         targets=parse_sparsities(sparsity), methods=tuple(m.strip() for m in method.split(",") if m.strip()),
         epsilon=epsilon, direction=direction, granularity=granularity, estimator=estimator, mode=mode,
         seqlen=seqlen, max_tokens=max_tokens, tasks=tasks, limit=limit, no_dense=no_dense,
-        calibration_tokens=calibration_tokens, quiet=quiet,
+        calibration_tokens=calibration_tokens, quiet=quiet, command="run", db=db, no_store=no_store,
     )
-    _finish(result, json_path)
+    _finish(result, json_path, store)
 
 
 def evaluate(
@@ -192,19 +216,24 @@ def evaluate(
     no_dense: NoDenseOpt = False,
     json_path: JsonOpt = None,
     quiet: QuietOpt = False,
+    no_store: NoStoreOpt = False,
+    db: DbOpt = None,
 ) -> None:
-    """Evaluate one allocation on MODEL (refused if it was built for another model)."""
+    """Evaluate one allocation on MODEL (refused if it was built for another model).
+
+    Recorded in the results database like ``run`` (``--db``, ``--no-store``).
+    """
     from acttail.allocate import Allocation
     from acttail.pipeline import evaluate_allocation
 
     alloc = Allocation.load(allocation)
-    result = _evaluate(
+    result, store = _evaluate(
         lambda config, **kw: evaluate_allocation(model, alloc, config, **kw),
         targets=(alloc.target,), estimator=alloc.estimator or "ks", mode=mode, seqlen=seqlen,
         max_tokens=max_tokens, tasks=tasks, limit=limit, no_dense=no_dense,
-        calibration_tokens=calibration_tokens, quiet=quiet,
+        calibration_tokens=calibration_tokens, quiet=quiet, command="evaluate", db=db, no_store=no_store,
     )
-    _finish(result, json_path)
+    _finish(result, json_path, store)
 
 
 def register(app: typer.Typer) -> None:

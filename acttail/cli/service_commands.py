@@ -61,9 +61,9 @@ def serve(
     import uvicorn
 
     from acttail.store import migrate
+    from acttail.store.bootstrap import ensure_default_team
     from acttail.store.db import make_engine, make_session_factory
     from api.app import create_app
-    from api.bootstrap import ensure_default_team
 
     if executor is not None and executor not in ("embedded", "celery"):
         raise ActTailError(f"--executor must be 'embedded' or 'celery', not {executor!r}")
@@ -71,7 +71,7 @@ def serve(
     migrate.upgrade(settings.database_url)
     if settings.executor == "embedded":
         engine = make_engine(settings.database_url)
-        key = ensure_default_team(settings, make_session_factory(engine))
+        key = ensure_default_team(settings.api_key_file, make_session_factory(engine))
         engine.dispose()
         if key is not None:
             typer.echo(f"Created team 'default'. API key (shown once, also saved to {settings.api_key_file}):")

@@ -20,6 +20,13 @@ Allocations and benchmarks (``acttail.store.results``) - team rows, ``shared`` p
     save_allocation(Allocation, model=, team_id=, shared=) -> (AllocationRow, created)
     save_benchmark(model=, kind=, metric=, value=, settings=, versions=, allocation_id=, team_id=, shared=)
     get_allocation / list_allocations / get_benchmark / list_benchmarks (team_id= scopes reads)
+Benchmark rows from results (``acttail.store.measurements``) - one mapping for workers and CLI
+    perplexity_measurements(PerplexityResult.to_dict(), mode=), zeroshot_measurements(report dict, mode=),
+    save_measurements(measurements, model=, allocation_id=, versions=, team_id=)
+A CLI run (``acttail.store.pipeline_results``) - ``acttail run`` / ``evaluate`` results, as a job writes them
+    save_pipeline_result(PipelineResult.to_dict(), esd_report=, team_id=) -> RecordedRun (row IDs)
+Team "default" (``acttail.store.bootstrap``) - created with a key on an empty database
+    ensure_default_team(key_file, session_factory) -> new key | None, default_team(...) -> (id, key)
 Jobs (``acttail.store.jobs``) - the source of truth for job state
     create_job(request, team_id=, request_hash=, queue=, idempotency_key=) -> (Job, created)
     get_job(id, team_id=None), list_jobs, mark_running(id) -> Job | None (None: do not run),

@@ -13,22 +13,10 @@ from acttail.allocate import Allocation, allocate
 from acttail.cli import main
 from acttail.errors import ActTailError
 from acttail.pipeline import PipelineConfig, evaluate_allocation, run_pipeline
+from tests.conftest import byte_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_sparsity import tiny_model  # noqa: E402
-
-
-def byte_tokenizer():
-    """A 256-token byte-level BPE with no merges: offline, deterministic, any text encodes."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=alphabet[0], pad_token=alphabet[0])
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +33,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 QUICK = dict(seqlen=128, max_tokens=512)
+
+# ACTTAIL_HOME in a temporary directory: the CLI's default results database must never be ~/.acttail.
+pytestmark = pytest.mark.usefixtures("acttail_home")
 
 
 def test_run_pipeline_end_to_end(model_dir: Path) -> None:
@@ -117,10 +108,12 @@ def run_cli(args: list[str]) -> None:
     assert exc.value.code == 0
 
 
-def test_cli_run_and_evaluate(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_run_and_evaluate(
+    model_dir: Path, tmp_path: Path, acttail_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run.json"
     run_cli(["run", str(model_dir), "--sparsity", "0.7", "--seqlen", "128", "--max-tokens", "256", "--quiet",
-          "--json", str(out)])
+          "--json", str(out), "--no-store"])
     printed = capsys.readouterr().out
     assert "acttail" in printed and "uniform" in printed and "70%" in printed
     doc = json.loads(out.read_text())
@@ -128,10 +121,12 @@ def test_cli_run_and_evaluate(model_dir: Path, tmp_path: Path, capsys: pytest.Ca
     alloc_path = tmp_path / "alloc.json"
     Allocation.from_dict(doc["variants"][2]["allocation"]).save(alloc_path)
     run_cli(["evaluate", str(model_dir), "--allocation", str(alloc_path), "--seqlen", "128", "--max-tokens", "256",
-          "--quiet", "--no-dense", "--json", str(tmp_path / "eval.json")])
+          "--quiet", "--no-dense", "--json", str(tmp_path / "eval.json"), "--no-store"])
     evaluated = json.loads((tmp_path / "eval.json").read_text())["variants"]
     assert [v["label"] for v in evaluated] == ["acttail@0.7"]
     assert evaluated[0]["ppl"] == pytest.approx(doc["variants"][2]["ppl"], rel=1e-6)
+    assert "recorded in" not in capsys.readouterr().out
+    assert not acttail_home.exists()  # --no-store: no database, no key file
 
 
 @pytest.mark.parametrize(

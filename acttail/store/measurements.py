@@ -1,0 +1,82 @@
+"""Measured results as benchmark rows: the one mapping the workers and the CLI share.
+
+A benchmark row is (kind, metric, value, settings), and its natural key hashes the settings
+(``save_benchmark``). A service job and ``acttail run`` that measured the same thing must build
+identical settings, or they would store two rows for one number; so both build them here. Inputs
+are the science results' ``to_dict()`` documents (``PerplexityResult``, ``ZeroShotReport``), so
+this module never imports the science core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from acttail.store.orm import Model
+from acttail.store.results import save_benchmark
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One number about to become a benchmark row."""
+
+    kind: str  # perplexity | zeroshot | speed
+    metric: str  # ppl | mean_accuracy | <task>/acc | <task>/acc_norm | ...
+    value: float
+    settings: dict[str, Any]
+
+
+def perplexity_measurements(
+    result: Mapping[str, Any], *, mode: str, extra: Mapping[str, Any] | None = None
+) -> list[Measurement]:
+    """``PerplexityResult.to_dict()`` -> one ``perplexity/ppl`` row.
+
+    ``extra`` adds settings that change the number beyond the protocol (threshold calibration);
+    without it the settings are exactly the ones the workers have always written.
+    """
+    settings = {
+        "dataset": result["dataset"], "split": result["split"], "seqlen": result["seqlen"],
+        "max_tokens": result["max_tokens"], "mode": mode, **(extra or {}),
+    }  # fmt: skip
+    settings["tokens_scored"] = result["tokens_scored"]
+    return [Measurement("perplexity", "ppl", float(result["ppl"]), settings)]
+
+
+def zeroshot_measurements(
+    report: Mapping[str, Any], *, mode: str, extra: Mapping[str, Any] | None = None
+) -> list[Measurement]:
+    """``ZeroShotReport.to_dict()`` -> ``zeroshot/mean_accuracy`` plus ``<task>/acc`` and ``<task>/acc_norm`` rows."""
+    tasks: Mapping[str, Mapping[str, Any]] = report["tasks"]
+    settings = {"limit": report["limit"], "mode": mode, **report["settings"], **(extra or {})}
+    mean = float(report["mean_accuracy"])
+    out = [Measurement("zeroshot", "mean_accuracy", mean, {**settings, "tasks": sorted(tasks)})]
+    for task, result in tasks.items():
+        task_settings = {**settings, "task": task, "n": result["n"]}
+        out.append(Measurement("zeroshot", f"{task}/acc", float(result["acc"]), task_settings))
+        if result.get("acc_norm") is not None:
+            out.append(Measurement("zeroshot", f"{task}/acc_norm", float(result["acc_norm"]), task_settings))
+    return out
+
+
+def save_measurements(
+    measurements: Iterable[Measurement],
+    *,
+    model: Model,
+    allocation_id: int | None,
+    versions: Mapping[str, Any],
+    team_id: int,
+    db_session: Session,
+    shared: bool = False,
+) -> list[int]:
+    """Upsert each measurement as a benchmark row of ``model`` (dense when ``allocation_id`` is None); row IDs."""
+    ids: list[int] = []
+    for m in measurements:
+        row, _ = save_benchmark(
+            model=model, kind=m.kind, metric=m.metric, value=m.value, settings=m.settings, versions=versions,
+            allocation_id=allocation_id, team_id=team_id, shared=shared, db_session=db_session,
+        )  # fmt: skip
+        ids.append(row.id)
+    return ids
