@@ -1,4 +1,4 @@
-"""GGUF files: tensors dequantised one at a time with the ``gguf`` reader; full loads via transformers.
+"""GGUF files: tensors dequantised one at a time (``acttail.models.gguf_file``); full loads via transformers.
 
 llama.cpp permutes the rows of q/k for RoPE; transformers undoes that on load. Row
 permutations do not change singular values, so alphas from the raw tensor are exact.
@@ -11,7 +11,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from acttail.errors import ModelSourceError, UnsupportedArchitectureError
@@ -24,9 +23,9 @@ from acttail.models.architectures import (
 )
 from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
 from acttail.models.fingerprint import sha256_of_parts
+from acttail.models.gguf_file import GGUFFile, GGUFTensorInfo
 
 if TYPE_CHECKING:
-    import gguf
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # llama.cpp's general.architecture -> HF config.model_type. (llama.cpp writes Mistral as "llama".)
@@ -47,17 +46,12 @@ class GGUFSource(ModelSource):
         self._source = source
 
     @cached_property
-    def _reader(self) -> gguf.GGUFReader:
-        import gguf
-
-        try:
-            return gguf.GGUFReader(str(self.path))
-        except (ValueError, OSError) as exc:
-            raise ModelSourceError(f"{self.path.name} is not a readable GGUF file: {exc}") from None
+    def _file(self) -> GGUFFile:
+        # Header only (milliseconds); tensor bytes stay memory-mapped until dequantised.
+        return GGUFFile(self.path)
 
     def _field(self, key: str) -> object:
-        field = self._reader.fields.get(key)
-        return None if field is None else field.contents()
+        return self._file.metadata.get(key)
 
     @cached_property
     def _gguf_arch(self) -> str:
@@ -67,7 +61,7 @@ class GGUFSource(ModelSource):
     def model_type(self) -> str:
         model_type = GGUF_ARCHITECTURES.get(self._gguf_arch)
         if model_type is None:
-            names = [t.name for t in self._reader.tensors if t.name.endswith(".weight") and len(t.shape) == 2]
+            names = [t.name for t in self._file.tensors.values() if t.name.endswith(".weight") and len(t.shape) == 2]
             raise UnsupportedArchitectureError(
                 f"GGUF architecture {self._gguf_arch!r} is not supported "
                 f"(supported: {', '.join(GGUF_ARCHITECTURES)}); 2-D tensors found: {', '.join(names[:10])}"
@@ -81,9 +75,9 @@ class GGUFSource(ModelSource):
             raise ModelSourceError(f"{self.path.name}: missing {self._gguf_arch}.block_count")
         return count
 
-    @cached_property
-    def _tensors(self) -> dict[str, gguf.ReaderTensor]:
-        return {t.name: t for t in self._reader.tensors}
+    @property
+    def _tensors(self) -> dict[str, GGUFTensorInfo]:
+        return self._file.tensors
 
     @cached_property
     def _projection_tensors(self) -> list[tuple[ProjectionInfo, str]]:
@@ -108,9 +102,8 @@ class GGUFSource(ModelSource):
 
     def fingerprint(self) -> str:
         parts: list[bytes | str] = ["gguf", str(self.path.stat().st_size), self._gguf_arch]
-        for tensor in self._reader.tensors:
-            parts += [tensor.name, tensor.tensor_type.name, str(tuple(int(x) for x in tensor.shape))]
-            parts.append(str(int(tensor.data_offset)))
+        for tensor in self._file.tensors.values():
+            parts += [tensor.name, tensor.type_name, str(tensor.shape), str(tensor.offset)]
         return sha256_of_parts(parts)
 
     def describe(self) -> ModelDescription:
@@ -125,11 +118,8 @@ class GGUFSource(ModelSource):
         )
 
     def iter_projection_weights(self) -> Iterator[tuple[ProjectionInfo, torch.Tensor]]:
-        from gguf.quants import dequantize
-
         for info, gguf_name in self._projection_tensors:
-            tensor = self._tensors[gguf_name]
-            weight = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+            weight = self._file.dequantized(self._tensors[gguf_name])
             if weight.shape != info.shape:
                 weight = weight.reshape(info.shape)
             yield info, torch.from_numpy(weight)
