@@ -18,7 +18,7 @@ from acttail.store import catalog, results
 from acttail.store.requests import ESTIMATORS
 from api.deps import SessionDep, TeamDep
 from api.image_cache import ImageCache
-from api.plot_images import ImageFormat, alphas_image, allocation_image, esd_image, sweep_image
+from api.plot_images import ImageFormat, allocation_image, alphas_image, esd_image, sweep_image
 from api.routers.models import ModelKey
 from api.schemas import MAX_ID
 

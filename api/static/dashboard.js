@@ -33,6 +33,7 @@ async function fetchJson(url) {
     window.location.assign(`/ui/login?next=${encodeURIComponent(window.location.pathname)}`);
     return null;
   }
+  if (response.status === 404) return null; // gone (or never ours): stop polling
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
   return response.json();
 }

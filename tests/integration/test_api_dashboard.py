@@ -87,12 +87,13 @@ def test_login_session_and_logout(api: Api, two_teams: Any, session_factory: ses
     no_token = api.client.post("/ui/login", data={"key": key}, follow_redirects=False)
     assert no_token.status_code == 403 and "security token" in _error(no_token)
 
-    ok = api.client.post("/ui/login", data={"key": key, "csrf_token": _csrf(api.client), "next": "https://evil.example/"},
-                         follow_redirects=False)  # fmt: skip
+    form = {"key": key, "csrf_token": _csrf(api.client), "next": "https://evil.example/"}
+    ok = api.client.post("/ui/login", data=form, follow_redirects=False)
     assert ok.status_code == 303 and ok.headers["location"] == "/ui"  # never an open redirect
     cookie = api.client.cookies["acttail_session"]
     session = json.loads(base64.b64decode(cookie.split(".")[0] + "=="))
-    assert session["key_prefix"] == key.split("_")[1] and key not in cookie and key.split("_")[2] not in json.dumps(session)
+    assert session["key_prefix"] == key.split("_")[1]
+    assert key not in cookie and key.split("_")[2] not in json.dumps(session)  # never the secret
     assert api.client.get("/ui").status_code == 200
 
     tampered = _second_client(api)
@@ -160,12 +161,13 @@ def test_another_team_sees_nothing(api: Api, two_teams: Any, session_factory: se
     assert _login(other, other_key).status_code == 303
 
     assert stored["fingerprint"] not in other.get("/ui").text
-    for path in (f"/ui/models/{stored['fingerprint']}", f"/ui/jobs/{job['id']}", f"/ui/allocations/{stored['allocation']}"):
+    fingerprint, allocation = stored["fingerprint"], stored["allocation"]
+    for path in (f"/ui/models/{fingerprint}", f"/ui/jobs/{job['id']}", f"/ui/allocations/{allocation}"):
         assert other.get(path).status_code == 404, path
     assert other.get(f"/ui/api/jobs/{job['id']}").json() == {"detail": f"no job {job['id']}"}
     assert job["id"] not in other.get("/ui/jobs").text and other.get("/ui/api/jobs").json()["total"] == 0
-    for path in (f"/ui/plots/models/{stored['fingerprint']}/alphas.svg", f"/ui/plots/models/{stored['fingerprint']}/sweep.svg",
-                 f"/ui/plots/allocations/{stored['allocation']}/heatmap.svg", f"/ui/allocations/{stored['allocation']}.json"):  # fmt: skip
+    for path in (f"/ui/plots/models/{fingerprint}/alphas.svg", f"/ui/plots/models/{fingerprint}/sweep.svg",
+                 f"/ui/plots/allocations/{allocation}/heatmap.svg", f"/ui/allocations/{allocation}.json"):
         assert other.get(path).status_code == 404, path
 
     with session_scope(session_factory) as db:  # publishing the allocation shows the model to everyone
@@ -209,8 +211,10 @@ def test_job_form_submits_and_redirects(api: Api, two_teams: Any) -> None:
         ({"seqlen": "8"}, 422, "Perplexity window (tokens): Input should be greater than or equal to 16 (got 8)"),
         ({"estimator": "bogus"}, 422, "Estimator: Input should be 'ks', 'ks_peak' or 'hill'"),
         ({"model_id": "../etc/passwd"}, 422, "model path '../etc/passwd' must not contain '..'"),
-        ({"model_id": " "}, 422, "Model ID: enter a bundled alias, a hub ID 'org/name', or a path under the model roots"),
-        ({"csrf_token": "forged"}, 403, "the form's security token is missing or stale; reload the page and submit again"),
+        ({"model_id": " "}, 422,
+         "Model ID: enter a bundled alias, a hub ID 'org/name', or a path under the model roots"),
+        ({"csrf_token": "forged"}, 403,
+         "the form's security token is missing or stale; reload the page and submit again"),
     ],
 )
 def test_bad_form_input_shows_the_message(
