@@ -78,7 +78,9 @@ def serve(
             typer.echo(f"  {key}")
         elif settings.api_key_file.exists():
             typer.echo(f"API key of team 'default': {settings.api_key_file}")
-    typer.echo(f"ActTail API on http://{settings.host}:{settings.port} ({settings.executor} executor); docs at /docs")
+    url = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"ActTail API on {url} ({settings.executor} executor); API docs at {url}/docs")
+    typer.echo(f"Dashboard: {url}/ui (log in with a team API key)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
