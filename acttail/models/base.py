@@ -42,7 +42,7 @@ class ModelDescription:
     model_id: str
     source: str  # "hub" | "local" | "gguf" | "bundled"
     revision: str | None
-    fingerprint: str  # hub commit sha, or sha256 over the weight files' metadata
+    fingerprint: str  # hub commit, or sha256 over the files' metadata + sampled weight bytes
     architecture: str  # HF config.model_type
     num_layers: int
     projection_params: int  # total parameters in the q/k/v/o/gate/up/down projections

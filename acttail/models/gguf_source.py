@@ -22,7 +22,7 @@ from acttail.models.architectures import (
     spec_for,
 )
 from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
-from acttail.models.fingerprint import sha256_of_parts
+from acttail.models.fingerprint import read_spans, sample_spans, sha256_of_parts
 from acttail.models.gguf_file import GGUFFile, GGUFTensorInfo
 
 if TYPE_CHECKING:
@@ -101,10 +101,14 @@ class GGUFSource(ModelSource):
         return [info for info, _ in self._projection_tensors]
 
     def fingerprint(self) -> str:
-        parts: list[bytes | str] = ["gguf", str(self.path.stat().st_size), self._gguf_arch]
-        for tensor in self._file.tensors.values():
-            parts += [tensor.name, tensor.type_name, str(tensor.shape), str(tensor.offset)]
-        return sha256_of_parts(parts)
+        """sha256 of the file size, the whole header (metadata + tensor infos) and the weight samples."""
+        gguf = self._file
+        tensor_spans = [(t.offset, t.offset + t.n_bytes) for t in gguf.tensors.values()]
+        spans = sample_spans(gguf.data_offset, gguf.size, tensor_spans)
+        try:
+            return sha256_of_parts(["gguf/v2", str(gguf.size), gguf.header_bytes, *read_spans(self.path, spans)])
+        except (OSError, ValueError) as exc:
+            raise ModelSourceError(f"cannot fingerprint {self.path.name}: {exc}") from None
 
     def describe(self) -> ModelDescription:
         return ModelDescription(

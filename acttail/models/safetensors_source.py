@@ -119,13 +119,22 @@ class SafetensorsDirSource(ModelSource):
     def projections(self) -> list[ProjectionInfo]:
         return list(self._projection_infos)
 
+    def fingerprint(self) -> str:
+        """The hub commit when known, else config + headers + sampled weight bytes (see fingerprint.py)."""
+        if self._fixed_fingerprint:
+            return self._fixed_fingerprint
+        try:
+            return safetensors_fingerprint(self.files, self.config)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelSourceError(f"cannot fingerprint {self.directory}: {exc}") from None
+
     def describe(self) -> ModelDescription:
         infos = self.projections()
         return ModelDescription(
             model_id=self.model_id,
             source=self._source,
             revision=self._revision,
-            fingerprint=self._fixed_fingerprint or safetensors_fingerprint(self.files, self.config),
+            fingerprint=self.fingerprint(),
             architecture=self.model_type,
             num_layers=len({info.ref.layer for info in infos}),
             projection_params=sum(info.param_count for info in infos),

@@ -42,8 +42,7 @@ def test_fingerprint_is_stable_across_copies_and_changes_with_weights(tmp_path: 
     a = resolve_model(str(save_sharded(model, tmp_path / "a"))).describe().fingerprint
     b = resolve_model(str(save_sharded(model, tmp_path / "b"))).describe().fingerprint
     assert a == b
-    other = build_tiny_model("llama", seed=1)
-    other.config.rms_norm_eps = 1e-5 if model.config.rms_norm_eps != 1e-5 else 1e-6
+    other = build_tiny_model("llama", seed=1)  # same config: only the weight samples differ
     c = resolve_model(str(save_sharded(other, tmp_path / "c"))).describe().fingerprint
     assert c != a
 
