@@ -12,9 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from acttail.allocate import AllocationParams, Direction, Granularity, allocate
+from acttail.errors import ActTailError
 
 if TYPE_CHECKING:
-    from acttail.esd import ESDReport
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from acttail.esd import ESDReport, ProjectionESD
 
 console = Console()
 
@@ -32,15 +36,60 @@ EstimatorOpt = Annotated[
     str, typer.Option("--estimator", "-e", help="x_min rule: ks | ks_peak | hill.", callback=_check_estimator)
 ]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
+PlotOpt = Annotated[
+    Path | None, typer.Option("--plot", help="Write the figures here as PNG and SVG (the folder is created).")
+]
 
 
-def compute_report(model: str, revision: str | None, estimator: str, progress: bool = True) -> ESDReport:
-    """Resolve the model and run the streaming ESD analysis (one projection in memory at a time)."""
+def compute_report(
+    model: str,
+    revision: str | None,
+    estimator: str,
+    progress: bool = True,
+    keep_spectra: str | bool = False,
+) -> tuple[ESDReport, dict[str, np.ndarray]]:
+    """Resolve the model and run the streaming ESD analysis (one projection in memory at a time).
+
+    ``keep_spectra``: True keeps every projection's eigenvalues, a projection name keeps that
+    one's (checked before the analysis starts), False none. They are for ESD plots only.
+    """
     from acttail.esd import analyze_source
     from acttail.models import resolve_model
 
     source = resolve_model(model, revision)
-    return analyze_source(source, estimator=estimator, progress=progress)
+    if isinstance(keep_spectra, str):
+        names = [info.name for info in source.projections()]
+        if keep_spectra not in names:
+            raise ActTailError(
+                f"--esd-projection: {model} has no projection {keep_spectra!r}; e.g. {', '.join(names[:3])}"
+            )
+    spectra: dict[str, np.ndarray] = {}
+
+    def keep(result: ProjectionESD, evals: np.ndarray) -> None:
+        if keep_spectra is True or keep_spectra == result.name:
+            spectra[result.name] = evals
+
+    report = analyze_source(source, estimator=estimator, progress=progress, on_spectrum=keep if keep_spectra else None)
+    return report, spectra
+
+
+def save_png_and_svg(fig: Figure, base: Path) -> list[Path]:
+    """``base``.png and ``base``.svg (``acttail.plots`` renders both deterministically)."""
+    from acttail.plots import save_figure
+
+    return [save_figure(fig, base.with_name(f"{base.name}.{fmt}")) for fmt in ("png", "svg")]
+
+
+def write_esd_plots(report: ESDReport, spectra: dict[str, np.ndarray], directory: Path) -> list[Path]:
+    """``alphas.{png,svg}`` and ``esd/<projection>.{png,svg}`` for every kept spectrum."""
+    from acttail.plots import plot_alphas, plot_esd
+
+    written = save_png_and_svg(plot_alphas(report), directory / "alphas")
+    for row in report.projections:
+        if row.name in spectra:
+            fig = plot_esd(spectra[row.name], row, title=f"{row.name}\nESD, α = {row.alpha:.2f} ({report.estimator})")
+            written += save_png_and_svg(fig, directory / "esd" / row.name)
+    return written
 
 
 def print_report(report: ESDReport) -> None:
@@ -77,15 +126,27 @@ def alphas(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one row per projection as CSV.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No tables, no progress bar.")] = False,
+    plot: PlotOpt = None,
+    esd_projection: Annotated[
+        str | None,
+        typer.Option("--esd-projection", help="With --plot: the ESD histogram of this projection only (default: all)."),
+    ] = None,
 ) -> None:
     """Heavy-tail exponent alpha of every q/k/v/o/gate/up/down projection's ESD."""
-    report = compute_report(model, revision, estimator, progress=not quiet)
+    if esd_projection is not None and plot is None:
+        raise ActTailError("--esd-projection needs --plot DIR")
+    keep_spectra: str | bool = False if plot is None else esd_projection or True
+    report, spectra = compute_report(model, revision, estimator, progress=not quiet, keep_spectra=keep_spectra)
     if not quiet:
         print_report(report)
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     if csv_path:
         write_csv(report, csv_path)
+    if plot:
+        written = write_esd_plots(report, spectra, plot)
+        if not quiet:
+            console.print(f"wrote {len(written)} figures to {plot}")
 
 
 def allocate_command(
@@ -101,6 +162,7 @@ def allocate_command(
     alphas_json: Annotated[
         Path | None, typer.Option("--alphas", help="Reuse a report written by `acttail alphas --json`.")
     ] = None,
+    plot: PlotOpt = None,
 ) -> None:
     """Per-projection sparsities whose parameter-weighted mean is the target."""
     if method not in ("acttail", "uniform"):
@@ -123,13 +185,18 @@ def allocate_command(
         f"range {min(document.sparsities.values()):.3f}–{max(document.sparsities.values()):.3f}, "
         f"weighted mean {document.weighted_mean:.6f}"
     )
+    if plot:
+        from acttail.plots import plot_allocation
+
+        written = save_png_and_svg(plot_allocation(document), plot / "allocation")
+        console.print(f"wrote {len(written)} figures to {plot}")
 
 
 def _load_or_compute(model: str, revision: str | None, estimator: str, alphas_json: Path | None) -> ESDReport:
     from acttail.esd import ESDReport
 
     if alphas_json is None:
-        return compute_report(model, revision, estimator)
+        return compute_report(model, revision, estimator)[0]
     try:
         return ESDReport.from_dict(json.loads(alphas_json.read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:

@@ -21,11 +21,12 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -39,12 +40,17 @@ logger = logging.getLogger(__name__)
 CUDA_MAX_BATCH = 8
 MAX_BATCH_BYTES = 1 << 30  # fp32 bytes of weights held per batch on CUDA
 
+# Called with each projection's result and all its eigenvalues (fp64, min(d_out, d_in) of them),
+# e.g. to draw ESD histograms, which the report does not keep. May run on a worker thread.
+SpectrumCallback = Callable[[ProjectionESD, np.ndarray], None]
+
 
 def analyze_source(
     source: ModelSource,
     estimator: Estimator | str = Estimator.KS,
     device: str | torch.device | None = None,
     progress: bool = True,
+    on_spectrum: SpectrumCallback | None = None,
 ) -> ESDReport:
     """Alpha and spectral metrics of every q/k/v/o/gate/up/down projection of ``source``."""
     total = len(source.projections())
@@ -56,6 +62,7 @@ def analyze_source(
         progress=progress,
         total=total,
         model=description,
+        on_spectrum=on_spectrum,
     )
 
 
@@ -67,6 +74,7 @@ def analyze_weights(
     progress: bool = True,
     total: int | None = None,
     model: dict[str, Any] | None = None,
+    on_spectrum: SpectrumCallback | None = None,
 ) -> ESDReport:
     """``analyze_source`` for any stream of ``(ProjectionInfo, weight [d_out, d_in])`` pairs."""
     kind = _parse_estimator(estimator)
@@ -78,11 +86,11 @@ def analyze_weights(
             for batch in _equal_shape_batches(weights, CUDA_MAX_BATCH):
                 spectra = eigenvalues_batch([w for _, w in batch], target)
                 for (info, _), evals in zip(batch, spectra, strict=True):
-                    results.append(_fit(info, evals, kind, target))
+                    results.append(_fit(info, evals, kind, target, on_spectrum))
                 bar.update(len(batch))
                 del batch, spectra
         else:
-            for result in _analyze_concurrently(weights, kind, cpu_workers()):
+            for result in _analyze_concurrently(weights, kind, cpu_workers(), on_spectrum):
                 results.append(result)
                 bar.update(1)
     elapsed = time.perf_counter() - started
@@ -103,22 +111,32 @@ def cpu_workers() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _fit(info: ProjectionInfo, evals: Any, kind: Estimator, target: torch.device) -> ProjectionESD:
+def _fit(
+    info: ProjectionInfo, evals: Any, kind: Estimator, target: torch.device, on_spectrum: SpectrumCallback | None
+) -> ProjectionESD:
     fit = estimate_alpha(torch.as_tensor(evals, device=target), kind)  # KS scan where the eigensolver ran
     logger.debug("%s: alpha=%.4f xmin=%.4g D=%.4f", info.name, fit.alpha, fit.xmin, fit.ks_distance)
-    return ProjectionESD.from_fit(info, evals, fit)
+    result = ProjectionESD.from_fit(info, evals, fit)
+    if on_spectrum is not None:
+        on_spectrum(result, np.asarray(evals))
+    return result
 
 
-def _analyze_one_cpu(info: ProjectionInfo, weight: torch.Tensor, kind: Estimator) -> ProjectionESD:
+def _analyze_one_cpu(
+    info: ProjectionInfo, weight: torch.Tensor, kind: Estimator, on_spectrum: SpectrumCallback | None
+) -> ProjectionESD:
     evals = eigenvalues_batch([weight], torch.device("cpu"))[0]
-    return _fit(info, evals, kind, torch.device("cpu"))
+    return _fit(info, evals, kind, torch.device("cpu"), on_spectrum)
 
 
 def _analyze_concurrently(
-    weights: Iterable[tuple[ProjectionInfo, torch.Tensor]], kind: Estimator, workers: int
+    weights: Iterable[tuple[ProjectionInfo, torch.Tensor]],
+    kind: Estimator,
+    workers: int,
+    on_spectrum: SpectrumCallback | None = None,
 ) -> Iterator[ProjectionESD]:
     """Results in input order; ``workers`` projections at a time, each on one intra-op thread."""
-    analyse = functools.partial(_analyze_one_cpu, kind=kind)
+    analyse = functools.partial(_analyze_one_cpu, kind=kind, on_spectrum=on_spectrum)
     with _intra_op_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="esd") as pool:
         pending: deque[Future[ProjectionESD]] = deque()
         for info, weight in weights:
