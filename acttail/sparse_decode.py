@@ -12,6 +12,13 @@ the reference masking of ``acttail.sparsity`` and the dense ``F.linear``, so pre
 bit-for-bit the reference. The model code is never touched; ``SparseDecodeHandle.restore()``
 (or leaving the ``with`` block) puts the original modules back. Projections at s_i = 0 keep
 the dense module, exactly as ``apply_sparsity`` leaves them unhooked.
+
+``exact=True`` runs the fp64-accumulating kernel (correctly rounded fp32 outputs, see
+``kernels/gemv.c``), and ``enable_reference_decode`` swaps in the torch-only reference of the
+same computation (TopK masking + fp64 ``F.linear``, rounded once). Both then produce the same
+bits for every single-token product, so greedy tokens of kernel decode and reference decode are
+identical; with fp32 accumulation they differ by summation order (~1 ulp), which a TopK
+boundary elsewhere in the network can turn into a different token after a few dozen steps.
 """
 
 from __future__ import annotations
@@ -46,8 +53,10 @@ class SparseDecodeLinear(nn.Module):
         sparsity: float,
         mode: SparsityMode,
         threshold: float = 0.0,
+        exact: bool = False,
     ) -> None:
         super().__init__()
+        self.exact = exact
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.weight = linear.weight  # shared Parameter: [d_out, d_in]
@@ -86,12 +95,14 @@ class SparseDecodeLinear(nn.Module):
             if self._fast_path(x):
                 y = torch.empty(*x.shape[:-1], self.out_features)
                 kernels.cpu.topk_rows_f32_into(
-                    self.weight_t, x, self.k, self.bias, y, self._workspace
+                    self.weight_t, x, self.k, self.bias, y, self._workspace, self.exact
                 )
                 return y
             xv = x.reshape(self.in_features)
             bias = None if self.bias is None else self.bias.detach()
-            if self.mode is SparsityMode.TOPK:
+            if self.exact:
+                y = self._exact_product(xv, bias)
+            elif self.mode is SparsityMode.TOPK:
                 y = kernels.topk_gemv(self.weight_t, xv, self.k, bias)
             else:
                 y = kernels.threshold_gemv(self.weight_t, xv, self.threshold, bias)
@@ -103,8 +114,47 @@ class SparseDecodeLinear(nn.Module):
         )
         return F.linear(masked, self.weight, self.bias)
 
+    def _exact_product(self, xv: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The fp64-accumulated product for one token, kernel where possible (x: [d_in])."""
+        if self.mode is SparsityMode.TOPK:
+            idx, vals = kernels.select_topk(xv, self.k)
+        else:
+            idx, vals = kernels.select_threshold(xv, self.threshold)
+        if self.weight_t.device.type == "cpu":
+            return kernels.cpu.gather_rows_gemv(self.weight_t, idx, vals, bias, exact=True)
+        return kernels.cpu.torch_gather_gemv(self.weight_t, idx, vals, bias, exact=True)
+
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, mode={self.mode}, s={self.sparsity:.3f}, k={self.k}"
+        return (
+            f"in={self.in_features}, out={self.out_features}, mode={self.mode}, s={self.sparsity:.3f}, "
+            f"k={self.k}, exact={self.exact}"
+        )
+
+
+class ReferenceDecodeLinear(SparseDecodeLinear):
+    """The torch-only reference of ``SparseDecodeLinear(exact=True)``: no kernel, no W^T reads.
+
+    One token: mask with ``topk_sparsify`` / ``threshold_sparsify`` and ``F.linear`` in fp64,
+    rounded once; several tokens (prefill): the same fp32 masking + ``F.linear`` as the kernel
+    module, so both start decoding from the same cache. Holds an fp64 copy of W (2x the fp32
+    weight) from the first decode step: it is a correctness reference, not a production path.
+    """
+
+    _weight64: torch.Tensor | None = None
+    _bias64: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == self.in_features and not torch.is_grad_enabled():
+            masked = (
+                topk_sparsify(x, self.k)
+                if self.mode is SparsityMode.TOPK
+                else threshold_sparsify(x, self.threshold)
+            )
+            if self._weight64 is None:  # one fp64 copy per module, made on the first decode step
+                self._weight64 = self.weight.detach().double()
+                self._bias64 = None if self.bias is None else self.bias.detach().double()
+            return F.linear(masked.double(), self._weight64, self._bias64).to(x.dtype)
+        return super().forward(x)
 
 
 @dataclass
@@ -149,11 +199,16 @@ def enable_sparse_decode(
     sparsities: Mapping[str, float] | Allocation | float,
     mode: SparsityMode | str = SparsityMode.TOPK,
     thresholds: Mapping[str, float] | None = None,
+    *,
+    exact: bool = False,
+    reference: bool = False,
 ) -> SparseDecodeHandle:
     """Swap the sparsified projections of ``model`` for ``SparseDecodeLinear``; returns the handle.
 
     ``sparsities``: {projection module path: s_i in [0, 1)}, an ``Allocation``, or one float for
     uniform. ``threshold`` mode needs ``thresholds`` ({name: t_i}, from ``calibrate_thresholds``).
+    ``exact``: fp64-accumulating kernel (see the module docstring); ``reference``: the torch
+    reference modules instead of the kernel (``enable_reference_decode``).
     Memory: one extra copy of each swapped weight (W^T) until ``restore()``.
     """
     mode = SparsityMode(mode)
@@ -172,8 +227,21 @@ def enable_sparse_decode(
             if mode is SparsityMode.THRESHOLD and thresholds
             else 0.0
         )
-        wrappers[ref.name] = SparseDecodeLinear(linear, s, mode, threshold)
+        module = ReferenceDecodeLinear if reference else SparseDecodeLinear
+        wrappers[ref.name] = module(linear, s, mode, threshold, exact or reference)
         originals[ref.name] = linear
         _set_submodule(model, ref.name, wrappers[ref.name])
-        backend = kernels.backend_name(linear.weight.device, linear.weight.dtype)
+        backend = "torch-reference-fp64" if reference else kernels.backend_name(linear.weight.device, linear.weight.dtype)
+        if exact and not reference:
+            backend += "-exact"
     return SparseDecodeHandle(model, originals, wrappers, smap, backend)
+
+
+def enable_reference_decode(
+    model: nn.Module,
+    sparsities: Mapping[str, float] | Allocation | float,
+    mode: SparsityMode | str = SparsityMode.TOPK,
+    thresholds: Mapping[str, float] | None = None,
+) -> SparseDecodeHandle:
+    """Swap in ``ReferenceDecodeLinear``: what ``enable_sparse_decode(exact=True)`` must equal bit for bit."""
+    return enable_sparse_decode(model, sparsities, mode, thresholds, reference=True)

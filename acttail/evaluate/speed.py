@@ -11,7 +11,12 @@ load hits both alike; the median over ``repeats`` runs is reported.
 
 With ``check_reference`` the same sparsity is also run through the reference implementation
 (``acttail.sparsity.apply_sparsity`` hooks: TopK masking + dense ``F.linear``) and its greedy
-tokens are compared with the kernel path's.
+tokens are compared with the kernel path's. Those can differ after a few dozen tokens: both sum
+in fp32 in different orders (~1 ulp apart), and a TopK boundary downstream can turn that into a
+different kept channel. ``check_exact`` therefore also runs the exact pair
+(``enable_sparse_decode(exact=True)`` against ``enable_reference_decode``: fp64 accumulation,
+one rounding, the same bits), whose tokens must be identical: that is the check that the kernel
+selects and sums the right rows.
 
 ``clock="cpu"`` times with ``time.process_time`` (CPU seconds of the whole process) instead of
 wall time: with one torch thread that is the decode's own work, unaffected by other jobs
@@ -31,7 +36,7 @@ import torch
 from torch import nn
 
 from acttail.allocate import Allocation
-from acttail.sparse_decode import enable_sparse_decode
+from acttail.sparse_decode import enable_reference_decode, enable_sparse_decode
 from acttail.sparsity import SparsityMode, apply_sparsity
 
 if TYPE_CHECKING:
@@ -80,6 +85,10 @@ class SpeedResult:
     prefill_seconds_dense: float
     dense_runs_tokens_per_s: list[float]
     sparse_runs_tokens_per_s: list[float]
+    # The exact pair (fp64-accumulating kernel vs torch fp64 reference): tokens must be identical.
+    exact_tokens_per_s: float | None = None
+    exact_tokens_match_reference: bool | None = None
+    exact_matching_prefix: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,6 +185,7 @@ def measure_decode_speed(
     mode: SparsityMode | str = SparsityMode.TOPK,
     thresholds: Mapping[str, float] | None = None,
     check_reference: bool = True,
+    check_exact: bool = False,
     clock: str = "wall",
 ) -> SpeedResult:
     """Tokens/s of dense and sparse-kernel greedy decode of ``prompt`` (see module docstring).
@@ -223,6 +233,13 @@ def measure_decode_speed(
                 reference = greedy_decode(
                     model, input_ids, new_tokens, warmup_tokens, clock
                 )
+        exact: DecodeRun | None = None
+        exact_reference: DecodeRun | None = None
+        if sparsities is not None and check_exact:
+            with enable_sparse_decode(model, sparsities, mode, thresholds, exact=True):
+                exact = greedy_decode(model, input_ids, new_tokens, warmup_tokens, clock)
+            with enable_reference_decode(model, sparsities, mode, thresholds):
+                exact_reference = greedy_decode(model, input_ids, new_tokens, warmup_tokens, clock)
     finally:
         if handle is not None:
             handle.restore()
@@ -256,4 +273,11 @@ def measure_decode_speed(
         prefill_seconds_dense=statistics.median(r.prefill_seconds for r in dense_runs),
         dense_runs_tokens_per_s=[r.tokens_per_s for r in dense_runs],
         sparse_runs_tokens_per_s=[r.tokens_per_s for r in sparse_runs],
+        exact_tokens_per_s=None if exact is None else exact.tokens_per_s,
+        exact_tokens_match_reference=None
+        if exact is None or exact_reference is None
+        else exact.tokens == exact_reference.tokens,
+        exact_matching_prefix=None
+        if exact is None or exact_reference is None
+        else _common_prefix(exact.tokens, exact_reference.tokens),
     )

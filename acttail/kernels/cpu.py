@@ -132,7 +132,7 @@ def _load() -> ctypes.CDLL | None:
             _STATUS = BuildStatus(False, None, f"build failed: {exc}")
             log.warning("sparse GEMV: %s; using the torch fallback", _STATUS.reason)
             return None
-        for name in ("acttail_rows_f32", "acttail_rows_bf16"):
+        for name in ("acttail_rows_f32", "acttail_rows_f32_exact", "acttail_rows_bf16"):
             fn = getattr(lib, name)
             fn.argtypes = [_ptr, _i64, _ptr, _ptr, _i64, _ptr, _ptr, ctypes.c_int]
             fn.restype = None
@@ -140,20 +140,10 @@ def _load() -> ctypes.CDLL | None:
         lib.acttail_select_threshold.restype = _i64
         lib.acttail_select_topk.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
         lib.acttail_select_topk.restype = _i64
-        lib.acttail_topk_rows_f32.argtypes = [
-            _ptr,
-            _i64,
-            _i64,
-            _ptr,
-            _i64,
-            _ptr,
-            _ptr,
-            ctypes.c_int,
-            _ptr,
-            _ptr,
-            _ptr,
-        ]
-        lib.acttail_topk_rows_f32.restype = None
+        for name in ("acttail_topk_rows_f32", "acttail_topk_rows_f32_exact"):
+            fn = getattr(lib, name)
+            fn.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _ptr, _ptr, ctypes.c_int, _ptr, _ptr, _ptr]
+            fn.restype = None
         lib.acttail_threshold_rows_f32.argtypes = [
             _ptr,
             _i64,
@@ -199,26 +189,33 @@ def gather_rows_gemv(
     idx: torch.Tensor,
     vals: torch.Tensor,
     bias: torch.Tensor | None = None,
+    *,
+    exact: bool = False,
 ) -> torch.Tensor:
     """y = bias + vals @ W^T[idx]  ->  [d_out], via the compiled kernel (fp32/bf16 on CPU).
 
     weight_t: [d_in, d_out] contiguous; idx: int64 [k]; vals: [k] (the selected x entries).
-    Accumulates in fp32 and returns weight_t.dtype. Falls back to torch for other dtypes.
+    Accumulates in fp32 and returns weight_t.dtype; ``exact`` accumulates in fp64 and rounds
+    once (the correctly rounded result, see gemv.c). Falls back to torch for other dtypes.
     """
     _check_rows_args(weight_t, idx, vals)
     lib = _load()
     d_out = weight_t.shape[1]
-    if lib is None or weight_t.dtype not in (torch.float32, torch.bfloat16):
+    if exact:
+        if lib is None or weight_t.dtype != torch.float32:
+            return torch_gather_gemv(weight_t, idx, vals, bias, exact=True)
+    elif lib is None or weight_t.dtype not in (torch.float32, torch.bfloat16):
         return torch_gather_gemv(weight_t, idx, vals, bias)
     idx = idx.to(torch.int64).contiguous()
     v32 = vals.to(torch.float32).contiguous()
     b32 = None if bias is None else bias.to(torch.float32).contiguous()
     y = torch.empty(d_out, dtype=torch.float32)
-    fn = (
-        lib.acttail_rows_f32
-        if weight_t.dtype == torch.float32
-        else lib.acttail_rows_bf16
-    )
+    if exact:
+        fn = lib.acttail_rows_f32_exact
+    elif weight_t.dtype == torch.float32:
+        fn = lib.acttail_rows_f32
+    else:
+        fn = lib.acttail_rows_bf16
     fn(
         weight_t.data_ptr(),
         d_out,
@@ -270,24 +267,30 @@ def _fusable(
 
 
 def fused_topk_gemv(
-    weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None
+    weight_t: torch.Tensor,
+    x: torch.Tensor,
+    k: int,
+    bias: torch.Tensor | None = None,
+    *,
+    exact: bool = False,
 ) -> torch.Tensor:
     """y = W topk_k(x) + bias for one fp32 token in one C call (selection + product), x: [d_in].
 
     Same selection as ``select_topk_c`` (ties to the lowest indices). Other dtypes go through
-    ``select_topk_c`` + ``gather_rows_gemv``.
+    ``select_topk_c`` + ``gather_rows_gemv``. ``exact``: see ``gather_rows_gemv``.
     """
     lib = _load()
     d_in, d_out = weight_t.shape
     k = max(0, min(int(k), d_in))
     if not _fusable(lib, weight_t, x, bias):
         idx, vals = select_topk_c(x, k)
-        return gather_rows_gemv(weight_t, idx, vals, bias)
+        return gather_rows_gemv(weight_t, idx, vals, bias, exact=exact)
     assert lib is not None
     idx, vals, scratch = _WORKSPACE.get(d_in)
     y = torch.empty(d_out, dtype=torch.float32)
     threads = torch.get_num_threads() if k * d_out >= PARALLEL_MIN_WORK else 1
-    lib.acttail_topk_rows_f32(
+    fused = lib.acttail_topk_rows_f32_exact if exact else lib.acttail_topk_rows_f32
+    fused(
         weight_t.data_ptr(),
         d_in,
         d_out,
@@ -310,6 +313,7 @@ def topk_rows_f32_into(
     bias: torch.Tensor | None,
     out: torch.Tensor,
     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    exact: bool = False,
 ) -> None:
     """Decode fast path of ``fused_topk_gemv``: no checks, caller-owned output and workspace.
 
@@ -319,7 +323,8 @@ def topk_rows_f32_into(
     assert _LIB is not None
     d_in, d_out = weight_t.shape
     idx, vals, scratch = workspace
-    _LIB.acttail_topk_rows_f32(
+    fused = _LIB.acttail_topk_rows_f32_exact if exact else _LIB.acttail_topk_rows_f32
+    fused(
         weight_t.data_ptr(),
         d_in,
         d_out,
@@ -371,8 +376,18 @@ def torch_gather_gemv(
     idx: torch.Tensor,
     vals: torch.Tensor,
     bias: torch.Tensor | None = None,
+    *,
+    exact: bool = False,
 ) -> torch.Tensor:
-    """Reference/fallback: gather the selected rows (a copy), then one matrix-vector product."""
+    """Reference/fallback: gather the selected rows (a copy), then one matrix-vector product.
+
+    ``exact``: the product and the bias in fp64, rounded once to ``weight_t.dtype``.
+    """
+    if exact:
+        y64 = vals.double() @ weight_t.index_select(0, idx).double()
+        if bias is not None:
+            y64 = y64 + bias.double()
+        return y64.to(weight_t.dtype)
     y = vals.to(weight_t.dtype) @ weight_t.index_select(0, idx)
     return y if bias is None else y + bias
 

@@ -243,3 +243,25 @@ def test_cuda_kernels_match_dense_on_masked_input(
         torch.testing.assert_close(
             kernels.threshold_gemv(wt, x, t, bias).double(), expected, **tol
         )
+
+
+@pytest.mark.parametrize(("d_out", "d_in", "k"), ((4099, 512, 256), (576, 1536, 1), (1536, 576, 576), (300, 700, 0)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_exact_kernel_is_the_correctly_rounded_fp64_product(
+    d_out: int, d_in: int, k: int, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_WORK", 0)
+    _w, wt, x, bias = _case(d_out, d_in, seed=d_out + k)
+    idx, vals = kernels.select_topk(x, k)
+    expected = cpu.torch_gather_gemv(wt, idx, vals, bias, exact=True)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        rows = cpu.gather_rows_gemv(wt, idx, vals, bias, exact=True)
+        fused = cpu.fused_topk_gemv(wt, x, k, bias, exact=True)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(rows, expected)  # bit for bit, not within a tolerance
+    assert torch.equal(fused, expected)
+    fp32 = cpu.gather_rows_gemv(wt, idx, vals, bias)
+    torch.testing.assert_close(fp32, expected, rtol=1e-5, atol=1e-4)

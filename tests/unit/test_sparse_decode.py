@@ -21,7 +21,7 @@ from acttail.allocate import allocate
 from acttail.errors import AllocationError
 from acttail.evaluate.speed import SpeedResult, greedy_decode, measure_decode_speed
 from acttail.models.architectures import find_projections
-from acttail.sparse_decode import SparseDecodeLinear, enable_sparse_decode
+from acttail.sparse_decode import SparseDecodeLinear, enable_reference_decode, enable_sparse_decode
 from acttail.sparsity import apply_sparsity
 
 NEW_TOKENS = 16
@@ -100,6 +100,34 @@ def test_sparse_decode_greedy_tokens_identical_to_reference(
     assert len(kernel) == NEW_TOKENS
     if setting == "0.9":
         assert kernel != dense  # sparsity this high must change a random model's output
+
+
+@pytest.mark.parametrize("setting", ["0.5", "0.9", "per-projection"])
+def test_exact_kernel_decode_is_bitwise_the_fp64_reference(tiny: nn.Module, setting: str) -> None:
+    sparsities = _per_projection(tiny, 7) if setting == "per-projection" else float(setting)
+    step = torch.tensor([[77]])
+    with torch.inference_mode():
+        with enable_reference_decode(tiny, sparsities) as handle:
+            assert handle.backend == "torch-reference-fp64"
+            cache = tiny(input_ids=PROMPT, use_cache=True).cache
+            expected = tiny(input_ids=step, cache=cache, use_cache=True).logits
+            reference = greedy_decode(tiny, PROMPT, 3 * NEW_TOKENS).tokens
+        with enable_sparse_decode(tiny, sparsities, exact=True) as handle:
+            assert handle.backend == "c-openmp-exact"
+            cache = tiny(input_ids=PROMPT, use_cache=True).cache
+            got = tiny(input_ids=step, cache=cache, use_cache=True).logits
+            kernel = greedy_decode(tiny, PROMPT, 3 * NEW_TOKENS).tokens
+    assert torch.equal(got, expected)  # every projection output is the correctly rounded value
+    assert kernel == reference
+
+
+def test_exact_general_path_matches_exact_fast_path(tiny: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    sparsities = _per_projection(tiny, 11)
+    with enable_sparse_decode(tiny, sparsities, exact=True):
+        fast = greedy_decode(tiny, PROMPT, NEW_TOKENS).tokens
+        monkeypatch.setattr(SparseDecodeLinear, "_fast_path", lambda self, x: False)
+        general = greedy_decode(tiny, PROMPT, NEW_TOKENS).tokens
+    assert fast == general
 
 
 def test_decode_step_logits_match_reference(tiny: nn.Module) -> None:
@@ -254,9 +282,12 @@ def test_measure_decode_speed_reports_both_paths() -> None:
         new_tokens=10,
         warmup_tokens=2,
         repeats=2,
+        check_exact=True,
     )
     assert isinstance(result, SpeedResult)
     assert result.tokens_match_reference is True and result.matching_prefix == 10
+    assert result.exact_tokens_match_reference is True and result.exact_matching_prefix == 10
+    assert result.exact_tokens_per_s is not None and result.exact_tokens_per_s > 0
     assert result.backend == "c-openmp" and result.mode == "topk"
     assert result.target_sparsity == pytest.approx(0.5, abs=0.01)
     assert result.timed_steps == 7 and len(result.dense_runs_tokens_per_s) == 2
@@ -313,3 +344,17 @@ def test_smollm2_sparse_decode_tokens_identical_to_reference(
             kernel = greedy_decode(model, ids, 8).tokens
         assert kernel == reference
     assert not any(isinstance(m, SparseDecodeLinear) for m in model.modules())
+
+
+@pytest.mark.slow
+def test_smollm2_exact_kernel_decode_tokens_identical_to_fp64_reference(
+    smollm2: tuple[nn.Module, object],
+) -> None:
+    model, tokenizer = smollm2
+    ids = tokenizer("The history of the printing press", return_tensors="pt").input_ids
+    with enable_reference_decode(model, 0.7) as handle:
+        reference = greedy_decode(model, ids, 24).tokens
+        handle.restore()
+    with enable_sparse_decode(model, 0.7, exact=True):
+        kernel = greedy_decode(model, ids, 24).tokens
+    assert kernel == reference
