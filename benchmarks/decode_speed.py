@@ -9,6 +9,8 @@ single-token step; prefill uses the reference masking) through the same greedy l
 (``acttail.evaluate.speed.measure_decode_speed``: same prompt, same number of new tokens,
 warm-up dropped, dense and sparse runs interleaved), and whether the greedy tokens equal those
 of the reference implementation (``acttail.sparsity.apply_sparsity`` TopK hooks + dense F.linear).
+The exact pair (fp64-accumulating kernel vs the torch fp64 reference, ``check_exact``) is also
+run: its tokens must be identical in every row (the fp32 pair may drift apart by ~1 ulp).
 
 Amdahl check: the same loop with every projection replaced by a zero-cost stub gives the
 per-token time spent *outside* the projections (attention, norms, LM head, Python); the best a
@@ -78,6 +80,10 @@ def time_outside_projections(
     return statistics.median(sum(r.step_seconds) / len(r.step_seconds) for r in runs)
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
@@ -99,15 +105,16 @@ def to_markdown(result: dict) -> str:
         "",
         (
             "| allocation | target | dense tok/s | sparse tok/s | speed-up | Amdahl bound | reference (hooks) tok/s "
-            "| tokens = reference | identical leading tokens |"
+            "| tokens = reference | identical leading tokens | exact kernel tok/s | exact tokens = fp64 reference |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['method']} | {r['target']:.1f} | {r['dense_tokens_per_s']:.1f} | {r['sparse_tokens_per_s']:.1f} | "
             f"**{r['speedup']:.2f}x** | {r['amdahl_bound']:.2f}x | {r['reference_tokens_per_s']:.1f} | {r['tokens_match_reference']} "
-            f"| {r.get('matching_prefix')} / {r['new_tokens']} |"
+            f"| {r.get('matching_prefix')} / {r['new_tokens']} | {_fmt(r.get('exact_tokens_per_s'))} "
+            f"| {r.get('exact_tokens_match_reference')} ({r.get('exact_matching_prefix')} / {r['new_tokens']}) |"
         )
     a = result["amdahl"]
     lines += [
@@ -206,6 +213,7 @@ def main() -> None:
                 warmup_tokens=args.warmup,
                 repeats=args.repeats,
                 clock=args.clock,
+                check_exact=True,
             )
             proj = dense_step - other
             bound = dense_step / (other + proj * (1 - target))
@@ -219,7 +227,7 @@ def main() -> None:
             print(
                 f"{method:8s} s={target:.1f}: dense {res.dense_tokens_per_s:6.1f} tok/s  sparse {res.sparse_tokens_per_s:6.1f} tok/s  "
                 f"speed-up {res.speedup:.2f}x (Amdahl bound {bound:.2f}x)  reference {res.reference_tokens_per_s:6.1f} tok/s  "
-                f"tokens identical: {res.tokens_match_reference}",
+                f"tokens identical: {res.tokens_match_reference}, exact pair: {res.exact_tokens_match_reference}",
                 flush=True,
             )
     first = runs[0]
