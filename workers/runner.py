@@ -8,9 +8,12 @@ checking between steps whether the job was cancelled::
     stage         fraction    what
     resolve       0.00-0.02   acttail.models.resolve_model(model_id) → describe() → models row
     esd           0.02-0.40   reuse the ESD run of (fingerprint, estimator), else compute and store it
-    allocate      0.40-0.45   acttail.allocate.allocate(alphas, param_counts, target) per target
-    benchmark     0.45-0.98   dense + every allocation: perplexity, zero-shot; per allocation: decode
-                              speed, dense vs sparse kernels (requested evaluations only)
+    allocate      0.40-0.45   acttail.methods.build_allocations(method, targets) from the stored alphas
+      (auto, teal-greedy: 0.40-0.75: "allocate: loading model", then "calibrating: ..." per greedy
+      block and per scored candidate, on WikiText-2 validation text; one greedy trace for all targets)
+    benchmark     ..-0.98     dense + every allocation: perplexity, zero-shot; per allocation: decode
+                              speed, dense vs sparse kernels (requested evaluations only; the model
+                              loaded for calibration is reused)
     done          1.00        link results, mark succeeded
 
 Idempotence: every write is an upsert on a natural key (``acttail.store``), so a job that is run
@@ -40,7 +43,7 @@ from acttail.store.db import session_scope
 from acttail.store.jobs import link_results, mark_failed, mark_running, mark_succeeded, update_progress
 from acttail.store.measurements import Measurement, perplexity_measurements, save_measurements, zeroshot_measurements
 from acttail.store.orm import JobStatus
-from acttail.store.requests import JobRequest
+from acttail.store.requests import NEEDS_MODEL, JobRequest
 from workers.locks import esd_lock
 
 try:  # raised inside a Celery task when the soft time limit passes; absent in embedded-only installs
@@ -78,7 +81,8 @@ STAGE_DELAY_ENV = "ACTTAIL_TEST_STAGE_DELAY"
 
 ESD_SPAN = (0.02, 0.40)
 ALLOCATE_SPAN = (0.40, 0.45)
-BENCHMARK_SPAN = (0.45, 0.98)
+CALIBRATED_ALLOCATE_SPAN = (0.40, 0.75)  # auto / teal-greedy: model load and calibration passes
+BENCHMARK_END = 0.98
 
 
 class JobCancelled(Exception):
@@ -221,10 +225,10 @@ def _execute(ctx: _Context, request: JobRequest, settings: Settings) -> None:
                  description.fingerprint[:12], device)  # fmt: skip
 
     alphas, param_counts = _esd_stage(ctx, source, description, request.estimator, device)
-    allocations = _allocation_stage(ctx, request, description, alphas, param_counts)
+    allocations, loaded = _allocation_stage(ctx, request, source, description, alphas, param_counts, device)
     evaluations = request.evaluations
     if any(spec is not None for spec in (evaluations.perplexity, evaluations.zeroshot, evaluations.speed)):
-        _benchmark_stage(ctx, request, source, description, allocations, device)
+        _benchmark_stage(ctx, request, source, description, allocations, device, loaded)
     with session_scope(ctx.session_factory) as db:
         if not mark_succeeded(ctx.job_id, db_session=db):
             raise JobCancelled("finished after cancellation")
@@ -316,30 +320,44 @@ def _compute_esd(
 def _allocation_stage(
     ctx: _Context,
     request: JobRequest,
+    source: ModelSource,
     description: ModelDescription,
     alphas: Mapping[str, float],
     param_counts: Mapping[str, int],
-) -> list[tuple[int, Allocation]]:
-    """One allocation per requested target, upserted; returns (row id, allocation) pairs."""
-    from acttail.allocate import AllocationParams, Direction, Granularity, allocate
+    device: str,
+) -> tuple[list[tuple[int, Allocation]], tuple[Any, Any] | None]:
+    """One allocation per requested target, upserted; returns (row id, allocation) pairs and the
+    (model, tokenizer) loaded for a calibrated method (None otherwise), for the benchmarks to reuse.
+
+    ``auto`` records its choice and every candidate's calibration perplexity in the document's
+    params, so GET /v1/allocations/{id} shows why it picked what it picked.
+    """
+    from acttail.methods import AlphaTable, build_allocations
     from acttail.store.results import save_allocation
 
-    params = AllocationParams(
-        epsilon=request.epsilon,
-        direction=Direction(request.direction),
-        granularity=Granularity(request.granularity),
-        s_min=request.s_min,
-        s_max=request.s_max,
-    )
-    start, stop = ALLOCATE_SPAN
+    calibrated = request.method in NEEDS_MODEL
+    start, stop = CALIBRATED_ALLOCATE_SPAN if calibrated else ALLOCATE_SPAN
     ctx.report("allocate", start)
-    built = [
-        allocate(
-            alphas, param_counts, target, method=request.method, params=params,
-            model_id=description.model_id, fingerprint=description.fingerprint, estimator=request.estimator,
-        )
-        for target in request.targets
-    ]  # fmt: skip
+    loaded = None
+    if calibrated:
+        ctx.report("allocate: loading model", start)
+        loaded = source.load_causal_lm(device=device)
+
+    def calibrating(stage: str, fraction: float) -> None:  # also the cancellation check
+        ctx.report(f"calibrating: {stage}", start + (stop - start) * fraction)
+
+    alpha_table = AlphaTable(
+        {"model_id": description.model_id, "fingerprint": description.fingerprint}, request.estimator,
+        alphas, param_counts,
+    )  # fmt: skip
+    built = build_allocations(
+        [request.method], report=alpha_table, targets=request.targets,
+        model=None if loaded is None else loaded[0], tokenizer=None if loaded is None else loaded[1],
+        progress=calibrating if calibrated else None, **request.allocation_params(),
+    )  # fmt: skip
+    for allocation in built:
+        if "choice" in allocation.params:
+            ctx.log.info("auto at %g chose %s", allocation.target, allocation.params["choice"]["label"])
     out: list[tuple[int, Allocation]] = []
     with session_scope(ctx.session_factory) as db:
         model = _model_row(description, db)
@@ -348,7 +366,7 @@ def _allocation_stage(
             out.append((row.id, allocation))
         link_results(ctx.job_id, allocation_ids=[row_id for row_id, _ in out], db_session=db)
     ctx.report("allocate", stop)
-    return out
+    return out, loaded
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,13 +380,16 @@ def _benchmark_stage(
     description: ModelDescription,
     allocations: list[tuple[int, Allocation]],
     device: str,
+    loaded: tuple[Any, Any] | None = None,
 ) -> None:
     """Dense model, then each allocation applied with TopK sparsity: the requested evaluations."""
     from acttail.sparsity import apply_sparsity
 
-    start, stop = BENCHMARK_SPAN
-    ctx.report("benchmark: loading model", start)
-    model, tokenizer = source.load_causal_lm(device=device)
+    start = (CALIBRATED_ALLOCATE_SPAN if loaded is not None else ALLOCATE_SPAN)[1]
+    stop = BENCHMARK_END
+    if loaded is None:
+        ctx.report("benchmark: loading model", start)
+    model, tokenizer = loaded if loaded is not None else source.load_causal_lm(device=device)
     token_ids = None
     variants: list[tuple[int | None, Allocation | None]] = [(None, None), *allocations]
     for i, (allocation_id, allocation) in enumerate(variants):

@@ -1,4 +1,8 @@
-"""``acttail alphas`` and ``acttail allocate``: the ESD analysis and the allocation it drives."""
+"""``acttail alphas`` and ``acttail allocate``: the ESD analysis and the allocation it drives.
+
+``allocate`` builds any method of ``acttail.methods``; its default, ``auto``, loads the model and
+chooses on WikiText-2 validation text (the paper's rule lost to uniform on the models we measured).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from acttail.allocate import AllocationParams, Direction, Granularity, allocate
-from acttail.errors import ActTailError
+from acttail.allocate import Direction, Granularity
+from acttail.errors import ActTailError, AllocationError
 
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.figure import Figure
 
+    from acttail.allocate import Allocation
     from acttail.esd import ESDReport, ProjectionESD
 
 console = Console()
 
 ESTIMATORS = ("ks", "ks_peak", "hill")
+# The --method help without importing torch at startup (acttail.methods.METHODS is checked when the
+# command runs, and the help against it by tests/unit/test_allocate_cli.py).
+METHOD_HELP = "uniform | acttail | acttail-reverse | acttail-block | acttail-per-type | teal-greedy | auto"
 
 
 def _check_estimator(value: str) -> str:
@@ -153,33 +161,63 @@ def allocate_command(
     model: ModelArg,
     sparsity: Annotated[float, typer.Option("--sparsity", "-s", min=0.0, max=0.99, help="Target mean sparsity.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Allocation JSON document to write.")],
-    method: Annotated[str, typer.Option("--method", help="acttail | uniform.")] = "acttail",
-    epsilon: Annotated[float, typer.Option("--epsilon", min=0.0, max=0.99, help="Half-width of the alpha map.")] = 0.1,
-    direction: Annotated[Direction, typer.Option("--direction")] = Direction.HIGHER_ALPHA_SPARSER,
-    granularity: Annotated[Granularity, typer.Option("--granularity")] = Granularity.PROJECTION,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method", "-m",
+            help=f"{METHOD_HELP}. auto (default) and teal-greedy load the model and run it on WikiText-2 "
+            "validation text: minutes on a CPU for a 135M model.",
+        ),
+    ] = "auto",
+    epsilon: Annotated[
+        float | None, typer.Option("--epsilon", min=0.0, max=0.99, help="ActTail methods: half-width of the alpha map.")
+    ] = None,
+    direction: Annotated[
+        Direction | None, typer.Option("--direction", help="acttail, acttail-block, acttail-per-type.")
+    ] = None,
+    granularity: Annotated[
+        Granularity | None, typer.Option("--granularity", help="acttail, acttail-reverse, acttail-per-type.")
+    ] = None,
+    calibration_tokens: Annotated[
+        int | None,
+        typer.Option("--calibration-tokens", min=64, help="auto, teal-greedy: WikiText-2 validation tokens [8192]."),
+    ] = None,
+    calibration_seqlen: Annotated[
+        int | None, typer.Option("--calibration-seqlen", min=16, help="auto, teal-greedy: window length [512].")
+    ] = None,
+    min_gain: Annotated[
+        float | None,
+        typer.Option("--min-gain", min=0.0, max=0.5, help="auto: keep uniform unless a candidate wins by this [0.01]."),
+    ] = None,
     estimator: EstimatorOpt = "ks",
     revision: RevisionOpt = None,
     alphas_json: Annotated[
         Path | None, typer.Option("--alphas", help="Reuse a report written by `acttail alphas --json`.")
     ] = None,
     plot: PlotOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or stage lines.")] = False,
 ) -> None:
-    """Per-projection sparsities whose parameter-weighted mean is the target."""
-    if method not in ("acttail", "uniform"):
-        raise typer.BadParameter(f"unknown method {method!r}; valid: acttail, uniform", param_hint="--method")
-    report = _load_or_compute(model, revision, estimator, alphas_json)
-    description = report.model
-    document = allocate(
-        report.alphas(),
-        report.param_counts(),
-        sparsity,
-        method=method,
-        params=AllocationParams(epsilon=epsilon, direction=direction, granularity=granularity),
-        model_id=description["model_id"],
-        fingerprint=description["fingerprint"],
-        estimator=report.estimator,
-    )
+    """Per-projection sparsities whose parameter-weighted mean is the target.
+
+    The default method, auto, scores uniform, ActTail variants and TEAL's greedy search on
+    WikiText-2 validation text and keeps uniform unless another wins there by --min-gain, so it
+    needs the model loaded; the alpha-only methods (uniform, acttail...) need just the alphas.
+    """
+    from acttail.methods import METHODS, NEEDS_MODEL, method_knobs
+
+    if method not in METHODS:
+        raise AllocationError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    knobs = _method_knobs(
+        method, method_knobs(method), epsilon=epsilon, direction=direction, granularity=granularity,
+        calibration_tokens=calibration_tokens, calibration_seqlen=calibration_seqlen, min_gain=min_gain,
+    )  # fmt: skip
+    report = _load_or_compute(model, revision, estimator, alphas_json, progress=not quiet)
+    document = _build(model, revision, method, sparsity, report, knobs, needs_model=method in NEEDS_MODEL, quiet=quiet)
     document.save(output)
+    if "choice" in document.params:
+        console.print(f"auto chose: {document.params['choice']['label']}", highlight=False)
+        for row in document.params["grid"]:
+            console.print(f"  {row['label']:<45} calibration PPL {row['calibration_ppl']:.4f}", highlight=False)
     console.print(
         f"wrote {output}: {method} at {sparsity:.0%} over {len(document.sparsities)} projections, "
         f"range {min(document.sparsities.values()):.3f}–{max(document.sparsities.values()):.3f}, "
@@ -192,11 +230,59 @@ def allocate_command(
         console.print(f"wrote {len(written)} figures to {plot}")
 
 
-def _load_or_compute(model: str, revision: str | None, estimator: str, alphas_json: Path | None) -> ESDReport:
+def _method_knobs(method: str, accepted: frozenset[str], **given: object) -> dict[str, object]:
+    """The options the user set, refused (one line) where ``method`` does not read them."""
+    knobs = {name: value for name, value in given.items() if value is not None}
+    for name in knobs:
+        if name not in accepted:
+            raise AllocationError(f"--{name.replace('_', '-')} does not apply to method {method!r}")
+    return knobs
+
+
+def _build(
+    model: str, revision: str | None, method: str, target: float, report: ESDReport, knobs: dict[str, object],
+    *, needs_model: bool, quiet: bool,
+) -> Allocation:  # fmt: skip
+    """The allocation; for auto and teal-greedy the model is loaded and every stage is drawn."""
+    from acttail.methods import build_allocations
+
+    if not needs_model:
+        return build_allocations([method], report=report, targets=[target], **knobs)[0]
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from acttail.models import resolve_model
+
+    source = resolve_model(model, revision)
+    if report.model.get("fingerprint") not in ("", None, source.describe().fingerprint):
+        raise AllocationError(f"--alphas was computed for another model than {model} (fingerprint differs)")
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                   TimeElapsedColumn(), console=console, transient=True, disable=quiet)  # fmt: skip
+    shown: list[str] = []
+
+    def progress(stage: str, fraction: float) -> None:
+        bar.update(task, completed=fraction, description=f"{method}: {stage}")
+        head = stage.split(",")[0]  # a line per stage, not per greedy block
+        if not quiet and (not shown or shown[-1] != head):
+            bar.console.print(f"{method}: {stage}", highlight=False)
+            shown.append(head)
+
+    with bar:
+        task = bar.add_task(f"{method}: loading model", total=1.0)
+        if not quiet:
+            bar.console.print(f"{method}: loading model (it runs on WikiText-2 validation text)", highlight=False)
+        loaded, tokenizer = source.load_causal_lm()
+        return build_allocations(
+            [method], report=report, targets=[target], model=loaded, tokenizer=tokenizer, progress=progress, **knobs
+        )[0]
+
+
+def _load_or_compute(
+    model: str, revision: str | None, estimator: str, alphas_json: Path | None, progress: bool = True
+) -> ESDReport:
     from acttail.esd import ESDReport
 
     if alphas_json is None:
-        return compute_report(model, revision, estimator)[0]
+        return compute_report(model, revision, estimator, progress=progress)[0]
     try:
         return ESDReport.from_dict(json.loads(alphas_json.read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:

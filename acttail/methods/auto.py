@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from acttail.methods.per_type import allocate_per_type
 from acttail.methods.teal_greedy import GreedyTrace, allocation_from_trace, greedy_trace
 
 if TYPE_CHECKING:
-    from acttail.esd import ESDReport
+    from acttail.methods import AlphaReport
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Candidate:
 
     def build(
         self,
-        report: ESDReport,
+        report: AlphaReport,
         target: float,
         s_min: float,
         s_max: float,
@@ -158,7 +158,7 @@ class AutoChoice:
 
 
 def auto_allocation(
-    report: ESDReport,
+    report: AlphaReport,
     target: float,
     model: nn.Module,
     calibration: CalibrationSet,
@@ -168,8 +168,12 @@ def auto_allocation(
     s_min: float = 0.0,
     s_max: float = 0.99,
     trace: GreedyTrace | None = None,
+    progress: Callable[[str, float], None] | None = None,
 ) -> AutoChoice:
-    """Score every grid candidate on ``calibration`` and return the choice (see module docstring)."""
+    """Score every grid candidate on ``calibration`` and return the choice (see module docstring).
+
+    ``progress(stage, fraction)`` is called before the greedy search and before every candidate.
+    """
     if not grid or grid[0].method != "uniform":
         raise AllocationError(
             "the auto grid must start with the uniform candidate (its fallback)"
@@ -177,9 +181,12 @@ def auto_allocation(
     if not 0.0 <= min_gain < 1.0:
         raise AllocationError(f"min_gain must be in [0, 1), got {min_gain}")
     if trace is None and any(c.method == "teal-greedy" for c in grid):
-        trace = greedy_trace(model, calibration, max_target=target, s_max=s_max)
+        on_block = None if progress is None else (lambda stage, _f: progress(stage, 0.0))
+        trace = greedy_trace(model, calibration, max_target=target, s_max=s_max, progress=on_block)
     allocations, ppl = [], []
-    for candidate in grid:
+    for i, candidate in enumerate(grid):
+        if progress is not None:
+            progress(f"candidate {i + 1}/{len(grid)}: {candidate.label}", i / len(grid))
         alloc = candidate.build(report, target, s_min, s_max, trace)
         allocations.append(alloc)
         ppl.append(math.exp(calibration_nll(model, calibration, alloc)))

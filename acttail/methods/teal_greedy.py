@@ -24,7 +24,7 @@ applies the clipping bounds. Sparsification is TopK (ActTail's), not TEAL's thre
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,11 +203,13 @@ def greedy_trace(
     max_tokens: int = DEFAULT_GREEDY_TOKENS,
     last_fraction: float = DEFAULT_LAST_FRACTION,
     s_max: float = 0.99,
+    progress: Callable[[str, float], None] | None = None,
 ) -> GreedyTrace:
     """Run TEAL's greedy search in every block up to effective sparsity ``max_target``.
 
     Uses the first ``max_tokens`` calibration tokens (whole windows). Cost: about
-    2 x (7 / step) x max_target block passes per block.
+    2 x (7 / step) x max_target block passes per block. ``progress(stage, fraction)`` is called
+    before every block (callers use it to draw progress and to stop a cancelled job).
     """
     if not 0.0 < step <= 0.5:
         raise AllocationError(f"greedy step must be in (0, 0.5], got {step}")
@@ -220,6 +222,8 @@ def greedy_trace(
     io = _capture_block_io(model, list(by_layer), windows)
     blocks = []
     for index, (layer_name, projections) in enumerate(by_layer.items()):
+        if progress is not None:
+            progress(f"greedy search, block {index + 1}/{len(by_layer)}", index / len(by_layer))
         blocks.append(
             _greedy_block(
                 index,

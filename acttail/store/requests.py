@@ -15,12 +15,33 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from acttail.store.upsert import canonical_hash
 
-# Kept in step with acttail.models.bundled.BUNDLED and acttail.esd / acttail.evaluate.tasks by
-# tests/integration/test_api_validation.py (importing them here would pull torch into the API).
+# Kept in step with acttail.models.bundled.BUNDLED, acttail.esd, acttail.evaluate.tasks and
+# acttail.methods (names, default, knobs, calibration defaults) by tests/integration/test_api_validation.py
+# (importing them here would pull torch into the API).
 BUNDLED_ALIASES = frozenset({"smollm2-135m", "gemma3-270m"})
 ESTIMATORS = ("ks", "ks_peak", "hill")
 ZEROSHOT_TASKS = ("arc_easy", "arc_challenge", "piqa", "winogrande", "boolq", "hellaswag", "lambada_openai")
-METHODS = ("acttail", "uniform")
+METHODS = ("uniform", "acttail", "acttail-reverse", "acttail-block", "acttail-per-type", "teal-greedy", "auto")
+DEFAULT_METHOD = "auto"  # never worse than uniform on its calibration text (docs/science.md)
+NEEDS_MODEL = frozenset({"teal-greedy", "auto"})  # the worker loads the model to build these
+DEFAULT_CALIBRATION_TOKENS = 8192
+DEFAULT_CALIBRATION_SEQLEN = 512
+
+_ALPHA = ("epsilon", "direction", "granularity", "s_min", "s_max")
+_CALIBRATION = ("calibration_tokens", "calibration_seqlen")
+#: Request fields each method uses, by their JobRequest names (``REGISTRY_NAMES`` maps the others).
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "uniform": (),
+    "acttail": _ALPHA,
+    "acttail-reverse": tuple(k for k in _ALPHA if k != "direction"),
+    "acttail-block": tuple(k for k in _ALPHA if k != "granularity"),
+    "acttail-per-type": _ALPHA,
+    "teal-greedy": ("s_min", "s_max", *_CALIBRATION, "greedy_tokens", "greedy_step"),
+    "auto": ("s_min", "s_max", *_CALIBRATION, "min_gain"),
+}
+REGISTRY_NAMES = {"greedy_step": "step"}
+#: Optional knobs: None means the method's default; set for a method that ignores them, they are refused.
+OPTIONAL_KNOBS = ("calibration_tokens", "calibration_seqlen", "min_gain", "greedy_tokens", "greedy_step")
 MAX_MODEL_ID_LENGTH = 512
 REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 
@@ -71,18 +92,36 @@ class Evaluations(_Strict):
 
 
 class JobRequest(_Strict):
-    """Compute alphas for a model, allocations for each target, then the requested benchmarks."""
+    """Compute alphas for a model, allocations for each target, then the requested benchmarks.
+
+    ``method`` is any of ``acttail.methods.METHODS``; the default ``auto`` (and ``teal-greedy``)
+    run the model on WikiText-2 validation text, which costs the worker a model load and about
+    six calibration passes per target. ``epsilon``/``direction``/``granularity`` only move the
+    ActTail methods; the calibration knobs are refused for methods that do not read them.
+    """
 
     model_id: str = Field(min_length=1, max_length=MAX_MODEL_ID_LENGTH, examples=["smollm2-135m"])
     revision: str | None = Field(default=None, max_length=128)
     estimator: Literal[ESTIMATORS] = "ks"  # type: ignore[valid-type]
     targets: list[Target] = Field(default_factory=lambda: [0.5], min_length=1, max_length=32)
-    method: Literal[METHODS] = "acttail"  # type: ignore[valid-type]
+    method: Literal[METHODS] = DEFAULT_METHOD  # type: ignore[valid-type]
     epsilon: float = Field(default=0.1, ge=0.0, lt=1.0)
     direction: Literal["higher_alpha_sparser", "lower_alpha_sparser"] = "higher_alpha_sparser"
     granularity: Literal["projection", "block"] = "projection"
     s_min: float = Field(default=0.0, ge=0.0, lt=1.0)
     s_max: float = Field(default=0.99, gt=0.0, lt=1.0)
+    calibration_tokens: int | None = Field(
+        default=None, ge=64, le=262_144, description=f"auto, teal-greedy: WikiText-2 validation tokens "
+        f"(None = {DEFAULT_CALIBRATION_TOKENS})",
+    )  # fmt: skip
+    calibration_seqlen: int | None = Field(
+        default=None, ge=16, le=8192, description=f"auto, teal-greedy: window length (None = {DEFAULT_CALIBRATION_SEQLEN})"
+    )
+    min_gain: float | None = Field(
+        default=None, ge=0.0, le=0.5, description="auto: keep uniform unless a candidate wins by this fraction (None = 0.01)"
+    )
+    greedy_tokens: int | None = Field(default=None, ge=16, le=65_536, description="teal-greedy: search tokens")
+    greedy_step: float | None = Field(default=None, gt=0.0, le=0.5, description="teal-greedy: sparsity step")
     evaluations: Evaluations = Field(default_factory=Evaluations)
     shared: bool = Field(default=False, description="Publish allocations and benchmarks to every team.")
     queue: Literal["cpu", "gpu"] | None = Field(default=None, description="None = the server's default queue")
@@ -116,14 +155,24 @@ class JobRequest(_Strict):
         for target in self.targets:
             if not self.s_min <= target <= self.s_max:
                 raise ValueError(f"target {target} is outside [s_min, s_max] = [{self.s_min}, {self.s_max}]")
+        for name in OPTIONAL_KNOBS:
+            if getattr(self, name) is not None and name not in METHOD_FIELDS[self.method]:
+                users = [m for m in METHODS if name in METHOD_FIELDS[m]]
+                raise ValueError(f"{name} does not apply to method {self.method!r} (only to {', '.join(users)})")
+        tokens = self.calibration_tokens or DEFAULT_CALIBRATION_TOKENS
+        seqlen = self.calibration_seqlen or DEFAULT_CALIBRATION_SEQLEN
+        if self.method in NEEDS_MODEL and tokens < seqlen:
+            raise ValueError(f"calibration_tokens ({tokens}) must be at least calibration_seqlen ({seqlen})")
         return self
 
     def allocation_params(self) -> dict[str, object]:
-        """Keyword arguments of acttail.allocate.AllocationParams."""
-        return {
-            "epsilon": self.epsilon, "direction": self.direction, "granularity": self.granularity,
-            "s_min": self.s_min, "s_max": self.s_max,
-        }  # fmt: skip
+        """Keyword arguments of ``acttail.methods.build_allocation`` for ``method`` (set knobs only)."""
+        out: dict[str, object] = {}
+        for name in METHOD_FIELDS[self.method]:
+            value = getattr(self, name)
+            if value is not None:
+                out[REGISTRY_NAMES.get(name, name)] = value
+        return out
 
     def request_hash(self) -> str:
         """sha256 of the canonical request: equal requests (after normalisation) hash equal."""

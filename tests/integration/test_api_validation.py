@@ -8,7 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from acttail.store.requests import BUNDLED_ALIASES, ESTIMATORS, ZEROSHOT_TASKS
+from acttail.store.requests import (
+    BUNDLED_ALIASES,
+    DEFAULT_CALIBRATION_SEQLEN,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_METHOD,
+    ESTIMATORS,
+    METHOD_FIELDS,
+    METHODS,
+    NEEDS_MODEL,
+    REGISTRY_NAMES,
+    ZEROSHOT_TASKS,
+)
 from tests.integration.conftest import MAX_BODY, Api
 
 pytestmark = pytest.mark.integration
@@ -65,7 +76,16 @@ def test_absolute_path_inside_root_is_accepted(api: Api, key: str, model_root: P
         ({"targets": [round(0.01 * i, 2) for i in range(33)]}, "at most 32 items"),
         ({"targets": ["half"]}, "targets.0"),
         ({"estimator": "magic"}, "estimator"),
-        ({"method": "random"}, "method"),
+        ({"method": "random"}, "method: Input should be 'uniform', 'acttail', 'acttail-reverse', 'acttail-block', "
+                               "'acttail-per-type', 'teal-greedy' or 'auto'"),
+        ({"method": "uniform", "min_gain": 0.05}, "min_gain does not apply to method 'uniform' (only to auto)"),
+        ({"method": "acttail", "calibration_tokens": 4096}, "does not apply to method 'acttail' (only to teal-greedy, auto)"),
+        ({"greedy_step": 0.2}, "greedy_step does not apply to method 'auto' (only to teal-greedy)"),
+        ({"calibration_tokens": 256}, "calibration_tokens (256) must be at least calibration_seqlen (512)"),
+        ({"calibration_tokens": 10**7}, "calibration_tokens: Input should be less than or equal to 262144"),
+        ({"calibration_seqlen": 8}, "calibration_seqlen: Input should be greater than or equal to 16"),
+        ({"min_gain": 0.9}, "min_gain: Input should be less than or equal to 0.5"),
+        ({"method": "teal-greedy", "greedy_step": 0.0}, "greedy_step: Input should be greater than 0"),
         ({"epsilon": 2}, "epsilon"),
         ({"targets": [0.95], "s_max": 0.9}, "outside [s_min, s_max]"),
         ({"evaluations": {"zeroshot": {"tasks": ["mmlu"]}}}, "evaluations.zeroshot.tasks.0"),
@@ -78,6 +98,23 @@ def test_bad_job_bodies_are_422(api: Api, key: str, overrides: dict[str, object]
     response = api.client.post("/v1/jobs", json={"model_id": "org/m", **overrides}, headers=Api.auth(key))
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_registry_method_is_accepted(api: Api, key: str, method: str) -> None:
+    response = api.client.post("/v1/jobs", json={"model_id": "local-model", "method": method}, headers=Api.auth(key))
+    assert response.status_code == 202, response.text
+    job = api.client.get(response.json()["url"], headers=Api.auth(key)).json()
+    assert job["request"]["method"] == method
+
+
+def test_default_method_is_auto_with_its_calibration_knobs(api: Api, key: str) -> None:
+    body = {"model_id": "local-model", "targets": [0.7], "calibration_tokens": 1024, "calibration_seqlen": 128,
+            "min_gain": 0.02}  # fmt: skip
+    response = api.client.post("/v1/jobs", json=body, headers=Api.auth(key))
+    assert response.status_code == 202, response.text
+    request = api.client.get(response.json()["url"], headers=Api.auth(key)).json()["request"]
+    assert (request["method"], request["calibration_tokens"], request["min_gain"]) == ("auto", 1024, 0.02)
 
 
 def test_malformed_json_is_422(api: Api, key: str) -> None:
@@ -117,6 +154,24 @@ def test_api_constants_match_the_science_core() -> None:
     assert set(ESTIMATORS) == {e.value for e in Estimator}
     assert set(ZEROSHOT_TASKS) == set(ALL_TASKS)
     assert API_HUB_ID_PATTERN.pattern == HUB_ID_PATTERN.pattern
+
+
+def test_api_methods_match_the_registry() -> None:
+    """JobRequest keeps a torch-free copy of acttail.methods: names, default, knobs, calibration defaults."""
+    import acttail.methods as registry
+    from acttail.methods import calibration
+    from acttail.store.requests import JobRequest
+
+    assert METHODS == tuple(registry.METHODS)
+    assert DEFAULT_METHOD == registry.DEFAULT_METHOD == JobRequest.model_fields["method"].default
+    assert NEEDS_MODEL == registry.NEEDS_MODEL
+    assert (DEFAULT_CALIBRATION_TOKENS, DEFAULT_CALIBRATION_SEQLEN) == (
+        calibration.DEFAULT_CALIBRATION_TOKENS, calibration.DEFAULT_CALIBRATION_SEQLEN,
+    )  # fmt: skip
+    assert set(METHOD_FIELDS) == set(METHODS)
+    for method, fields in METHOD_FIELDS.items():
+        assert all(name in JobRequest.model_fields for name in fields)
+        assert {REGISTRY_NAMES.get(name, name) for name in fields} <= registry.method_knobs(method), method
 
 
 def test_api_does_not_import_torch() -> None:

@@ -83,7 +83,7 @@ def test_bad_esd_projection_exits_2_with_one_line(
 def test_allocate_plot_writes_the_heatmap(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "heat"
     result = runner.invoke(app, ["allocate", str(model_dir), "-s", "0.5", "-o", str(tmp_path / "alloc.json"),
-                                 "--plot", str(out)])
+                                 "--method", "acttail", "--plot", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["allocation.png", "allocation.svg"]
     assert_images(list(out.iterdir()))

@@ -14,8 +14,10 @@ from acttail.esd import ESDReport, analyze_weights
 from acttail.methods import (
     METHODS,
     build_allocation,
+    build_allocations,
     calibration_from_ids,
     calibration_nll,
+    method_knobs,
 )
 from acttail.methods.auto import DEFAULT_GRID, Candidate, auto_allocation
 from acttail.methods.per_type import per_type_normalised
@@ -260,3 +262,46 @@ def test_auto_can_pick_the_greedy_candidate(
         )
         assert choice.allocation.sparsities == greedy.sparsities
     assert DEFAULT_GRID[-1].method == "teal-greedy"
+
+
+def test_build_allocations_shares_one_greedy_trace_across_targets(
+    model: torch.nn.Module, report: ESDReport, calibration
+) -> None:
+    stages: list[tuple[str, float]] = []
+    built = build_allocations(
+        ["uniform", "teal-greedy", "auto"],
+        report=report,
+        targets=[0.3, 0.6],
+        model=model,
+        calibration=calibration,
+        progress=lambda stage, fraction: stages.append((stage, fraction)),
+        step=0.25,
+        greedy_tokens=64,
+        min_gain=0.0,
+    )
+    assert [(a.method, a.target) for a in built] == [
+        (m, t) for t in (0.3, 0.6) for m in ("uniform", "teal-greedy", "auto")
+    ]
+    for alloc in built:
+        _check_budget(alloc, alloc.target)
+    names = [s for s, _ in stages]
+    assert names.count("greedy search, block 1/3") == 1  # one trace for both targets and methods
+    assert built[1].params["max_target"] == built[4].params["max_target"] == 0.6
+    assert built[1].params["calibration"]["tokens"] == 128
+    assert any(s.startswith("auto@0.6: candidate 6/6") for s in names)
+    fractions = [f for _, f in stages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    greedy = build_allocation(
+        "teal-greedy", report=report, target=0.6, model=model, calibration=calibration,
+        step=0.25, greedy_tokens=64,
+    )  # fmt: skip
+    assert greedy.sparsities == built[4].sparsities  # the shared trace gives the single-target answer
+
+
+def test_build_allocations_refuses_knobs_no_method_reads(report: ESDReport) -> None:
+    with pytest.raises(AllocationError, match="unknown parameter.*min_gain; valid: direction, epsilon"):
+        build_allocations(["uniform", "acttail"], report=report, targets=[0.5], min_gain=0.1)
+    with pytest.raises(AllocationError, match="auto needs the loaded model"):
+        build_allocations(["uniform", "auto"], report=report, targets=[0.5])
+    assert build_allocations(["acttail"], report=report, targets=[]) == []
+    assert method_knobs("auto") >= {"min_gain", "calibration_tokens", "calibration_seqlen"}

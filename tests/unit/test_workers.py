@@ -2,7 +2,8 @@
 
 ``run_job`` is exercised for real (migrated SQLite database, a tiny random Llama saved as
 safetensors) on the paths that end a job early: unknown model, pickle-only checkpoint,
-unsupported architecture, a job cancelled mid-run, and a job that is not runnable.
+unsupported architecture, a job cancelled mid-run (after ESD, during calibration), a job that is
+not runnable; and on the default method ``auto``, which loads the model to calibrate.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from acttail.errors import ModelNotFoundError
 from acttail.settings import Settings
 from workers.celery_app import celery_config, create_celery_app, visibility_timeout_for
+from tests.conftest import save_tiny_model
 from workers.runner import ESD_SPAN, _parse_delay, failure_reason, run_job
 from workers.tasks import backoff_delay
+
+# Small calibration for the default method (auto): 4 windows of 64 byte tokens.
+QUICK_CALIBRATION = {"calibration_tokens": 256, "calibration_seqlen": 64}
 
 
 @pytest.mark.parametrize("hard", [20, 600, 22_200, 86_400])
@@ -169,12 +174,84 @@ def test_job_cancelled_mid_run_stops_between_stages(service: dict[str, Any], tin
 
 def test_second_job_reuses_the_esd_run(service: dict[str, Any], tiny_model: Callable[..., Any]) -> None:
     tiny_model("llama").save_pretrained(service["root"] / "tiny", safe_serialization=True)
-    first = _run(service, _submit(service, "tiny", targets=[0.5]))
+    first = _run(service, _submit(service, "tiny", targets=[0.5], method="acttail"))
     second = _run(service, _submit(service, "tiny", targets=[0.7], method="uniform"))
     assert (first.status, second.status) == ("succeeded", "succeeded")
     assert first.esd_run_id == second.esd_run_id
     assert len(first.allocation_ids) == len(second.allocation_ids) == 1
     assert first.allocation_ids != second.allocation_ids
+
+
+def _allocation_documents(service: dict[str, Any], ids: list[int]) -> list[dict[str, Any]]:
+    from acttail.store.db import session_scope
+    from acttail.store.results import get_allocation
+
+    with session_scope(service["factory"]) as db:
+        return [get_allocation(i, team_id=service["team_id"], db_session=db).document for i in ids]
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_default_auto_job_records_its_choice_and_meets_the_budget(service: dict[str, Any]) -> None:
+    """The default method calibrates on WikiText-2 validation: one model load, one greedy trace for
+    both targets, a "calibrating" stage in the job row, the choice and grid scores in each document."""
+    save_tiny_model(service["root"] / "tiny")
+    evaluations = {"perplexity": {"seqlen": 64, "max_tokens": 128}}
+    job_id = _submit(service, "tiny", targets=[0.2, 0.4], evaluations=evaluations, **QUICK_CALIBRATION)
+    stages: list[str] = []
+    job = _run(service, job_id, lambda stage, fraction: stages.append(stage))
+    assert (job.status, job.error) == ("succeeded", None)
+    assert job.request["method"] == "auto"
+    assert stages.count("allocate: loading model") == 1 and not any(s == "benchmark: loading model" for s in stages)
+    assert sum(s == "calibrating: greedy search, block 1/2" for s in stages) == 1  # shared by both targets
+    assert any(s.startswith("calibrating: auto@0.4: candidate 6/6") for s in stages)
+    docs = _allocation_documents(service, job.allocation_ids)
+    assert [d["target"] for d in docs] == [0.2, 0.4]
+    for doc in docs:
+        assert doc["method"] == "auto"
+        params = doc["params"]
+        labels = [row["label"] for row in params["grid"]]
+        assert labels[0] == "uniform" and labels[-1] == "teal-greedy" and len(labels) == 6
+        assert params["choice"]["label"] in labels
+        assert all(row["calibration_ppl"] > 1.0 for row in params["grid"])
+        assert params["calibration"]["tokens"] == 256 and params["calibration"]["seqlen"] == 64
+        assert params["calibration"]["source"] == "wikitext-2-raw-v1 validation"
+        counts = doc["param_counts"]
+        mean = sum(s * counts[n] for n, s in doc["sparsities"].items()) / sum(counts.values())
+        assert abs(mean - doc["target"]) < 1e-6
+    assert len(job.benchmark_ids) == 3  # perplexity: dense + 2 allocations
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_job_cancelled_during_calibration_stops(service: dict[str, Any]) -> None:
+    from acttail.store.db import session_scope
+    from acttail.store.jobs import cancel_job
+
+    save_tiny_model(service["root"] / "tiny")
+    job_id = _submit(service, "tiny", targets=[0.5], method="teal-greedy", **QUICK_CALIBRATION)
+    stages: list[str] = []
+
+    def cancel_while_calibrating(stage: str, fraction: float) -> None:
+        stages.append(stage)
+        if stage.startswith("calibrating: greedy search"):
+            with session_scope(service["factory"]) as db:
+                cancel_job(job_id, team_id=service["team_id"], db_session=db)
+
+    job = _run(service, job_id, cancel_while_calibrating)
+    assert job.status == "cancelled"
+    assert job.allocation_ids == []
+    assert stages[-1] == "calibrating: greedy search, block 2/2"  # the report after the cancel stops it
+    assert not any(s.startswith("benchmark") for s in stages)
 
 
 def test_hard_time_limit_is_recorded_on_the_job(service: dict[str, Any]) -> None:

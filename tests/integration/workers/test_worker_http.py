@@ -2,8 +2,10 @@
 alphas, the allocation document and the benchmarks back.
 
 * PostgreSQL + Redis + a Celery worker process (the API runs in-process via TestClient with the
-  CeleryDispatcher; the worker is a separate ``celery worker`` process).
-* SQLite in embedded mode (``ACTTAIL_EXECUTOR=embedded``: a thread pool in the API process, no Redis).
+  CeleryDispatcher; the worker is a separate ``celery worker`` process), with the default method
+  ``auto``: the worker loads the model to calibrate and the document records the choice.
+* SQLite in embedded mode (``ACTTAIL_EXECUTOR=embedded``: a thread pool in the API process, no Redis),
+  with the paper's rule (``acttail``).
 * A Redis outage: submissions answer 503 while the broker is down, and the API and the worker
   recover by themselves once it is back (a private redis-server on port 6390).
 """
@@ -30,6 +32,7 @@ EVALUATIONS = {
     "speed": {"new_tokens": 8, "warmup_tokens": 2, "repeats": 1},
 }
 OUTAGE_PORT = 6390
+QUICK_CALIBRATION = {"calibration_tokens": 1024, "calibration_seqlen": 128}
 
 
 def _client(settings: Any) -> Iterator[TestClient]:
@@ -49,7 +52,7 @@ def _poll(client: TestClient, job_id: str, headers: dict[str, str], timeout: flo
 
 def _check_results(
     client: TestClient, headers: dict[str, str], job: dict[str, Any], model_id: str,
-    kinds: frozenset[str] = frozenset({"perplexity", "zeroshot", "speed"}),
+    kinds: frozenset[str] = frozenset({"perplexity", "zeroshot", "speed"}), method: str = "acttail",
 ) -> None:  # fmt: skip
     """Alphas, the allocation document and the benchmark rows of a succeeded job, over HTTP."""
     assert (job["status"], job["progress"], job["error"]) == ("succeeded", 1.0, None), job
@@ -61,7 +64,12 @@ def _check_results(
 
     [allocation_id] = job["allocation_ids"]
     doc = client.get(f"/v1/allocations/{allocation_id}", headers=headers).json()
-    assert (doc["format"], doc["method"], doc["target"]) == ("acttail.allocation", "acttail", 0.5)
+    assert (doc["format"], doc["method"], doc["target"]) == ("acttail.allocation", method, 0.5)
+    if method == "auto":  # the choice, every candidate's calibration perplexity and the text they came from
+        labels = [row["label"] for row in doc["params"]["grid"]]
+        assert labels[0] == "uniform" and doc["params"]["choice"]["label"] in labels
+        assert all(row["calibration_ppl"] > 1.0 for row in doc["params"]["grid"])
+        assert doc["params"]["calibration"]["tokens"] == QUICK_CALIBRATION["calibration_tokens"]
     assert set(doc["sparsities"]) == set(body["alphas"])
     weighted = sum(s * doc["param_counts"][n] for n, s in doc["sparsities"].items()) / sum(doc["param_counts"].values())
     assert weighted == pytest.approx(0.5, abs=1e-6)
@@ -96,12 +104,14 @@ def test_http_job_on_postgres_with_celery_worker(
     headers = {"Authorization": f"Bearer {team[1]}"}
     for client in _client(settings):
         evaluations = {"perplexity": EVALUATIONS["perplexity"]}  # the embedded test runs all three
-        response = client.post("/v1/jobs", json={"model_id": model_id, "targets": [0.5], "evaluations": evaluations},
-                               headers=headers)  # fmt: skip
+        body = {"model_id": model_id, "targets": [0.5], "evaluations": evaluations, **QUICK_CALIBRATION}
+        response = client.post("/v1/jobs", json=body, headers=headers)  # default method: auto
         assert response.status_code == 202, response.text
         job = _poll(client, response.json()["id"], headers)
-        _check_results(client, headers, job, model_id, kinds=frozenset({"perplexity"}))
-    assert f"[job {job['id']}] job succeeded after" in worker.log()
+        _check_results(client, headers, job, model_id, kinds=frozenset({"perplexity"}), method="auto")
+    log = worker.log()
+    assert f"[job {job['id']}] job succeeded after" in log
+    assert f"[job {job['id']}] auto at 0.5 chose " in log
 
 
 def test_http_job_embedded_on_sqlite(
@@ -119,8 +129,10 @@ def test_http_job_embedded_on_sqlite(
     assert settings.is_sqlite and settings.executor == "embedded"
     for client in _client(settings):
         headers = {"Authorization": f"Bearer {settings.api_key_file.read_text().strip()}"}
-        response = client.post("/v1/jobs", json={"model_id": model_id, "targets": [0.5], "evaluations": EVALUATIONS},
-                               headers=headers)  # fmt: skip
+        response = client.post(
+            "/v1/jobs", json={"model_id": model_id, "targets": [0.5], "method": "acttail", "evaluations": EVALUATIONS},
+            headers=headers,
+        )  # fmt: skip
         assert response.status_code == 202, response.text
         job = _poll(client, response.json()["id"], headers)
         _check_results(client, headers, job, model_id)
