@@ -1,9 +1,10 @@
 """The paper's experiment as one function: alphas -> allocations -> dense and sparse evaluations.
 
-``run_pipeline`` resolves the model, computes the ESD alphas once, builds one allocation per
-(method, target), loads the causal LM once and evaluates the dense model and every sparse variant
-(sparsity applied and removed in place per variant): WikiText-2 perplexity, optionally zero-shot
-accuracy, and the realised sparsity. ``evaluate_allocation`` does the same for one given
+``run_pipeline`` resolves the model, computes the ESD alphas once, loads the causal LM once, builds
+one allocation per (method, target) with ``acttail.methods`` (by default uniform, the paper's
+ActTail rule and ``auto``, the default method, which chooses on WikiText-2 validation text) and
+evaluates the dense model and every sparse variant (sparsity applied and removed in place per
+variant): WikiText-2 perplexity, optionally zero-shot accuracy, and the realised sparsity. ``evaluate_allocation`` does the same for one given
 allocation. Both return a frozen ``PipelineResult`` whose ``to_dict()`` is the JSON document the
 CLI writes and the workers store.
 
@@ -22,8 +23,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from acttail.allocate import Allocation, AllocationParams, allocate
+from acttail.allocate import Allocation, AllocationParams
 from acttail.errors import ActTailError
+from acttail.methods import DEFAULT_METHOD, NEEDS_MODEL
+from acttail.methods import METHODS as ALLOCATION_METHODS
 from acttail.sparsity import SparsityMode
 
 if TYPE_CHECKING:
@@ -36,13 +39,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
-METHODS: tuple[str, ...] = ("uniform", "acttail")
+METHODS: tuple[str, ...] = tuple(ALLOCATION_METHODS)
+# The table shows the paper's rule against uniform, and the default method beside them.
+DEFAULT_METHODS: tuple[str, ...] = ("uniform", "acttail", DEFAULT_METHOD)
 ESTIMATORS: tuple[str, ...] = ("ks", "ks_peak", "hill")
 RESULT_FORMAT = "acttail.pipeline_result"
 RESULT_VERSION = 1
 
-# Share of the progress bar taken by the ESD analysis and the model load; variants share the rest.
-_ESD_SHARE, _LOAD_SHARE = 0.10, 0.05
+# Share of the progress bar taken by the ESD analysis, the model load and (auto, teal-greedy) the
+# calibration passes; variants share the rest.
+_ESD_SHARE, _LOAD_SHARE, _CALIBRATE_SHARE = 0.10, 0.05, 0.25
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class PipelineConfig:
     """What to evaluate and under which protocol; stored verbatim in the result."""
 
     targets: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     params: AllocationParams = field(default_factory=AllocationParams)
     estimator: str = "ks"
     mode: str = "topk"
@@ -59,7 +65,14 @@ class PipelineConfig:
     tasks: tuple[str, ...] = ()
     limit: int | None = None
     include_dense: bool = True
-    calibration_tokens: int = 16_384  # threshold mode: WikiText-2 validation tokens
+    # WikiText-2 validation tokens (windows of ``seqlen``): threshold calibration, and the text
+    # auto and teal-greedy choose on.
+    calibration_tokens: int = 16_384
+
+    @property
+    def calibrated_methods(self) -> tuple[str, ...]:
+        """The methods that run the model on calibration text to build their allocation."""
+        return tuple(m for m in self.methods if m in NEEDS_MODEL)
 
     def validate(self) -> None:
         """Every problem as one readable ActTailError, before any model is loaded."""
@@ -79,6 +92,11 @@ class PipelineConfig:
             raise ActTailError(f"seqlen must be at least 2, got {self.seqlen}")
         if self.max_tokens is not None and self.max_tokens < self.seqlen:
             raise ActTailError(f"max_tokens ({self.max_tokens}) must be at least seqlen ({self.seqlen})")
+        if self.calibrated_methods and self.calibration_tokens < self.seqlen:
+            raise ActTailError(
+                f"calibration_tokens ({self.calibration_tokens}) must be at least seqlen ({self.seqlen}) "
+                f"for {', '.join(self.calibrated_methods)}"
+            )
         if self.limit is not None and self.limit < 1:
             raise ActTailError(f"limit must be positive, got {self.limit}")
         if self.tasks:
@@ -105,6 +123,12 @@ class PipelineConfig:
             "calibration": (
                 {"dataset": "wikitext-2-raw-v1", "split": "validation", "tokens": self.calibration_tokens}
                 if self.mode == SparsityMode.THRESHOLD
+                else None
+            ),
+            "method_calibration": (  # the text auto / teal-greedy chose on (their documents say more)
+                {"dataset": "wikitext-2-raw-v1", "split": "validation", "tokens": self.calibration_tokens,
+                 "seqlen": self.seqlen, "methods": list(self.calibrated_methods)}  # fmt: skip
+                if self.calibrated_methods
                 else None
             ),
         }
@@ -215,24 +239,29 @@ class _Reporter:
         self.position += share
 
 
-def build_allocations(report: ESDReport, config: PipelineConfig, model: Mapping[str, Any]) -> list[Allocation]:
-    """One allocation per (target, method), in target order, uniform first."""
-    out = []
-    for target in config.targets:
-        for method in config.methods:
-            out.append(
-                allocate(
-                    report.alphas(),
-                    report.param_counts(),
-                    target,
-                    method=method,
-                    params=config.params,
-                    model_id=str(model.get("model_id", "")),
-                    fingerprint=str(model.get("fingerprint", "")),
-                    estimator=config.estimator,
-                )
-            )
-    return out
+def build_allocations(
+    report: ESDReport,
+    config: PipelineConfig,
+    lm: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    progress: Progress | None = None,
+) -> list[Allocation]:
+    """One allocation per (target, method), in target order, in ``config.methods`` order.
+
+    Each method gets the ``config.params`` knobs it reads; auto and teal-greedy need ``lm`` and
+    ``tokenizer`` and calibrate on ``calibration_tokens`` of WikiText-2 validation in windows of
+    ``seqlen`` (one set and one greedy trace shared by every target).
+    """
+    from acttail.methods import build_allocations as build, method_knobs
+
+    accepted = frozenset().union(*(method_knobs(m) for m in config.methods))
+    knobs: dict[str, Any] = {k: v for k, v in vars(config.params).items() if k in accepted}
+    if config.calibrated_methods:
+        knobs.update(calibration_tokens=config.calibration_tokens, calibration_seqlen=config.seqlen)
+    return build(
+        config.methods, report=report, targets=config.targets, model=lm, tokenizer=tokenizer, progress=progress,
+        **knobs,
+    )  # fmt: skip
 
 
 def evaluate_variants(
@@ -340,7 +369,10 @@ def run_pipeline(
     progress: Progress | None = None,
     show_progress: bool = False,
 ) -> PipelineResult:
-    """Alphas once, uniform + ActTail allocations per target, dense + every variant evaluated.
+    """Alphas once, one allocation per (target, method), dense + every variant evaluated.
+
+    The default methods are uniform, the paper's ActTail rule and ``auto``; auto (and teal-greedy)
+    choose on WikiText-2 validation text with the loaded model ("calibrating: ..." stages).
 
     ``esd_report`` reuses stored alphas (the workers cache them per fingerprint and estimator);
     ``loaded`` injects an already loaded ``(model, tokenizer)`` of the same weights.
@@ -357,11 +389,15 @@ def run_pipeline(
         reporter("alphas", 0.0, _ESD_SHARE)
         esd_report = analyze_source(source, estimator=config.estimator, progress=show_progress)
     reporter.advance(_ESD_SHARE)
-    allocations: list[Allocation | None] = [None] if config.include_dense else []
-    allocations += build_allocations(esd_report, config, description)
     reporter("loading model", 0.0, _LOAD_SHARE)
     lm, tokenizer = loaded if loaded is not None else source.load_causal_lm()
     reporter.advance(_LOAD_SHARE)
+    share = _CALIBRATE_SHARE if config.calibrated_methods else 0.0
+    allocations: list[Allocation | None] = [None] if config.include_dense else []
+    allocations += build_allocations(
+        esd_report, config, lm, tokenizer, progress=lambda stage, f: reporter(f"calibrating: {stage}", f, share)
+    )
+    reporter.advance(share)
     names = _projection_names(lm)
     for alloc in allocations:
         if alloc is not None:

@@ -40,7 +40,10 @@ ModeOpt = Annotated[str, typer.Option("--mode", help="topk (exact per token) | t
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the full result document here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 NoDenseOpt = Annotated[bool, typer.Option("--no-dense", help="Skip the dense baseline.")]
-CalibOpt = Annotated[int, typer.Option("--calibration-tokens", help="Threshold mode: WikiText-2 validation tokens.")]
+CalibOpt = Annotated[
+    int,
+    typer.Option("--calibration-tokens", help="WikiText-2 validation tokens: threshold mode, and what auto/teal-greedy choose on."),
+]
 
 
 def parse_sparsities(text: str) -> tuple[float, ...]:
@@ -172,7 +175,11 @@ def run(
     sparsity: Annotated[str, typer.Option("--sparsity", "-s", help="Comma-separated targets in (0, 1).")] = "0.5,0.7,0.8,0.9",
     epsilon: Annotated[float, typer.Option("--epsilon", help="Alpha mapping range [1-eps, 1+eps].")] = 0.1,
     estimator: Annotated[str, typer.Option("--estimator", "-e", help="ks | ks_peak | hill.")] = "ks",
-    method: Annotated[str, typer.Option("--method", help="Comma-separated allocation methods: uniform,acttail.")] = "uniform,acttail",
+    method: Annotated[
+        str,
+        typer.Option("--method", help="Comma-separated allocation methods (acttail allocate --help lists them); auto and "
+                     "teal-greedy calibrate on the loaded model."),
+    ] = "uniform,acttail,auto",
     direction: Annotated[str, typer.Option("--direction", help="higher_alpha_sparser | lower_alpha_sparser.")] = "higher_alpha_sparser",
     granularity: Annotated[str, typer.Option("--granularity", help="projection | block.")] = "projection",
     tasks: TasksOpt = "",
@@ -187,7 +194,7 @@ def run(
     no_store: NoStoreOpt = False,
     db: DbOpt = None,
 ) -> None:
-    """Alphas once, uniform and ActTail allocations per target, dense and every variant evaluated.
+    """Alphas once; uniform, the paper's rule (acttail) and auto (the default) per target; every variant evaluated.
 
     Results go to the table, the ``--json`` file and the results database (``--db``; team
     ``default``), where ``acttail serve`` and the API read them; ``--no-store`` skips the database.

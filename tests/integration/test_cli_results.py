@@ -21,7 +21,7 @@ from tests.integration.conftest import RecordingDispatcher
 
 pytestmark = pytest.mark.integration
 
-QUICK = ["--seqlen", "128", "--max-tokens", "256", "--quiet"]
+QUICK = ["--seqlen", "128", "--max-tokens", "256", "--calibration-tokens", "512", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_run_and_evaluate_land_in_the_store_and_the_api(
     for variant in sparse:  # the exact documents the JSON holds
         assert first["allocations"][allocation_ids[variant["label"]]] == variant["allocation"]
     expected = expected_numbers(doc, allocation_ids)
-    assert len(expected) == 5 * 4  # dense + 4 allocations, each ppl + mean + arc_easy acc, acc_norm
+    assert len(expected) == 7 * 4  # dense + 6 allocations (uniform, acttail, auto), each ppl + mean + arc_easy acc, acc_norm
     assert first["benchmarks"] == expected
     assert all(v["torch"] == doc["versions"]["torch"] and v["device"] == "cpu" for v in first["versions"])
 
@@ -144,8 +144,11 @@ def test_the_api_shows_cli_results_to_the_default_team(
         assert models.status_code == 200 and [m["fingerprint"] for m in models.json()] == [fingerprint]
         alphas = client.get(f"/v1/models/{fingerprint}/alphas?estimator=ks", headers=headers)
         assert alphas.status_code == 200 and alphas.json()["alphas"] == doc["alphas"]
+        for name in doc["alphas"]:  # `acttail run` stored every projection's eigenvalues: the ESD plot draws
+            esd = client.get(f"/v1/models/{fingerprint}/plots/esd/{name}.png?estimator=ks", headers=headers)
+            assert esd.status_code == 200 and esd.content.startswith(b"\x89PNG"), (name, esd.text[:200])
         listed = client.get(f"/v1/allocations?model={fingerprint}", headers=headers).json()
-        assert listed["total"] == 2
+        assert listed["total"] == 3  # uniform, acttail, auto
         variants = {v["label"]: v for v in doc["variants"]}
         by_label = {}
         for item in listed["items"]:

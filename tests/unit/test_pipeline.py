@@ -40,10 +40,10 @@ pytestmark = pytest.mark.usefixtures("acttail_home")
 
 def test_run_pipeline_end_to_end(model_dir: Path) -> None:
     stages: list[tuple[str, float]] = []
-    config = PipelineConfig(targets=(0.5, 0.8), **QUICK)
+    config = PipelineConfig(targets=(0.5, 0.8), calibration_tokens=512, **QUICK)  # default methods
     result = run_pipeline(str(model_dir), config, progress=lambda s, f: stages.append((s, f)))
     labels = [v.label for v in result.variants]
-    assert labels == ["dense", "uniform@0.5", "acttail@0.5", "uniform@0.8", "acttail@0.8"]
+    assert labels == ["dense", "uniform@0.5", "acttail@0.5", "auto@0.5", "uniform@0.8", "acttail@0.8", "auto@0.8"]
     dense = result.variant("dense")
     assert dense.perplexity.windows == 4 and dense.perplexity.tokens_scored == 4 * 127
     for v in result.variants[1:]:
@@ -54,12 +54,19 @@ def test_run_pipeline_end_to_end(model_dir: Path) -> None:
     assert uniform.ppl_gain_vs_uniform_pct is None or uniform.ppl_gain_vs_uniform_pct == 0.0
     assert acttail.ppl_gain_vs_uniform_pct == pytest.approx(100 * (uniform.ppl - acttail.ppl) / uniform.ppl)
     assert len(set(acttail.allocation.sparsities.values())) > 1  # alpha-guided, not uniform
+    auto = result.variant("auto", 0.8).allocation.params  # chose on validation text, never on test
+    assert auto["choice"]["label"] in [row["label"] for row in auto["grid"]]
+    assert auto["calibration"] == {**auto["calibration"], "source": "wikitext-2-raw-v1 validation", "tokens": 512,
+                                   "seqlen": 128}  # fmt: skip
+    assert sum(s == "calibrating: greedy search, block 1/2" for s, _ in stages) == 1  # one trace, both targets
     fractions = [f for _, f in stages]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     doc = json.loads(json.dumps(result.to_dict()))
     assert doc["model"]["fingerprint"] == result.model["fingerprint"] != ""
     assert set(doc["versions"]) >= {"torch", "transformers", "acttail"}
     assert doc["protocol"]["perplexity"] == {**doc["protocol"]["perplexity"], "seqlen": 128, "max_tokens": 512}
+    assert doc["protocol"]["method_calibration"] == {"dataset": "wikitext-2-raw-v1", "split": "validation",
+                                                     "tokens": 512, "seqlen": 128, "methods": ["auto"]}  # fmt: skip
     assert len(doc["alphas"]) == 14
 
 
@@ -113,11 +120,11 @@ def test_cli_run_and_evaluate(
 ) -> None:
     out = tmp_path / "run.json"
     run_cli(["run", str(model_dir), "--sparsity", "0.7", "--seqlen", "128", "--max-tokens", "256", "--quiet",
-          "--json", str(out), "--no-store"])
+          "--calibration-tokens", "512", "--json", str(out), "--no-store"])
     printed = capsys.readouterr().out
-    assert "acttail" in printed and "uniform" in printed and "70%" in printed
+    assert "acttail" in printed and "uniform" in printed and "auto" in printed and "70%" in printed
     doc = json.loads(out.read_text())
-    assert [v["label"] for v in doc["variants"]] == ["dense", "uniform@0.7", "acttail@0.7"]
+    assert [v["label"] for v in doc["variants"]] == ["dense", "uniform@0.7", "acttail@0.7", "auto@0.7"]
     alloc_path = tmp_path / "alloc.json"
     Allocation.from_dict(doc["variants"][2]["allocation"]).save(alloc_path)
     run_cli(["evaluate", str(model_dir), "--allocation", str(alloc_path), "--seqlen", "128", "--max-tokens", "256",
@@ -141,6 +148,7 @@ def test_cli_run_and_evaluate(
         (["--epsilon", "1.5"], "epsilon"),
         (["--direction", "sideways"], "sideways"),
         (["--seqlen", "128", "--max-tokens", "64"], "max_tokens"),
+        (["--seqlen", "128", "--calibration-tokens", "64"], "calibration_tokens (64) must be at least seqlen (128) for auto"),
     ],
 )
 def test_bad_cli_arguments_exit_2_with_one_line(
