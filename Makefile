@@ -11,7 +11,7 @@ install: $(VENV)/.acttail-installed
 
 ## Main job on the embedded default: bundled SmolLM2-135M, SQLite under ~/.acttail, no Redis.
 demo: install
-	$(VENV)/bin/acttail run smollm2-135m --sparsity 0.3,0.5,0.7 --max-tokens 16384 --seqlen 2048 --tasks arc_easy,piqa --limit 200
+	$(VENV)/bin/acttail run smollm2-135m --sparsity 0.3,0.5,0.7 --max-tokens 16384 --seqlen 2048 --calibration-tokens 4096 --tasks arc_easy,piqa --limit 200
 
 serve: install
 	$(VENV)/bin/acttail serve

@@ -11,11 +11,13 @@ Schema (``acttail.store.migrate``; never ``create_all``)
     upgrade(url, "head"), downgrade(url, rev), current_revision(engine), head_revision()
 Teams and keys (``acttail.store.teams``)
     create_team(name), create_api_key(team) -> plaintext shown once, authenticate(key) -> Team
-Models and ESD (``acttail.store.catalog``) - facts about weights, always shared
+Models and ESD (``acttail.store.catalog``) - ESD runs are a cache shared by every team's jobs; a
+team sees a model (and reads its runs) only with its own job or a visible allocation/benchmark
     get_or_create_model(ModelDescription) -> Model (unique fingerprint)
-    get_esd_run(fingerprint, estimator) -> EsdRun | None (with .projections)
+    get_esd_run(fingerprint, estimator) -> EsdRun | None (with .projections; the workers' cache lookup)
     save_esd_run(model, estimator, projections, elapsed_s=, meta=, team_id=) -> (EsdRun, created)
-    latest_esd_run(model_id_or_fingerprint, estimator=None), list_models(team_id=)
+    list_models(team_id=), get_team_model(fingerprint, team_id=), visible_to_team(team_id) (SQL condition)
+    latest_esd_run(model_id_or_fingerprint, team_id=, estimator=None)
 Allocations and benchmarks (``acttail.store.results``) - team rows, ``shared`` publishes them
     save_allocation(Allocation, model=, team_id=, shared=) -> (AllocationRow, created)
     save_benchmark(model=, kind=, metric=, value=, settings=, versions=, allocation_id=, team_id=, shared=)
@@ -45,9 +47,11 @@ from acttail.store.catalog import (
     get_esd_run_by_id,
     get_model_by_fingerprint,
     get_or_create_model,
+    get_team_model,
     latest_esd_run,
     list_models,
     save_esd_run,
+    visible_to_team,
 )
 from acttail.store.db import make_engine, make_session_factory, session_scope
 from acttail.store.errors import AuthenticationError, ConflictError, InvalidStateError, NotFoundError, StoreError
@@ -84,8 +88,8 @@ __all__ = [
     "InvalidStateError", "Job", "JobRequest", "JobStatus", "Model", "NotFoundError", "StoreError", "Team",
     "authenticate", "cancel_job", "create_api_key", "create_job", "create_team", "delete_job", "find_models",
     "finish_job", "get_allocation", "get_benchmark", "get_esd_run", "get_esd_run_by_id", "get_job",
-    "get_model_by_fingerprint", "get_or_create_model", "get_team_by_name", "is_cancelled", "job_status",
-    "latest_esd_run", "link_results", "list_allocations", "list_benchmarks", "list_jobs", "list_models",
+    "get_model_by_fingerprint", "get_or_create_model", "get_team_by_name", "get_team_model", "is_cancelled",
+    "job_status", "latest_esd_run", "link_results", "list_allocations", "list_benchmarks", "list_jobs", "list_models",
     "make_engine", "make_session_factory", "mark_failed", "mark_running", "mark_succeeded", "requeue_interrupted",
-    "save_allocation", "save_benchmark", "save_esd_run", "session_scope", "update_progress",
+    "save_allocation", "save_benchmark", "save_esd_run", "session_scope", "update_progress", "visible_to_team",
 ]  # fmt: skip

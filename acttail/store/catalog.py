@@ -1,4 +1,10 @@
-"""Models and ESD runs: facts about weights, keyed by fingerprint and shared by every team."""
+"""Models and ESD runs: facts about weights, keyed by fingerprint.
+
+An ESD run is computed once per (weights, estimator) and reused by every team's jobs, but a team
+sees a model, and so its ESD runs, only if it worked on it: its own job, or an allocation or
+benchmark it can see (own or shared). Model IDs can be private (local paths, unreleased
+fine-tunes), so another team's private job never shows its model (``visible_to_team``).
+"""
 
 from __future__ import annotations
 
@@ -60,21 +66,10 @@ def _visible(column_team: Any, column_shared: Any, team_id: int) -> Any:
     return or_(column_team == team_id, column_shared.is_(True))
 
 
-def list_models(*, team_id: int, db_session: Session, limit: int = 100, offset: int = 0) -> list[Model]:
-    """Models with at least one result visible to ``team_id`` (an ESD run, allocation or benchmark)."""
-    visible = or_(
-        exists().where(EsdRun.model_pk == Model.id, _visible(EsdRun.team_id, EsdRun.shared, team_id)),
-        exists().where(
-            AllocationRow.model_pk == Model.id, _visible(AllocationRow.team_id, AllocationRow.shared, team_id)
-        ),
-        exists().where(Benchmark.model_pk == Model.id, _visible(Benchmark.team_id, Benchmark.shared, team_id)),
-    )
-    stmt = select(Model).where(visible).order_by(Model.model_id, Model.id).limit(limit).offset(offset)
-    return list(db_session.scalars(stmt))
-
-
-def _worked_on(team_id: int) -> Any:
-    """SQL condition: the team has its own job on the model, or an allocation or benchmark it can see."""
+def visible_to_team(team_id: int) -> Any:
+    """SQL condition on ``Model``: the team has its own job on the model, or an allocation or
+    benchmark of it the team can see (own or shared). A shared ESD run alone does not count: it is
+    a cache, and listing it would show every team which models the others analysed."""
     return or_(
         exists().where(Job.model_pk == Model.id, Job.team_id == team_id),
         exists().where(
@@ -84,19 +79,15 @@ def _worked_on(team_id: int) -> Any:
     )
 
 
-def team_models(*, team_id: int, db_session: Session, limit: int = 200, offset: int = 0) -> list[Model]:
-    """Models the team worked on: its own jobs, or allocations/benchmarks it can see (own or shared).
-
-    Unlike ``list_models``, a shared ESD run alone does not count: the dashboard shows a team its
-    own work and what was published to it, not which models other teams looked at.
-    """
-    stmt = select(Model).where(_worked_on(team_id)).order_by(Model.model_id, Model.id).limit(limit).offset(offset)
+def list_models(*, team_id: int, db_session: Session, limit: int = 100, offset: int = 0) -> list[Model]:
+    """Models the team may see (``visible_to_team``), by model ID: ``GET /v1/models`` and the dashboard."""
+    stmt = select(Model).where(visible_to_team(team_id)).order_by(Model.model_id, Model.id).limit(limit).offset(offset)
     return list(db_session.scalars(stmt))
 
 
 def get_team_model(fingerprint: str, *, team_id: int, db_session: Session) -> Model:
-    """The model with this fingerprint if the team worked on it (see ``team_models``), else NotFoundError."""
-    model = db_session.scalar(select(Model).where(Model.fingerprint == fingerprint, _worked_on(team_id)))
+    """The model with this fingerprint if the team may see it (``visible_to_team``), else NotFoundError."""
+    model = db_session.scalar(select(Model).where(Model.fingerprint == fingerprint, visible_to_team(team_id)))
     if model is None:
         raise NotFoundError(f"no model with fingerprint {fingerprint!r}")
     return model
@@ -186,9 +177,12 @@ def get_esd_run_by_id(run_id: int, *, db_session: Session) -> EsdRun:
     return run
 
 
-def latest_esd_run(model: str, *, db_session: Session, estimator: str | None = None) -> EsdRun:
-    """The newest ESD run of a model named by ID or fingerprint (optionally for one estimator)."""
-    stmt = _run_query().join(Model).where(or_(Model.model_id == model, Model.fingerprint == model))
+def latest_esd_run(model: str, *, team_id: int, db_session: Session, estimator: str | None = None) -> EsdRun:
+    """The newest ESD run of a model named by ID or fingerprint (optionally for one estimator),
+    among the models the team may see (``visible_to_team``). A model the team may not see gets
+    the same NotFoundError as one that does not exist, so its ID does not leak."""
+    named = or_(Model.model_id == model, Model.fingerprint == model)
+    stmt = _run_query().join(Model).where(named, visible_to_team(team_id))
     if estimator is not None:
         stmt = stmt.where(EsdRun.estimator == estimator)
     run = db_session.scalar(stmt.order_by(EsdRun.created_at.desc(), EsdRun.id.desc()).limit(1))

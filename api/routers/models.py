@@ -25,13 +25,19 @@ def list_models(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[ModelOut]:
-    """Models with at least one result this team can see (ESD runs are shared by every team)."""
+    """Models this team worked on: its own jobs, or allocations/benchmarks it can see (own or shared).
+
+    ESD runs are a cache shared by every team's jobs, but another team's private job never lists
+    its model here (model IDs can be private: local paths, unreleased fine-tunes)."""
     return [
         ModelOut.of(m) for m in catalog.list_models(team_id=team.id, limit=limit, offset=offset, db_session=db_session)
     ]
 
 
-@router.get("/{model:path}/alphas", response_model=AlphasOut, responses={404: {"description": "no ESD run"}})
+@router.get(
+    "/{model:path}/alphas", response_model=AlphasOut,
+    responses={404: {"description": "no ESD run, or a model this team did not work on"}},
+)  # fmt: skip
 def get_alphas(
     model: ModelKey,
     team: TeamDep,
@@ -41,9 +47,10 @@ def get_alphas(
 ) -> AlphasOut | Response:
     """The latest ESD run of the model (optionally for one estimator): alpha and all statistics per projection.
 
-    ESD runs describe public weights, so they are shared by every team.
+    Only for models listed by ``GET /v1/models`` for this team; any other model is 404, as if it
+    did not exist.
     """
-    run = catalog.latest_esd_run(model, estimator=estimator, db_session=db_session)
+    run = catalog.latest_esd_run(model, team_id=team.id, estimator=estimator, db_session=db_session)
     out = AlphasOut.of(run)
     if fmt == "csv":  # one line per projection, every statistic
         rows = (p.model_dump() for p in out.projections)

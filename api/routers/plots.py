@@ -1,7 +1,8 @@
 """GET …/plots/*.svg|png: pictures of stored results, with the authorisation of the data they show.
 
-Alphas come from ESD runs (shared by every team, like ``/v1/models/{model}/alphas``); heatmaps
-and sweeps from allocations and benchmarks the team can see (own or shared; anything else is 404).
+Alphas and ESD histograms come from ESD runs of the models the team may see (like
+``/v1/models/{model}/alphas``); heatmaps and sweeps from allocations and benchmarks the team can
+see (own or shared). Anything else is 404, never 403.
 Every image carries a content ETag and ``Cache-Control: private, no-cache``; ``If-None-Match``
 with that tag answers 304 without rendering. Handlers are plain ``def``: matplotlib runs on the
 thread pool, never on the event loop.
@@ -48,7 +49,7 @@ def alphas_plot(
     estimator: Estimator = None, if_none_match: IfNoneMatch = None,
 ) -> Response:  # fmt: skip
     """Alpha per layer, one line per projection type, HT-SR band 2 ≤ α ≤ 6 shaded (newest ESD run)."""
-    run = catalog.latest_esd_run(model, estimator=estimator, db_session=db_session)
+    run = catalog.latest_esd_run(model, team_id=team.id, estimator=estimator, db_session=db_session)
     return alphas_image(run, fmt, cache=cache, if_none_match=if_none_match)
 
 
@@ -61,7 +62,7 @@ def esd_plot(
 ) -> Response:  # fmt: skip
     """The ESD histogram of one projection needs its eigenvalues; the store keeps only the fit
     statistics, so this answers 404 saying so (and 404 naming the projections when the name is unknown)."""
-    run = catalog.latest_esd_run(model, estimator=estimator, db_session=db_session)
+    run = catalog.latest_esd_run(model, team_id=team.id, estimator=estimator, db_session=db_session)
     return esd_image(run, projection)
 
 

@@ -54,7 +54,7 @@ def alphas_image_for_team(
     estimator: Estimator = None, if_none_match: IfNoneMatch = None,
 ) -> Response:  # fmt: skip
     model = catalog.get_team_model(fingerprint, team_id=team.id, db_session=db_session)
-    run = catalog.latest_esd_run(model.fingerprint, estimator=estimator, db_session=db_session)
+    run = catalog.latest_esd_run(model.fingerprint, team_id=team.id, estimator=estimator, db_session=db_session)
     return alphas_image(run, fmt, cache=cache, if_none_match=if_none_match)
 
 

@@ -1,7 +1,8 @@
 """Dashboard pages (server-rendered HTML): login, models, one model, one allocation, jobs, new job.
 
 Every page shows only what the session's team may see: its jobs, its own allocations and
-benchmarks and the shared ones, and models it worked on (``catalog.team_models``). Errors render
+benchmarks and the shared ones, and models it worked on (``catalog.list_models``, the rule
+``GET /v1/models`` applies too). Errors render
 as an HTML page with the status of the one error table (``api.errors``); a missing or revoked
 session redirects to the login page.
 """
@@ -95,7 +96,7 @@ def logout(request: Request, csrf_token: FormText = "") -> RedirectResponse:
 
 @router.get(UI)
 def models_page(request: Request, team: UiTeamDep, db_session: SessionDep) -> Response:
-    models = catalog.team_models(team_id=team.id, db_session=db_session, limit=MAX_ROWS)
+    models = catalog.list_models(team_id=team.id, db_session=db_session, limit=MAX_ROWS)
     return page(request, "models.html", {"models": models, "nav": "models"}, team=team)
 
 

@@ -111,6 +111,18 @@ def esd_rows(alpha0: float = 2.5) -> list[dict[str, object]]:
     ]  # fmt: skip
 
 
+def link_job(api: Api, key: str, session_factory: sessionmaker[Session], model_id: str, model_pk: int) -> str:
+    """Submit a job for ``model_id`` as ``key``'s team and link it to the model row, as the worker's
+    resolve stage does (the team has then worked on the model); returns the job ID."""
+    from acttail.store import jobs
+
+    response = api.client.post("/v1/jobs", json={"model_id": model_id}, headers=api.auth(key))
+    assert response.status_code == 202, response.text
+    with session_scope(session_factory) as session:
+        jobs.link_results(response.json()["id"], model_pk=model_pk, db_session=session)
+    return str(response.json()["id"])
+
+
 def allocation_document(fingerprint: str, target: float = 0.5, model_id: str = "org/tiny") -> dict[str, object]:
     """An allocation document exactly as ``acttail allocate`` writes it (built by acttail.allocate)."""
     from acttail.allocate import allocate

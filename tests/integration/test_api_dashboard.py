@@ -169,6 +169,7 @@ def test_another_team_sees_nothing(api: Api, two_teams: Any, session_factory: se
     for path in (f"/ui/plots/models/{fingerprint}/alphas.svg", f"/ui/plots/models/{fingerprint}/sweep.svg",
                  f"/ui/plots/allocations/{allocation}/heatmap.svg", f"/ui/allocations/{allocation}.json"):
         assert other.get(path).status_code == 404, path
+    assert stored["fingerprint"] not in api.client.get("/v1/models", headers=api.auth(other_key)).text  # same rule
 
     with session_scope(session_factory) as db:  # publishing the allocation shows the model to everyone
         model = catalog.get_model_by_fingerprint(stored["fingerprint"], db_session=db)

@@ -88,7 +88,7 @@ def test_alpha_plot_svg_png_etag_and_304(api: Api, teams: Any, session_factory: 
     assert hill.status_code == 200 and hill.headers["etag"] != etag  # other alphas, other picture
     by_fingerprint = api.client.get(f"/v1/models/{stored['fingerprint']}/plots/alphas.svg?estimator=ks",
                                     headers=api.auth(other_key))  # fmt: skip
-    assert by_fingerprint.status_code == 200  # ESD runs are shared, like /v1/models/{model}/alphas
+    assert by_fingerprint.status_code == 200  # the other team sees the model through the shared allocation
     assert by_fingerprint.headers["etag"] == etag
 
     assert api.client.get(url + ".svg").status_code == 401
@@ -213,7 +213,7 @@ def test_rendering_through_the_api_does_not_import_torch(tmp_path: Path) -> None
 import sys
 from fastapi.testclient import TestClient
 from acttail.settings import Settings
-from acttail.store import catalog, teams
+from acttail.store import catalog, results, teams
 from acttail.store.db import make_engine, make_session_factory, session_scope
 from api.app import create_app
 from tests.integration.conftest import esd_rows, model_description
@@ -225,6 +225,8 @@ with TestClient(create_app(settings)) as client:
         key = teams.create_api_key(team, db_session=db)
         model = catalog.get_or_create_model(model_description("org/m"), db_session=db)
         catalog.save_esd_run(model, "ks", esd_rows(), db_session=db)
+        results.save_benchmark(model=model, kind="perplexity", metric="ppl", value=9.0, team_id=team.id,
+                               db_session=db)  # the team worked on the model: it may see it
     response = client.get("/v1/models/org/m/plots/alphas.png", headers={{"Authorization": "Bearer " + key}})
     print(response.status_code, "matplotlib" in sys.modules, "torch" in sys.modules)
 """

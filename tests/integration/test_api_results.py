@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from acttail.store import catalog, jobs, results
 from acttail.store.db import session_scope
-from tests.integration.conftest import PROJECTION_NAMES, Api, allocation_document, esd_rows, model_description
+from tests.integration.conftest import (
+    PROJECTION_NAMES,
+    Api,
+    allocation_document,
+    esd_rows,
+    link_job,
+    model_description,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +78,8 @@ def test_alphas_latest_run_by_model_id_and_estimator(
         model = catalog.get_or_create_model(description, db_session=session)
         catalog.save_esd_run(model, "ks", esd_rows(2.0), elapsed_s=3.0, db_session=session)
         catalog.save_esd_run(model, "hill", esd_rows(5.0), db_session=session)
+        model_pk = model.id
+    link_job(api, team[1], session_factory, str(description["model_id"]), model_pk)
 
     url = f"/v1/models/{description['model_id']}/alphas"
     ks = api.client.get(url + "?estimator=ks", headers=api.auth(team[1]))
@@ -86,6 +96,43 @@ def test_alphas_latest_run_by_model_id_and_estimator(
     missing = api.client.get("/v1/models/org/never-seen/alphas", headers=api.auth(team[1]))
     assert missing.status_code == 404 and missing.json() == {"detail": "no ESD run for model 'org/never-seen'"}
     assert api.client.get(url + "?estimator=bogus", headers=api.auth(team[1])).status_code == 422
+
+
+def test_models_and_alphas_show_only_models_the_team_worked_on(
+    api: Api, make_team: Callable[[], tuple[int, str]], session_factory: sessionmaker[Session], model_root: Path
+) -> None:
+    """ESD runs are a shared cache, model IDs are not: team B cannot list or read team A's private
+    model (a local path here) until B has its own job for it; then B reads the same cached run."""
+    (team_a, key_a), (_, key_b) = make_team(), make_team()
+    model_id = str(model_root / "local-model")
+    description = model_description(model_id)
+    with session_scope(session_factory) as session:  # what A's job leaves behind: model, ESD run
+        model = catalog.get_or_create_model(description, db_session=session)
+        run, _ = catalog.save_esd_run(model, "ks", esd_rows(), team_id=team_a, db_session=session)
+        model_pk, run_id = model.id, run.id
+    link_job(api, key_a, session_factory, model_id, model_pk)
+    fingerprint = str(description["fingerprint"])
+
+    def visible(key: str) -> bool:
+        listed = api.client.get("/v1/models?limit=200", headers=api.auth(key))
+        assert listed.status_code == 200
+        return fingerprint in {m["fingerprint"] for m in listed.json()}
+
+    assert visible(key_a)
+    assert api.client.get(f"/v1/models/{fingerprint}/alphas", headers=api.auth(key_a)).json()["run"]["id"] == run_id
+
+    assert not visible(key_b) and model_id not in api.client.get("/v1/models", headers=api.auth(key_b)).text
+    for name in (model_id, fingerprint):  # the same 404 as a model nobody analysed: nothing leaks
+        for path in (f"/v1/models/{name}/alphas", f"/v1/models/{name}/alphas?format=csv",
+                     f"/v1/models/{name}/plots/alphas.svg", f"/v1/models/{name}/plots/esd/{PROJECTION_NAMES[0]}.svg"):
+            hidden = api.client.get(path, headers=api.auth(key_b))
+            assert hidden.status_code == 404, path
+            assert hidden.json() == {"detail": f"no ESD run for model {name!r}"}, path
+
+    link_job(api, key_b, session_factory, model_id, model_pk)  # B's own job resolves to the same weights
+    assert visible(key_b)
+    reused = api.client.get(f"/v1/models/{model_id}/alphas", headers=api.auth(key_b))
+    assert reused.status_code == 200 and reused.json()["run"]["id"] == run_id  # one run, computed once
 
 
 def test_benchmarks_filters_and_job_links(
