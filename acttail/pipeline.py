@@ -189,6 +189,9 @@ class PipelineResult:
     # The ESD report behind ``alphas`` (every statistic per projection), for the results store;
     # not part of the JSON document, which keeps only the alphas.
     esd: ESDReport | None = field(default=None, repr=False, compare=False)
+    # Every projection's eigenvalues (float32, min(d_out, d_in) each) when this run computed the
+    # ESD, for the results store's ESD plots; None when the alphas were reused.
+    spectra: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def variant(self, method: str, target: float | None = None) -> VariantResult:
         for v in self.variants:
@@ -383,11 +386,18 @@ def run_pipeline(
     source = _resolve(model, revision, model_roots)
     description = source.describe().as_dict()
     reporter = _Reporter(progress)
+    spectra: dict[str, Any] = {}  # stays empty when the alphas are reused
     if esd_report is None:
+        import numpy as np
+
         from acttail.esd import analyze_source
 
         reporter("alphas", 0.0, _ESD_SHARE)
-        esd_report = analyze_source(source, estimator=config.estimator, progress=show_progress)
+
+        def keep(result: Any, evals: Any) -> None:  # float32: what the store keeps, half the memory
+            spectra[result.name] = np.asarray(evals, dtype=np.float32)
+
+        esd_report = analyze_source(source, estimator=config.estimator, progress=show_progress, on_spectrum=keep)
     reporter.advance(_ESD_SHARE)
     reporter("loading model", 0.0, _LOAD_SHARE)
     lm, tokenizer = loaded if loaded is not None else source.load_causal_lm()
@@ -413,6 +423,7 @@ def run_pipeline(
         versions={**library_versions(), "device": _device_of(lm)},
         elapsed_s=time.perf_counter() - began,
         esd=esd_report,
+        spectra=spectra or None,
     )
 
 

@@ -4,23 +4,26 @@ Callers load the rows with the team's visibility already applied; these function
 into plot input, and render through ``api.image_cache`` (ETag over that input, LRU, 304).
 
 What the store keeps decides what can be drawn: ESD runs hold the fit statistics per projection
-(alpha, x_min, KS distance, norms) but not the eigenvalues, so the ESD histogram cannot be drawn
-from the database and its endpoint says so (404).
+(alpha, x_min, KS distance, norms) and, since revision 20261130_0002, every eigenvalue as float32
+bytes; the ESD histogram of a run stored without them answers 404 saying so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from fastapi import Response
 from sqlalchemy.orm import Session
 
 from acttail.errors import ActTailError
-from acttail.store import results
+from acttail.store import catalog, results
 from acttail.store.errors import NotFoundError
-from acttail.store.orm import AllocationRow, Benchmark, EsdRun
+from acttail.store.orm import AllocationRow, Benchmark, EsdProjection, EsdRun
+from acttail.store.spectra import decode_eigenvalues
 from api.image_cache import ImageCache, image_response
 
 ImageFormat = Literal["svg", "png"]
@@ -65,17 +68,68 @@ def alphas_image(run: EsdRun, fmt: ImageFormat, *, cache: ImageCache, if_none_ma
 # ESD of one projection
 
 
-def esd_image(run: EsdRun, projection: str) -> Response:
-    """Always a NotFoundError: the store has no eigenvalues (the message says what it has instead)."""
-    names = [p.name for p in run.projections]
-    if projection not in names:
+@dataclass(frozen=True)
+class StoredFit:
+    """A projection's stored power-law fit, in the shape ``acttail.plots.plot_esd`` reads."""
+
+    alpha: float
+    xmin: float
+    num_tail: int | None
+
+
+def _projection(run: EsdRun, name: str) -> EsdProjection:
+    row = next((p for p in run.projections if p.name == name), None)
+    if row is None:
+        names = [p.name for p in run.projections]
         shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
-        raise NotFoundError(f"no projection {projection!r} in ESD run {run.id} (projections: {shown})")
-    raise NotFoundError(
-        f"eigenvalues are not stored: ESD run {run.id} keeps only the fit statistics of {projection} "
-        f"(alpha, x_min, KS distance, norms; see /v1/models/{run.model.fingerprint}/alphas), and the ESD "
-        "histogram needs the eigenvalues; draw it locally with acttail.plots.plot_esd"
-    )
+        raise NotFoundError(f"no projection {name!r} in ESD run {run.id} (projections: {shown})")
+    return row
+
+
+def _fit_within(values: Any, fit: StoredFit, floor: float) -> StoredFit:
+    """x_min is one of the fp64 eigenvalues; stored as float32 the smallest or largest of them can
+    round to just past it, which ``plot_esd`` would refuse. Pull x_min back by that rounding only
+    (2⁻²³ relative); anything further off is a real mismatch and stays one."""
+    kept = values[values > floor]
+    if kept.size == 0:
+        return fit
+    low, high = float(kept.min()), float(kept.max())
+    tolerance = 2.0**-23
+    if low * (1 - tolerance) <= fit.xmin < low:
+        return StoredFit(fit.alpha, low, fit.num_tail)
+    if high < fit.xmin <= high * (1 + tolerance):
+        return StoredFit(fit.alpha, high, fit.num_tail)
+    return fit
+
+
+def esd_image(
+    run: EsdRun, projection: str, fmt: ImageFormat, *, db_session: Session, cache: ImageCache,
+    if_none_match: str | None,
+) -> Response:  # fmt: skip
+    """The ESD histogram of one projection with its stored fit; the ETag covers the eigenvalue
+    bytes (by sha256), the fit and the title, so a 304 reads the bytes but draws nothing."""
+    row = _projection(run, projection)
+    blob = catalog.projection_eigenvalues(run.id, projection, db_session=db_session)
+    if blob is None:
+        raise NotFoundError(
+            f"eigenvalues are not stored: ESD run {run.id} was stored without them (before they were kept) and "
+            f"has only the fit statistics of {projection} (alpha, x_min, KS distance, norms; see "
+            f"/v1/models/{run.model.fingerprint}/alphas); draw its ESD locally with `acttail alphas MODEL --plot DIR`"
+        )
+    if row.alpha is None or row.xmin is None:
+        raise NotFoundError(f"no power-law fit to draw: the fit of {projection} failed in ESD run {run.id}")
+    fit = StoredFit(row.alpha, row.xmin, row.num_tail)
+    title = f"{run.model.model_id} · {projection}\nESD, α = {row.alpha:.2f} (estimator {run.estimator})"
+    payload = {"eigenvalues_sha256": hashlib.sha256(blob).hexdigest(), "fit": asdict(fit), "title": title}
+
+    def draw(plots: Any) -> Any:
+        values = decode_eigenvalues(blob)
+        return plots.plot_esd(values, _fit_within(values, fit, plots.EVALS_FLOOR), title=title)
+
+    return image_response(
+        cache, figure="esd", fmt=fmt, payload=payload, if_none_match=if_none_match,
+        render=lambda: _render(draw, fmt),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

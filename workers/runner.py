@@ -8,6 +8,7 @@ checking between steps whether the job was cancelled::
     stage         fraction    what
     resolve       0.00-0.02   acttail.models.resolve_model(model_id) → describe() → models row
     esd           0.02-0.40   reuse the ESD run of (fingerprint, estimator), else compute and store it
+                              (fit statistics and every eigenvalue, for the ESD plot)
     allocate      0.40-0.45   acttail.methods.build_allocations(method, targets) from the stored alphas
       (auto, teal-greedy: 0.40-0.75: "allocate: loading model", then "calibrating: ..." per greedy
       block and per scored candidate, on WikiText-2 validation text; one greedy trace for all targets)
@@ -283,11 +284,19 @@ def _alphas_of(rows: Iterable[Any]) -> tuple[dict[str, float], dict[str, int]]:
 def _compute_esd(
     ctx: _Context, source: ModelSource, description: ModelDescription, estimator: str, device: str
 ) -> tuple[int, bool]:
+    import numpy as np
+
     from acttail.esd import analyze_weights
     from acttail.store.catalog import save_esd_run
 
     total = len(source.projections())
     start, stop = ESD_SPAN
+    # Every projection's eigenvalues, kept as float32 (what the store keeps) for the ESD plot:
+    # min(d_out, d_in) each, 3.5 MiB for a 7B model. Filled from the analysis threads, one key each.
+    spectra: dict[str, Any] = {}
+
+    def keep_spectrum(result: Any, evals: Any) -> None:
+        spectra[result.name] = np.asarray(evals, dtype=np.float32)
 
     def weights_with_progress() -> Iterator[Any]:
         for i, item in enumerate(source.iter_projection_weights()):
@@ -296,8 +305,9 @@ def _compute_esd(
             yield item
 
     report = analyze_weights(
-        weights_with_progress(), estimator, device=device, progress=False, total=total, model=description.as_dict()
-    )
+        weights_with_progress(), estimator, device=device, progress=False, total=total, model=description.as_dict(),
+        on_spectrum=keep_spectrum,
+    )  # fmt: skip
     ctx.report("esd", stop)
     with session_scope(ctx.session_factory) as db:
         model = _model_row(description, db)
@@ -308,6 +318,7 @@ def _compute_esd(
             elapsed_s=report.elapsed_s,
             meta={"device": device, "job_id": ctx.job_id, "versions": library_versions()},
             team_id=ctx.team_id,
+            eigenvalues=spectra,
             db_session=db,
         )
         return run.id, created

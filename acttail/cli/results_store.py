@@ -78,7 +78,7 @@ def open_results_store(db: str | None, *, command: str) -> ResultsStore:
 
 
 def record_result(store: ResultsStore, result: PipelineResult) -> RecordedRun:
-    """Upsert the result's model, ESD run, allocations and benchmark rows; close the store."""
+    """Upsert the result's model, ESD run (with its eigenvalues), allocations and benchmark rows; close the store."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from acttail.store.db import session_scope
@@ -88,8 +88,9 @@ def record_result(store: ResultsStore, result: PipelineResult) -> RecordedRun:
     try:
         with session_scope(store.session_factory) as db:
             return save_pipeline_result(
-                result.to_dict(), esd_report=result.esd, meta=meta, team_id=store.team_id, db_session=db
-            )
+                result.to_dict(), esd_report=result.esd, eigenvalues=result.spectra, meta=meta,
+                team_id=store.team_id, db_session=db,
+            )  # fmt: skip
     except SQLAlchemyError as exc:
         raise _database_error(store.shown_url, exc) from None
     finally:

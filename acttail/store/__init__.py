@@ -15,9 +15,12 @@ Models and ESD (``acttail.store.catalog``) - ESD runs are a cache shared by ever
 team sees a model (and reads its runs) only with its own job or a visible allocation/benchmark
     get_or_create_model(ModelDescription) -> Model (unique fingerprint)
     get_esd_run(fingerprint, estimator) -> EsdRun | None (with .projections; the workers' cache lookup)
-    save_esd_run(model, estimator, projections, elapsed_s=, meta=, team_id=) -> (EsdRun, created)
+    save_esd_run(model, estimator, projections, elapsed_s=, meta=, team_id=, eigenvalues=) -> (EsdRun, created)
     list_models(team_id=), get_team_model(fingerprint, team_id=), visible_to_team(team_id) (SQL condition)
     latest_esd_run(model_id_or_fingerprint, team_id=, estimator=None)
+    projection_eigenvalues(run_id, name), projections_with_eigenvalues(run_id)
+ESD eigenvalues as bytes (``acttail.store.spectra``) - float32 little-endian, never pickle
+    encode_eigenvalues(values, expected=), decode_eigenvalues(blob)
 Allocations and benchmarks (``acttail.store.results``) - team rows, ``shared`` publishes them
     save_allocation(Allocation, model=, team_id=, shared=) -> (AllocationRow, created)
     save_benchmark(model=, kind=, metric=, value=, settings=, versions=, allocation_id=, team_id=, shared=)
@@ -26,7 +29,7 @@ Benchmark rows from results (``acttail.store.measurements``) - one mapping for w
     perplexity_measurements(PerplexityResult.to_dict(), mode=), zeroshot_measurements(report dict, mode=),
     save_measurements(measurements, model=, allocation_id=, versions=, team_id=)
 A CLI run (``acttail.store.pipeline_results``) - ``acttail run`` / ``evaluate`` results, as a job writes them
-    save_pipeline_result(PipelineResult.to_dict(), esd_report=, team_id=) -> RecordedRun (row IDs)
+    save_pipeline_result(PipelineResult.to_dict(), esd_report=, eigenvalues=, team_id=) -> RecordedRun (row IDs)
 Team "default" (``acttail.store.bootstrap``) - created with a key on an empty database
     ensure_default_team(key_file, session_factory) -> new key | None, default_team(...) -> (id, key)
 Jobs (``acttail.store.jobs``) - the source of truth for job state
@@ -50,6 +53,8 @@ from acttail.store.catalog import (
     get_team_model,
     latest_esd_run,
     list_models,
+    projection_eigenvalues,
+    projections_with_eigenvalues,
     save_esd_run,
     visible_to_team,
 )
@@ -90,6 +95,7 @@ __all__ = [
     "finish_job", "get_allocation", "get_benchmark", "get_esd_run", "get_esd_run_by_id", "get_job",
     "get_model_by_fingerprint", "get_or_create_model", "get_team_by_name", "get_team_model", "is_cancelled",
     "job_status", "latest_esd_run", "link_results", "list_allocations", "list_benchmarks", "list_jobs", "list_models",
-    "make_engine", "make_session_factory", "mark_failed", "mark_running", "mark_succeeded", "requeue_interrupted",
-    "save_allocation", "save_benchmark", "save_esd_run", "session_scope", "update_progress", "visible_to_team",
+    "make_engine", "make_session_factory", "mark_failed", "mark_running", "mark_succeeded", "projection_eigenvalues",
+    "projections_with_eigenvalues", "requeue_interrupted", "save_allocation", "save_benchmark", "save_esd_run",
+    "session_scope", "update_progress", "visible_to_team",
 ]  # fmt: skip

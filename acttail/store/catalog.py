@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from acttail.store.errors import NotFoundError
 from acttail.store.orm import AllocationRow, Benchmark, EsdProjection, EsdRun, Job, Model, utcnow
+from acttail.store.spectra import encode_eigenvalues
 from acttail.store.upsert import insert_ignore
 
 MODEL_FIELDS = ("model_id", "source", "revision", "fingerprint", "architecture", "num_layers", "projection_params")
@@ -134,15 +135,26 @@ def save_esd_run(
     elapsed_s: float = 0.0,
     meta: Mapping[str, Any] | None = None,
     team_id: int | None = None,
+    eigenvalues: Mapping[str, Any] | None = None,
 ) -> tuple[EsdRun, bool]:
     """Store one ESD run (one row per projection) unless (model, estimator) already has one.
 
     Returns (run, created). A concurrent writer that loses the race gets the winner's run; its own
     numbers are discarded (same weights and estimator give the same alphas, up to float noise).
     ``projections`` are acttail.esd.ProjectionESD objects or mappings with PROJECTION_FIELDS
-    (``shape`` = (d_out, d_in) is accepted in place of d_out/d_in).
+    (``shape`` = (d_out, d_in) is accepted in place of d_out/d_in). ``eigenvalues`` maps
+    projection names to all min(d_out, d_in) eigenvalues of their WᵀW (stored as float32 bytes,
+    ``acttail.store.spectra``), for the ESD plot; projections without an entry store none.
     """
     rows = [_projection_values(item) for item in projections]
+    spectra = dict(eigenvalues or {})
+    unknown = sorted(set(spectra) - {row["name"] for row in rows})
+    if unknown:
+        raise ValueError(f"eigenvalues given for projections not in the run: {', '.join(unknown[:3])}")
+    for row in rows:
+        values = spectra.get(row["name"])
+        expected = min(int(row["d_out"]), int(row["d_in"]))
+        row["eigenvalues"] = None if values is None else encode_eigenvalues(values, expected=expected)
     created = insert_ignore(
         db_session,
         EsdRun.__table__,
@@ -175,6 +187,22 @@ def get_esd_run_by_id(run_id: int, *, db_session: Session) -> EsdRun:
     if run is None:
         raise NotFoundError(f"no ESD run {run_id}")
     return run
+
+
+def projection_eigenvalues(run_id: int, name: str, *, db_session: Session) -> bytes | None:
+    """The stored eigenvalue bytes of one projection of a run (``acttail.store.spectra``), or None."""
+    stmt = select(EsdProjection.eigenvalues).where(EsdProjection.run_id == run_id, EsdProjection.name == name)
+    return db_session.scalar(stmt)
+
+
+def projections_with_eigenvalues(run_id: int, *, db_session: Session) -> list[str]:
+    """Names of the run's projections whose eigenvalues are stored, in the run's order."""
+    stmt = (
+        select(EsdProjection.name)
+        .where(EsdProjection.run_id == run_id, EsdProjection.eigenvalues.is_not(None))
+        .order_by(EsdProjection.id)
+    )
+    return list(db_session.scalars(stmt))
 
 
 def latest_esd_run(model: str, *, team_id: int, db_session: Session, estimator: str | None = None) -> EsdRun:

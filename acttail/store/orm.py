@@ -7,7 +7,8 @@ model, a worker re-running a job after a crash) converge on one row instead of d
 table          natural key
 ============== ===================================================================
 models         fingerprint (sha256 of the weights; the same weights under two IDs are one model)
-esd_runs       (model, estimator)        - facts about public weights, always shared
+esd_runs       (model, estimator)        - a cache every team's jobs reuse; read only by teams that
+               worked on the model (``catalog.visible_to_team``)
 esd_projections (run, name)
 allocations    (model, method, target, params_hash, estimator, team)
 benchmarks     (model, kind, metric, key_hash, team); key_hash covers allocation + settings
@@ -34,6 +35,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -115,7 +117,7 @@ class Model(Base):
 
 
 class EsdRun(Base):
-    """One ESD analysis of a model with one estimator; shared by every team (facts about weights)."""
+    """One ESD analysis of a model with one estimator: computed once, reused by every team's jobs."""
 
     __tablename__ = "esd_runs"
     __table_args__ = (UniqueConstraint("model_pk", "estimator"),)
@@ -158,6 +160,10 @@ class EsdProjection(Base):
     log_frobenius_norm: Mapped[float | None] = mapped_column(Float, default=None)
     stable_rank: Mapped[float | None] = mapped_column(Float, default=None)
     alpha_weighted: Mapped[float | None] = mapped_column(Float, default=None)
+    # All min(d_out, d_in) eigenvalues, ascending, float32 little-endian (acttail.store.spectra),
+    # for the ESD histogram; NULL in runs stored before revision 20261130_0002. Deferred: reading
+    # a run's alphas never loads them.
+    eigenvalues: Mapped[bytes | None] = mapped_column(LargeBinary, default=None, deferred=True)
 
     run: Mapped[EsdRun] = relationship(back_populates="projections")
 

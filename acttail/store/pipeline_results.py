@@ -55,6 +55,7 @@ def save_pipeline_result(
     team_id: int,
     db_session: Session,
     esd_report: Any | None = None,
+    eigenvalues: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
     shared: bool = False,
 ) -> RecordedRun:
@@ -62,7 +63,8 @@ def save_pipeline_result(
 
     ``esd_report`` (an ``acttail.esd.ESDReport``: ``estimator``, ``projections``, ``elapsed_s``)
     is stored as the model's ESD run unless one exists for that estimator (ESD runs are shared
-    facts about weights, computed once). ``meta`` is stored with the ESD run (e.g. its origin).
+    facts about weights, computed once), with ``eigenvalues`` (projection name → all its
+    eigenvalues) for the ESD plot. ``meta`` is stored with the ESD run (e.g. its origin).
     Allocations are the pipeline's own, valid by construction.
     """
     if document.get("format") != "acttail.pipeline_result":
@@ -74,7 +76,7 @@ def save_pipeline_result(
         run, _ = save_esd_run(
             model, esd_report.estimator, esd_report.projections, elapsed_s=esd_report.elapsed_s,
             meta={**dict(meta or {}), "device": versions.get("device"), "versions": versions}, team_id=team_id,
-            db_session=db_session,
+            eigenvalues=eigenvalues, db_session=db_session,
         )  # fmt: skip
         esd_run_id = run.id
     allocation_ids: list[int] = []

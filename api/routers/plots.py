@@ -58,12 +58,14 @@ def alphas_plot(
 )
 def esd_plot(
     model: ModelKey, projection: Annotated[str, Path(max_length=256)], fmt: Format, team: TeamDep,
-    db_session: SessionDep, estimator: Estimator = None,
+    db_session: SessionDep, cache: ImageCacheDep, estimator: Estimator = None, if_none_match: IfNoneMatch = None,
 ) -> Response:  # fmt: skip
-    """The ESD histogram of one projection needs its eigenvalues; the store keeps only the fit
-    statistics, so this answers 404 saying so (and 404 naming the projections when the name is unknown)."""
+    """Log-log histogram of one projection's eigenvalues with the stored power-law fit (α, x_min).
+
+    404 for an unknown projection (naming some that exist), and for runs stored before eigenvalues
+    were kept (the message says so)."""
     run = catalog.latest_esd_run(model, team_id=team.id, estimator=estimator, db_session=db_session)
-    return esd_image(run, projection)
+    return esd_image(run, projection, fmt, db_session=db_session, cache=cache, if_none_match=if_none_match)
 
 
 @router.get("/models/{model:path}/plots/sweep.{fmt}", response_class=Response, responses=IMAGE_RESPONSES)

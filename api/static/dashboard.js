@@ -71,9 +71,27 @@ function watchJob(section) {
   });
 }
 
+// The model page's ESD projection selector: swap the image in place (the form's button reloads
+// the page instead when scripts are off) and keep the choice in the URL.
+function watchEsdSelector(select) {
+  const image = document.getElementById("esd-plot");
+  const button = select.form.querySelector('button[type="submit"]');
+  if (!image) return;
+  if (button) button.hidden = true;
+  select.addEventListener("change", () => {
+    image.src = `${select.dataset.srcPrefix}${encodeURIComponent(select.value)}${select.dataset.srcSuffix}`;
+    image.alt = image.alt.replace(/^ESD of \S+/, `ESD of ${select.value}`);
+    const url = new URL(window.location.href);
+    url.searchParams.set("projection", select.value);
+    window.history.replaceState(null, "", url);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const list = document.querySelector("table#jobs[data-poll]");
   if (list) watchJobList(list);
   const job = document.querySelector("section#job[data-poll]");
   if (job) watchJob(job);
+  const projection = document.querySelector("select#esd-projection");
+  if (projection) watchEsdSelector(projection);
 });

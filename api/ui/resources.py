@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from acttail.store import catalog, jobs, results
 from acttail.store.orm import Job, Model
 from api.deps import SessionDep
-from api.plot_images import ImageFormat, allocation_image, alphas_image, sweep_image
+from api.plot_images import ImageFormat, allocation_image, alphas_image, esd_image, sweep_image
 from api.routers.plots import Estimator, ImageCacheDep
 from api.schemas import MAX_ID
 from api.ui.render import UI
@@ -56,6 +56,16 @@ def alphas_image_for_team(
     model = catalog.get_team_model(fingerprint, team_id=team.id, db_session=db_session)
     run = catalog.latest_esd_run(model.fingerprint, team_id=team.id, estimator=estimator, db_session=db_session)
     return alphas_image(run, fmt, cache=cache, if_none_match=if_none_match)
+
+
+@router.get("/plots/models/{fingerprint:path}/esd/{projection}.{fmt}")
+def esd_image_for_team(
+    fingerprint: Fingerprint, projection: Annotated[str, Path(max_length=256)], fmt: ImageFormat, team: UiTeamDep,
+    db_session: SessionDep, cache: ImageCacheDep, estimator: Estimator = None, if_none_match: IfNoneMatch = None,
+) -> Response:  # fmt: skip
+    model = catalog.get_team_model(fingerprint, team_id=team.id, db_session=db_session)
+    run = catalog.latest_esd_run(model.fingerprint, team_id=team.id, estimator=estimator, db_session=db_session)
+    return esd_image(run, projection, fmt, db_session=db_session, cache=cache, if_none_match=if_none_match)
 
 
 @router.get("/plots/models/{fingerprint:path}/sweep.{fmt}")

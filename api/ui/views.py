@@ -108,12 +108,16 @@ def _variant(row: Benchmark) -> tuple[int, str, float]:
 def model_page(
     request: Request, fingerprint: str, team: UiTeamDep, db_session: SessionDep,
     estimator: Annotated[str | None, Query(max_length=32)] = None,
+    projection: Annotated[str | None, Query(max_length=256)] = None,
 ) -> Response:  # fmt: skip
     model = catalog.get_team_model(fingerprint, team_id=team.id, db_session=db_session)
     runs = catalog.list_esd_runs(model, db_session=db_session)
     run = next((r for r in runs if r.estimator == estimator), runs[0] if runs else None)
     if estimator is not None and (estimator not in ESTIMATORS or run is None or run.estimator != estimator):
         raise NotFoundError(f"no ESD run of {model.model_id!r} with estimator {estimator!r}")
+    spectra = [] if run is None else catalog.projections_with_eigenvalues(run.id, db_session=db_session)
+    if projection is not None and projection not in spectra:
+        raise NotFoundError(f"no stored eigenvalues of projection {projection!r} of {model.model_id!r}")
     allocations, allocation_total = results.list_allocations(
         team_id=team.id, model=fingerprint, limit=MAX_ROWS, db_session=db_session
     )
@@ -125,6 +129,7 @@ def model_page(
         "model": model, "runs": runs, "run": run, "allocations": allocations, "allocation_total": allocation_total,
         "benchmarks": benchmarks, "benchmark_total": benchmark_total, "nav": "models",
         "has_sweep": any(b.kind == "perplexity" and b.allocation_id is not None for b in benchmarks),
+        "spectra": spectra, "projection": projection or (spectra[0] if spectra else None),
     }  # fmt: skip
     return page(request, "model.html", context, team=team)
 

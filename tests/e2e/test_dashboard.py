@@ -108,6 +108,14 @@ def test_submit_watch_and_inspect_a_job(stack: Stack, browser: Any, screenshots:
     expect(page.locator("h1")).to_have_text(stack.tiny_model)
     assert _image_width(page, "#alphas-plot") > 0
     assert _image_width(page, "#sweep-plot") > 0
+    # The ESD of one projection: the first by default; choosing another swaps the image in place.
+    names = page.eval_on_selector_all("#esd-projection option", "options => options.map(o => o.value)")
+    assert len(names) == 14 and page.input_value("#esd-projection") == names[0]
+    assert _image_width(page, "#esd-plot") > 0
+    page.select_option("#esd-projection", names[-1])
+    expect(page.locator("#esd-plot")).to_have_attribute("src", re.compile(rf"/esd/{re.escape(names[-1])}\.svg"))
+    assert _image_width(page, "#esd-plot") > 0
+    assert page.url.endswith(f"projection={names[-1]}")
 
     shown = page.eval_on_selector_all(
         "#allocations tbody tr", "rows => rows.map(r => [Number(r.dataset.id), Number(r.cells[2].dataset.value)])"
@@ -145,6 +153,8 @@ def test_submit_watch_and_inspect_a_job(stack: Stack, browser: Any, screenshots:
     with stack.api(stack.keys["speech"]) as api:
         assert api.get("/v1/benchmarks", params={"model": fingerprint}).json()["total"] == 0
         assert api.get("/v1/allocations", params={"model": fingerprint}).json()["total"] == 0
+        assert fingerprint not in api.get("/v1/models").text  # the ESD run is shared as a cache, the model ID is not
+        assert api.get(f"/v1/models/{fingerprint}/alphas").status_code == 404
 
     page.click("form.logout button")
     expect(page).to_have_url(f"{stack.base_url}/ui/login")

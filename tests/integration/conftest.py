@@ -111,6 +111,18 @@ def esd_rows(alpha0: float = 2.5) -> list[dict[str, object]]:
     ]  # fmt: skip
 
 
+def esd_spectra(alpha0: float = 2.5) -> dict[str, list[float]]:
+    """64 eigenvalues per projection of ``esd_rows(alpha0)``: 44 in the bulk below x_min = 0.1 and a
+    tail of 20 (= num_tail) at the quantiles of a power law with that row's alpha above it."""
+    spectra = {}
+    for i, name in enumerate(PROJECTION_NAMES):
+        alpha = alpha0 + 0.5 * i
+        bulk = [0.01 * 9 ** (k / 43) for k in range(44)]  # 0.01 … 0.09
+        tail = [0.1 * (1 - k / 20) ** (-1 / (alpha - 1)) for k in range(20)]  # 0.1 … (Pareto quantiles)
+        spectra[name] = bulk + tail
+    return spectra
+
+
 def link_job(api: Api, key: str, session_factory: sessionmaker[Session], model_id: str, model_pk: int) -> str:
     """Submit a job for ``model_id`` as ``key``'s team and link it to the model row, as the worker's
     resolve stage does (the team has then worked on the model); returns the job ID."""

@@ -16,7 +16,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from acttail.store import catalog, jobs, results, teams
 from acttail.store.db import session_scope
-from tests.integration.conftest import Api, allocation_document, esd_rows, model_description
+from tests.integration.conftest import (
+    PROJECTION_NAMES,
+    Api,
+    allocation_document,
+    esd_rows,
+    esd_spectra,
+    model_description,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +64,7 @@ def _store_results(session_factory: sessionmaker[Session], team_id: int, job_id:
     fingerprint = str(description["fingerprint"])
     with session_scope(session_factory) as db:
         model = catalog.get_or_create_model(description, db_session=db)
-        run, _ = catalog.save_esd_run(model, "ks", esd_rows(2.5), db_session=db)
+        run, _ = catalog.save_esd_run(model, "ks", esd_rows(2.5), eigenvalues=esd_spectra(2.5), db_session=db)
         doc = allocation_document(fingerprint, 0.5, model_id=str(description["model_id"]))
         alloc, _ = results.save_allocation(doc, model=model, team_id=team_id, db_session=db)
         settings = {"dataset": "wikitext2", "seqlen": 32, "max_tokens": 128}
@@ -140,7 +147,22 @@ def test_model_page_shows_stored_numbers_and_plots(
     for src in re.findall(r'<img id="[a-z-]+" class="plot" alt="[^"]*"\s+src="([^"]+)"', page.text):
         image = api.client.get(src.replace("&amp;", "&"))
         assert image.status_code == 200 and image.headers["content-type"] == "image/svg+xml", src
-    assert len(re.findall(r'<img id="(alphas-plot|sweep-plot)"', page.text)) == 2
+    assert len(re.findall(r'<img id="(alphas-plot|sweep-plot|esd-plot)"', page.text)) == 3
+
+    # ESD: a selector of the projections with stored eigenvalues, the first one drawn by default.
+    options = re.findall(r'<option value="([^"]+)" (selected)?', page.text.split('id="esd-projection"')[1])
+    assert [name for name, _ in options] == PROJECTION_NAMES and options[0][1] == "selected"
+    esd_src = f"/ui/plots/models/{stored['fingerprint']}/esd/{PROJECTION_NAMES[0]}.svg?estimator=ks"
+    assert f'src="{esd_src}"' in page.text
+    chosen = api.client.get(f"/ui/models/{stored['fingerprint']}?estimator=ks&projection={PROJECTION_NAMES[2]}")
+    assert f"/esd/{PROJECTION_NAMES[2]}.svg?estimator=ks" in chosen.text
+    assert f'<option value="{PROJECTION_NAMES[2]}" selected>' in chosen.text
+    esd_png = api.client.get(esd_src.replace(".svg", ".png"))
+    assert esd_png.status_code == 200 and esd_png.content[:4] == b"\x89PNG"
+    etag = api.client.get(esd_src).headers["etag"]
+    assert api.client.get(esd_src, headers={"If-None-Match": etag}).status_code == 304
+    unknown = api.client.get(f"/ui/models/{stored['fingerprint']}?projection=model.layers.7.mlp.up_proj")
+    assert unknown.status_code == 404
 
     download = api.client.get(f"/ui/allocations/{stored['allocation']}.json")
     assert download.json() == stored["document"] and "attachment" in download.headers["content-disposition"]
@@ -167,6 +189,7 @@ def test_another_team_sees_nothing(api: Api, two_teams: Any, session_factory: se
     assert other.get(f"/ui/api/jobs/{job['id']}").json() == {"detail": f"no job {job['id']}"}
     assert job["id"] not in other.get("/ui/jobs").text and other.get("/ui/api/jobs").json()["total"] == 0
     for path in (f"/ui/plots/models/{fingerprint}/alphas.svg", f"/ui/plots/models/{fingerprint}/sweep.svg",
+                 f"/ui/plots/models/{fingerprint}/esd/{PROJECTION_NAMES[0]}.svg",
                  f"/ui/plots/allocations/{allocation}/heatmap.svg", f"/ui/allocations/{allocation}.json"):
         assert other.get(path).status_code == 404, path
     assert stored["fingerprint"] not in api.client.get("/v1/models", headers=api.auth(other_key)).text  # same rule

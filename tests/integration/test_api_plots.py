@@ -10,13 +10,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from acttail.store import catalog, results
 from acttail.store.db import session_scope
 from api.plot_images import sweep_input
-from tests.integration.conftest import PROJECTION_NAMES, Api, allocation_document, esd_rows, model_description
+from tests.integration.conftest import (
+    PROJECTION_NAMES,
+    Api,
+    allocation_document,
+    esd_rows,
+    esd_spectra,
+    model_description,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +38,13 @@ def teams(make_team: Callable[[], tuple[int, str]]) -> tuple[tuple[int, str], tu
 
 
 def _store_model(session_factory: sessionmaker[Session], team_id: int, key: str) -> dict[str, Any]:
-    """A model with ks and hill ESD runs, a private and a shared allocation, and a small sweep."""
+    """A model with a ks ESD run (with eigenvalues) and a hill one stored without them (as before
+    revision 20261130_0002), a private and a shared allocation, and a small sweep."""
     description = model_description(f"org/plots-{key[4:12]}")
     fingerprint = str(description["fingerprint"])
     with session_scope(session_factory) as db:
         model = catalog.get_or_create_model(description, db_session=db)
-        catalog.save_esd_run(model, "ks", esd_rows(2.5), db_session=db)
+        catalog.save_esd_run(model, "ks", esd_rows(2.5), eigenvalues=esd_spectra(2.5), db_session=db)
         catalog.save_esd_run(model, "hill", esd_rows(4.0), db_session=db)
         allocations = {}
         for target in (0.3, 0.5):
@@ -168,16 +177,60 @@ def test_sweep_labels_configs_of_one_method_apart(
     assert api.client.get(f"/v1/models/{fingerprint}/plots/sweep.png", headers=api.auth(key)).status_code == 200
 
 
-def test_esd_plot_says_eigenvalues_are_not_stored(api: Api, teams: Any, session_factory: sessionmaker[Session]) -> None:
+def test_esd_plot_draws_the_stored_eigenvalues(api: Api, teams: Any, session_factory: sessionmaker[Session]) -> None:
     (team_id, key), _ = teams
     stored = _store_model(session_factory, team_id, key)
     base = f"/v1/models/{stored['model_id']}/plots/esd"
-    response = api.client.get(f"{base}/{PROJECTION_NAMES[0]}.svg", headers=api.auth(key))
-    assert response.status_code == 404
-    assert response.json()["detail"].startswith("eigenvalues are not stored: ESD run ")
+    url = f"{base}/{PROJECTION_NAMES[1]}.svg?estimator=ks"
+    svg = api.client.get(url, headers=api.auth(key))
+    assert svg.status_code == 200, svg.text
+    assert svg.headers["content-type"] == "image/svg+xml" and ET.fromstring(svg.content).tag.endswith("svg")
+    assert svg.headers["cache-control"] == "private, no-cache"
+    etag = svg.headers["etag"]
+    hits = api.client.app.state.image_cache.hits  # type: ignore[attr-defined]
+    again = api.client.get(url, headers=api.auth(key))
+    assert again.content == svg.content and again.headers["etag"] == etag
+    assert api.client.app.state.image_cache.hits == hits + 1  # type: ignore[attr-defined]
+    not_modified = api.client.get(url, headers={**api.auth(key), "If-None-Match": etag})
+    assert (not_modified.status_code, not_modified.content, not_modified.headers["etag"]) == (304, b"", etag)
+
+    png = api.client.get(f"{base}/{PROJECTION_NAMES[1]}.png?estimator=ks", headers=api.auth(key))
+    assert png.status_code == 200 and png.content.startswith(PNG_SIGNATURE) and png.headers["etag"] != etag
+    other = api.client.get(f"{base}/{PROJECTION_NAMES[2]}.svg?estimator=ks", headers={**api.auth(key),
+                                                                                      "If-None-Match": etag})
+    assert other.status_code == 200 and other.headers["etag"] != etag  # other eigenvalues, other picture
+    with session_scope(session_factory) as db:  # the picture is drawn from the stored bytes, float32 LE
+        run = catalog.latest_esd_run(stored["fingerprint"], team_id=team_id, estimator="ks", db_session=db)
+        blob = catalog.projection_eigenvalues(run.id, PROJECTION_NAMES[1], db_session=db)
+    assert blob is not None and len(blob) == 64 * 4
+    assert np.frombuffer(blob, "<f4").tolist() == pytest.approx(esd_spectra(2.5)[PROJECTION_NAMES[1]], rel=1e-6)
+
+    # The hill run was stored without eigenvalues: a clear 404, as is an unknown projection.
+    old_run = api.client.get(f"{base}/{PROJECTION_NAMES[0]}.svg?estimator=hill", headers=api.auth(key))
+    assert old_run.status_code == 404
+    assert old_run.json()["detail"].startswith("eigenvalues are not stored: ESD run ")
     unknown = api.client.get(f"{base}/model.layers.9.mlp.up_proj.png", headers=api.auth(key))
     assert unknown.status_code == 404
     assert unknown.json()["detail"].startswith("no projection 'model.layers.9.mlp.up_proj' in ESD run ")
+
+
+def test_esd_plot_of_a_failed_fit_is_404(api: Api, teams: Any, session_factory: sessionmaker[Session]) -> None:
+    (team_id, key), _ = teams
+    description = model_description(f"org/nofit-{key[4:12]}")
+    rows = esd_rows()
+    rows[0].update(alpha=None, xmin=None)  # the fit failed; the eigenvalues are still stored
+    with session_scope(session_factory) as db:
+        model = catalog.get_or_create_model(description, db_session=db)
+        run, _ = catalog.save_esd_run(model, "ks", rows, eigenvalues=esd_spectra(), db_session=db)
+        results.save_benchmark(model=model, kind="perplexity", metric="ppl", value=20.0, team_id=team_id,
+                               db_session=db)  # fmt: skip
+        run_id = run.id
+    response = api.client.get(f"/v1/models/{description['fingerprint']}/plots/esd/{PROJECTION_NAMES[0]}.svg",
+                              headers=api.auth(key))  # fmt: skip
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": f"no power-law fit to draw: the fit of {PROJECTION_NAMES[0]} failed in ESD run {run_id}"
+    }
 
 
 def test_undrawable_allocation_is_422(api: Api, teams: Any, session_factory: sessionmaker[Session]) -> None:
@@ -216,7 +269,7 @@ from acttail.settings import Settings
 from acttail.store import catalog, results, teams
 from acttail.store.db import make_engine, make_session_factory, session_scope
 from api.app import create_app
-from tests.integration.conftest import esd_rows, model_description
+from tests.integration.conftest import esd_rows, esd_spectra, model_description
 settings = Settings(home={str(tmp_path)!r}, executor="celery", broker_url="redis://127.0.0.1:1/0")
 with TestClient(create_app(settings)) as client:
     factory = make_session_factory(make_engine(settings.database_url))
@@ -224,13 +277,15 @@ with TestClient(create_app(settings)) as client:
         team = teams.create_team("t", db_session=db)
         key = teams.create_api_key(team, db_session=db)
         model = catalog.get_or_create_model(model_description("org/m"), db_session=db)
-        catalog.save_esd_run(model, "ks", esd_rows(), db_session=db)
+        catalog.save_esd_run(model, "ks", esd_rows(), eigenvalues=esd_spectra(), db_session=db)
         results.save_benchmark(model=model, kind="perplexity", metric="ppl", value=9.0, team_id=team.id,
                                db_session=db)  # the team worked on the model: it may see it
-    response = client.get("/v1/models/org/m/plots/alphas.png", headers={{"Authorization": "Bearer " + key}})
-    print(response.status_code, "matplotlib" in sys.modules, "torch" in sys.modules)
+    headers = {{"Authorization": "Bearer " + key}}
+    alphas = client.get("/v1/models/org/m/plots/alphas.png", headers=headers)
+    esd = client.get("/v1/models/org/m/plots/esd/{PROJECTION_NAMES[0]}.png", headers=headers)
+    print(alphas.status_code, esd.status_code, "matplotlib" in sys.modules, "torch" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["200", "True", "False"]
+    assert out.stdout.split() == ["200", "200", "True", "False"]

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from acttail.store import migrate
 from acttail.store.db import make_engine
 from acttail.store.orm import Base
+from acttail.store.spectra import decode_eigenvalues, encode_eigenvalues
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +49,49 @@ def test_upgrade_downgrade_upgrade(empty_url: str) -> None:
     migrate.upgrade(empty_url)
     migrate.upgrade(empty_url)  # idempotent
     assert _tables(empty_url) == TABLES
+
+
+def _projection_columns(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {column["name"] for column in inspect(engine).get_columns("esd_projections")}
+    finally:
+        engine.dispose()
+
+
+def test_eigenvalues_revision_up_and_down_keeps_the_rows(empty_url: str) -> None:
+    """20261130_0002 adds esd_projections.eigenvalues (NULL for runs stored before it) and drops it again."""
+    migrate.upgrade(empty_url, "20261129_0001")
+    assert "eigenvalues" not in _projection_columns(empty_url)
+    engine = make_engine(empty_url)
+    with engine.begin() as connection:  # a run stored before the revision
+        connection.execute(text(
+            "INSERT INTO models (id, model_id, source, fingerprint, architecture, num_layers, projection_params, "
+            "created_at) VALUES (1, 'org/old', 'hub', 'fp-old', 'llama', 1, 16, CURRENT_TIMESTAMP)"))
+        connection.execute(text(
+            "INSERT INTO esd_runs (id, model_pk, estimator, elapsed_s, meta, shared, created_at) "
+            "VALUES (1, 1, 'ks', 0.0, '{}', true, CURRENT_TIMESTAMP)"))
+        connection.execute(text(
+            "INSERT INTO esd_projections (id, run_id, name, layer, kind, d_out, d_in, param_count, alpha) "
+            "VALUES (1, 1, 'model.layers.0.self_attn.q_proj', 0, 'q', 4, 4, 16, 2.5)"))  # fmt: skip
+
+    migrate.upgrade(empty_url, "20261130_0002")
+    assert migrate.current_revision(engine) == "20261130_0002"
+    blob = encode_eigenvalues([0.5, 4.0, 1.0, 2.0], expected=4)
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT eigenvalues, alpha FROM esd_projections")).one() == (None, 2.5)
+        connection.execute(text("UPDATE esd_projections SET eigenvalues = :blob"), {"blob": blob})
+        stored = connection.execute(text("SELECT eigenvalues FROM esd_projections")).scalar_one()
+    assert bytes(stored) == blob and decode_eigenvalues(bytes(stored)).tolist() == [0.5, 1.0, 2.0, 4.0]
+
+    migrate.downgrade(empty_url, "20261129_0001")
+    assert "eigenvalues" not in _projection_columns(empty_url)
+    with engine.connect() as connection:  # the statistics survive the table rebuild (SQLite batch mode)
+        assert connection.execute(text("SELECT name, alpha FROM esd_projections")).one() == (
+            "model.layers.0.self_attn.q_proj", 2.5)  # fmt: skip
+    migrate.upgrade(empty_url)
+    assert "eigenvalues" in _projection_columns(empty_url)
+    engine.dispose()
 
 
 def test_orm_matches_migrated_schema(empty_url: str) -> None:
