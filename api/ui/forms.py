@@ -9,7 +9,7 @@ from typing import Any
 import pydantic
 
 from acttail.errors import ActTailError
-from acttail.store.requests import ESTIMATORS, METHODS, JobRequest
+from acttail.store.requests import DEFAULT_METHOD, ESTIMATORS, METHODS, JobRequest
 
 DIRECTIONS = ("higher_alpha_sparser", "lower_alpha_sparser")
 LABELS = {
@@ -52,9 +52,9 @@ class JobForm:
     model_id: str = ""
     estimator: str = "ks"
     targets: str = "0.5, 0.7"
-    method: str = "acttail"
-    epsilon: str = "0.1"
-    direction: str = "higher_alpha_sparser"
+    method: str = DEFAULT_METHOD
+    epsilon: str = ""  # empty: the method's default (only the acttail rules read it)
+    direction: str = ""
     perplexity: bool = True
     seqlen: str = "512"
     max_tokens: str = "16384"
@@ -77,11 +77,14 @@ class JobForm:
                 "seqlen": _number(LABELS["evaluations.perplexity.seqlen"], self.seqlen, int),
                 "max_tokens": _number(LABELS["evaluations.perplexity.max_tokens"], self.max_tokens, int),
             }
-        raw = {
+        raw: dict[str, Any] = {
             "model_id": self.model_id, "estimator": self.estimator, "targets": targets, "method": self.method,
-            "epsilon": _number(LABELS["epsilon"], self.epsilon, float), "direction": self.direction,
             "evaluations": evaluations, "shared": self.shared,
         }  # fmt: skip
+        if self.epsilon.strip():
+            raw["epsilon"] = _number(LABELS["epsilon"], self.epsilon, float)
+        if self.direction:
+            raw["direction"] = self.direction
         try:
             return JobRequest.model_validate(raw)
         except pydantic.ValidationError as exc:

@@ -22,7 +22,7 @@ from acttail.errors import ActTailError
 from acttail.store import catalog, jobs, results
 from acttail.store.errors import AuthenticationError, NotFoundError
 from acttail.store.orm import Benchmark
-from acttail.store.requests import ESTIMATORS
+from acttail.store.requests import DEFAULT_METHOD, ESTIMATORS
 from api.deps import DispatcherDep, SessionDep, SettingsDep
 from api.errors import status_for, validation_message
 from api.submission import submit
@@ -155,7 +155,7 @@ def new_job_page(request: Request, team: UiTeamDep) -> Response:
 def submit_job_form(
     request: Request, team: UiTeamDep, db_session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
     csrf_token: FormText = "", model_id: FormText = "", estimator: FormText = "ks", targets: FormText = "",
-    method: FormText = "acttail", epsilon: FormText = "", direction: FormText = "higher_alpha_sparser",
+    method: FormText = DEFAULT_METHOD, epsilon: FormText = "", direction: FormText = "",
     perplexity: FormText = "", seqlen: FormText = "", max_tokens: FormText = "", shared: FormText = "",
 ) -> Response:  # fmt: skip
     """Validate exactly like ``POST /v1/jobs``; an error shows the form again with the message (4xx/503)."""

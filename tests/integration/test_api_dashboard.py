@@ -225,6 +225,21 @@ def test_job_form_submits_and_redirects(api: Api, two_teams: Any) -> None:
     assert job_id in api.client.get("/ui/jobs").text
 
 
+def test_job_form_defaults_to_the_default_method(api: Api, two_teams: Any) -> None:
+    (_, key), _ = two_teams
+    _login(api.client, key)
+    new = api.client.get("/ui/jobs/new")
+    assert '<option value="auto" selected>auto</option>' in new.text
+    form = {"csrf_token": _csrf(api.client, "/ui/jobs/new"), "model_id": "org/default-method", "targets": "0.5",
+            "method": "auto", "epsilon": "", "direction": ""}  # fmt: skip
+    response = api.client.post("/ui/jobs", data=form, follow_redirects=False)
+    assert response.status_code == 303
+    job = api.client.get(f"/v1/jobs/{response.headers['location'].removeprefix('/ui/jobs/')}", headers=api.auth(key))
+    request = job.json()["request"]
+    assert request["method"] == "auto"
+    assert (request["epsilon"], request["direction"]) == (0.1, "higher_alpha_sparser")  # JobRequest's defaults
+
+
 @pytest.mark.parametrize(
     ("changes", "status", "message"),
     [
