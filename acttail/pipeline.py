@@ -121,7 +121,8 @@ class PipelineConfig:
             },
             "zeroshot": {"tasks": list(self.tasks), "limit": self.limit},
             "calibration": (
-                {"dataset": "wikitext-2-raw-v1", "split": "validation", "tokens": self.calibration_tokens}
+                {"dataset": "wikitext-2-raw-v1", "split": "validation", "tokens": self.calibration_tokens,
+                 "seqlen": self.seqlen, "windows": "spread over the split", "thresholds": "sequential"}  # fmt: skip
                 if self.mode == SparsityMode.THRESHOLD
                 else None
             ),
@@ -288,7 +289,8 @@ def evaluate_variants(
     test_ids = tokenize_split(tokenizer, "test", config.max_tokens)
     calibration_ids = None
     if config.mode == SparsityMode.THRESHOLD:
-        calibration_ids = tokenize_split(tokenizer, "validation", config.calibration_tokens)
+        # The whole split: calibrate_thresholds spreads its calibration_tokens over it, in windows of seqlen.
+        calibration_ids = tokenize_split(tokenizer, "validation")
     results: list[VariantResult] = []
     for alloc in allocations:
         label = "dense" if alloc is None else f"{alloc.method}@{alloc.target:g}"

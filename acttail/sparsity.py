@@ -8,7 +8,8 @@ y = W x. With projection sparsity s_i and input width d_in:
   k_i entries are kept).
 * ``threshold`` (TEAL, Liu et al. 2024, Sec. 3): zero x_j when |x_j| <= t_i, where t_i is the
   s_i-quantile of |x| at that projection's input over calibration tokens (WikiText-2 raw
-  *validation*), so sparsity is s_i on average, not per token.
+  *validation*, windows spread over the split, with upstream thresholds already applied), so
+  sparsity is s_i on average, not per token.
 
 Both are forward pre-hooks on the ``nn.Linear`` modules that ``find_projections`` returns: the
 model code is never touched, q/k/v (and gate/up) read the same hidden state but each Linear has
@@ -34,13 +35,6 @@ from acttail.models.architectures import find_projections
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
     from transformers import PreTrainedTokenizerBase
-
-# log2|x| histogram used to calibrate thresholds: 2^-32 .. 2^24 covers fp32 activations of every
-# supported model (Gemma's residual stream reaches ~1e4); 2^14 bins give 0.24% relative resolution.
-_HIST_LOG2_MIN = -32.0
-_HIST_LOG2_MAX = 24.0
-_HIST_BINS = 1 << 14
-
 
 class SparsityMode(StrEnum):
     TOPK = "topk"
@@ -247,37 +241,53 @@ def decoder_only(model: nn.Module) -> nn.Module:
     return decoder if isinstance(decoder, nn.Module) else model
 
 
-class _MagnitudeHistogram:
-    """Streaming histogram of log2|x| at one projection input (exact zeros counted apart)."""
+def calibration_windows(token_ids: torch.Tensor, max_tokens: int, seqlen: int) -> torch.Tensor:
+    """``[n, seqlen]``: n = max_tokens // seqlen full windows, evenly spread over the whole stream.
 
-    def __init__(self) -> None:
-        self.counts = torch.zeros(_HIST_BINS, dtype=torch.float64)
-        self.zeros = 0
-        self.total = 0
+    Spread, not the first ``max_tokens`` tokens: projection inputs drift between documents (a late
+    o_proj of SmolLM2-135M moves by up to 5 points of sparsity between WikiText-2 articles at one
+    threshold), so n windows from n places estimate the split's quantiles much better than n
+    consecutive windows of two or three articles. Full windows of the evaluation's length: o_proj
+    inputs are attention outputs whose magnitudes depend on the position (SmolLM2 layer 10: 26%
+    of |x| under its 60% threshold at position 0, 62% past position 256), so calibration must
+    weigh positions as the evaluation does, and a short last window would over-weigh the first
+    positions. Fewer tokens than one window: the one short window there is.
+    """
+    ids = token_ids.flatten()
+    total = ids.numel()
+    if total < 2:
+        raise AllocationError("calibration needs at least 2 tokens")
+    if total <= seqlen:
+        return ids.unsqueeze(0)
+    n = max(1, min(max_tokens, total) // seqlen)
+    starts = torch.linspace(0, total - seqlen, n).round().long().tolist()
+    return torch.stack([ids[start : start + seqlen] for start in starts])
 
-    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        magnitude = args[0].detach().abs().float().flatten()
-        nonzero = magnitude[magnitude > 0]
-        self.zeros += magnitude.numel() - nonzero.numel()
-        self.total += magnitude.numel()
-        logs = nonzero.log2().clamp_(_HIST_LOG2_MIN, _HIST_LOG2_MAX - 1e-6)
-        self.counts += torch.histc(logs, bins=_HIST_BINS, min=_HIST_LOG2_MIN, max=_HIST_LOG2_MAX).double()
 
-    def quantile(self, q: float) -> float:
-        """Smallest t with P(|x| <= t) >= q (log-linear inside a bin); 0 when q <= P(x = 0)."""
-        if q <= 0.0 or self.total == 0:
-            return 0.0
-        needed = q * self.total - self.zeros
-        if needed <= 0:
-            return 0.0
-        cumulative = torch.cumsum(self.counts, 0)
-        idx = int(torch.searchsorted(cumulative, torch.tensor([needed], dtype=torch.float64)).item())
-        idx = min(idx, _HIST_BINS - 1)
-        before = float(cumulative[idx - 1]) if idx > 0 else 0.0
-        in_bin = float(self.counts[idx])
-        frac = (needed - before) / in_bin if in_bin > 0 else 1.0
-        width = (_HIST_LOG2_MAX - _HIST_LOG2_MIN) / _HIST_BINS
-        return float(2.0 ** (_HIST_LOG2_MIN + (idx + frac) * width))
+def magnitude_quantile(x: torch.Tensor, q: float) -> float:
+    """The q-quantile of |x| over all entries: the k-th smallest |x_j|, k = ceil(q * numel), or 0 for q <= 0."""
+    magnitude = x.detach().abs().flatten().float()
+    k = min(magnitude.numel(), math.ceil(q * magnitude.numel()))
+    return 0.0 if k <= 0 else float(magnitude.kthvalue(k).values)
+
+
+class _CalibrationHook:
+    """Pre-hook of one projection for the calibration forward: t_i from this input, then applied.
+
+    The forward carries every calibration window at once, so the first call sees all calibration
+    tokens: t_i = Quantile_{s_i}(|x_i|). With ``apply`` the input is then thresholded with t_i, so
+    every later projection is calibrated on what it will see at evaluation time.
+    """
+
+    def __init__(self, sparsity: float, apply: bool) -> None:
+        self.sparsity, self.apply = sparsity, apply
+        self.threshold: float | None = None
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x = args[0]  # [windows, seqlen, d_in]
+        if self.threshold is None:
+            self.threshold = magnitude_quantile(x, self.sparsity)
+        return (threshold_sparsify(x, self.threshold), *args[1:]) if self.apply else None
 
 
 def calibrate_thresholds(
@@ -289,20 +299,22 @@ def calibrate_thresholds(
     token_ids: torch.Tensor | None = None,
     max_tokens: int = 16_384,
     seqlen: int = 2048,
-    refinements: int = 2,
+    sequential: bool = True,
 ) -> dict[str, float]:
     """Per-projection magnitude thresholds t_i = Quantile_{s_i}(|x_i|) over calibration tokens.
 
-    The model is run on ``texts`` (joined with "\\n\\n" and tokenised once) or on the given
-    ``token_ids`` (1-D), at most ``max_tokens`` tokens in windows of ``seqlen``; a log2 histogram
-    of |x_i| is accumulated at every projection input. Use WikiText-2 raw validation
-    (``acttail.evaluate.datasets.wikitext2_text("validation")``), never the test split.
+    The model is run on ``texts`` (joined with "\n\n" and tokenised once) or on the given
+    ``token_ids`` (1-D): ``max_tokens`` // ``seqlen`` windows of ``seqlen`` tokens spread over
+    the whole stream (``calibration_windows``). Pass the whole WikiText-2 raw validation split
+    (``acttail.evaluate.perplexity.tokenize_split(tokenizer, "validation")``), never the test
+    split, and the ``seqlen`` of the evaluation.
 
-    The first pass sees dense activations (TEAL's calibration). Zeroing upstream inputs shifts the
-    downstream distributions, so ``refinements`` further passes re-measure each |x_i| *with* the
-    current thresholds applied upstream (a fixed-point iteration) and re-take the quantiles; on
-    held-out text the realised sparsity then lands within about a point of s_i. Projections with
-    s_i = 0 get threshold 0 (and no hook when applied).
+    ``sequential`` (default): one forward pass over all windows at once, in which each
+    projection's pre-hook takes its quantile over every calibration token and then applies it,
+    so each t_i is measured on inputs already thresholded upstream (exact in-sample sparsity
+    s_i for every projection; dense-measured thresholds overshoot downstream). ``False``: TEAL's
+    calibration, every t_i from dense activations. Memory: activations of ``max_tokens`` tokens at
+    once. Projections with s_i = 0 get threshold 0 (and no hook when applied).
     """
     projections = find_projections(model)
     smap = sparsity_map(sparsities, [ref.name for ref, _ in projections])
@@ -311,30 +323,17 @@ def calibrate_thresholds(
             raise AllocationError("calibrate_thresholds needs texts and a tokenizer, or token_ids")
         text = texts if isinstance(texts, str) else "\n\n".join(texts)
         token_ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
-    token_ids = token_ids.flatten()[:max_tokens]
-    if token_ids.numel() < 2:
-        raise AllocationError("calibration needs at least 2 tokens")
-    thresholds: dict[str, float] | None = None
-    for _ in range(1 + max(0, refinements)):
-        sparsifier = None if thresholds is None else apply_sparsity(model, smap, "threshold", thresholds, track=False)
-        histograms = {ref.name: _MagnitudeHistogram() for ref, _ in projections}
-        # prepend=True: the histogram sees the input before this projection's own sparsifier.
-        handles = [lin.register_forward_pre_hook(histograms[ref.name], prepend=True) for ref, lin in projections]
-        try:
-            _run_windows(model, token_ids, seqlen)
-        finally:
-            for handle in handles:
-                handle.remove()
-            if sparsifier is not None:
-                sparsifier.remove()
-        thresholds = {name: histograms[name].quantile(s) if s > 0 else 0.0 for name, s in smap.items()}
-    assert thresholds is not None
-    return thresholds
-
-
-def _run_windows(model: nn.Module, token_ids: torch.Tensor, seqlen: int) -> None:
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for start in range(0, token_ids.numel(), seqlen):
-            window = token_ids[start : start + seqlen].unsqueeze(0).to(device)
-            decoder_only(model)(input_ids=window, use_cache=False)
+    windows = calibration_windows(token_ids, max_tokens, seqlen)  # [n, seqlen]
+    hooks = {name: _CalibrationHook(s, sequential) for name, s in smap.items() if s > 0}
+    handles = [lin.register_forward_pre_hook(hooks[ref.name]) for ref, lin in projections if ref.name in hooks]
+    try:
+        with torch.inference_mode():
+            decoder_only(model)(input_ids=windows.to(next(model.parameters()).device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    thresholds = {name: hook.threshold for name, hook in hooks.items()}
+    unseen = [name for name, t in thresholds.items() if t is None]
+    if unseen:
+        raise AllocationError(f"the calibration forward never reached {unseen[0]}")
+    return {name: float(thresholds.get(name) or 0.0) for name in smap}

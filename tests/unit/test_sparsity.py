@@ -12,7 +12,9 @@ from acttail.models.architectures import find_projections
 from acttail.sparsity import (
     apply_sparsity,
     calibrate_thresholds,
+    calibration_windows,
     keep_count,
+    magnitude_quantile,
     threshold_sparsify,
     topk_sparsify,
 )
@@ -197,44 +199,70 @@ def test_threshold_calibration_hits_target_on_held_out_tokens(model: nn.Module) 
         assert abs(realised.per_projection[name] - sparsities[name]) < 0.05, name
 
 
-def test_refinement_fixes_the_upstream_shift_on_calibration_tokens() -> None:
-    """Dense-only calibration (TEAL) overshoots downstream; the refined fixed point does not."""
+def test_sequential_calibration_is_exact_on_its_own_tokens_where_dense_calibration_overshoots() -> None:
+    """Each t_i measured behind the upstream thresholds hits s_i; TEAL's dense-only t_i do not."""
     model = tiny_model("llama")
     names = projection_names(model)
     ids = random_ids(1024, seed=2)
     errors = {}
-    for refinements in (0, 2):
-        thresholds = calibrate_thresholds(model, None, 0.5, token_ids=ids, seqlen=128, refinements=refinements)
+    for sequential in (True, False):
+        thresholds = calibrate_thresholds(model, None, 0.5, token_ids=ids, seqlen=128, sequential=sequential)
         with apply_sparsity(model, 0.5, mode="threshold", thresholds=thresholds) as handle:
             for start in range(0, ids.numel(), 128):
                 logits(model, ids[start : start + 128])
-            errors[refinements] = max(abs(handle.realised_sparsity().per_projection[n] - 0.5) for n in names)
-    assert errors[2] < 0.005 < errors[0]
+            errors[sequential] = max(abs(handle.realised_sparsity().per_projection[n] - 0.5) for n in names)
+    assert errors[True] < 0.002 and errors[False] > 0.005
+
+
+def test_calibration_windows_are_full_length_and_spread_over_the_stream() -> None:
+    ids = torch.arange(10_000)
+    windows = calibration_windows(ids, max_tokens=4096, seqlen=512)
+    assert windows.shape == (8, 512)
+    starts = windows[:, 0].tolist()
+    assert starts[0] == 0 and starts[-1] == 10_000 - 512  # first and last full window of the stream
+    assert all(torch.equal(w, torch.arange(w[0], w[0] + 512)) for w in windows)  # contiguous, no partial window
+    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= 512  # no overlap
+    assert calibration_windows(ids, max_tokens=1000, seqlen=512).shape == (1, 512)  # budget rounds down
+    assert calibration_windows(ids, max_tokens=10**6, seqlen=512).shape == (19, 512)  # the stream is the cap
+    assert calibration_windows(ids[:300], max_tokens=4096, seqlen=512).shape == (1, 300)  # one short window
+    with pytest.raises(AllocationError, match="at least 2 tokens"):
+        calibration_windows(ids[:1], 4096, 512)
+
+
+def test_magnitude_quantile_is_the_kth_smallest_magnitude() -> None:
+    x = torch.tensor([[-4.0, 1.0], [0.5, -2.0]])
+    assert magnitude_quantile(x, 0.5) == 1.0 and magnitude_quantile(x, 0.75) == 2.0
+    assert magnitude_quantile(x, 0.0) == 0.0 and magnitude_quantile(x, 0.99) == 4.0
 
 
 @pytest.mark.slow
 def test_threshold_calibration_on_real_model_hits_every_target_on_held_out_text() -> None:
-    """SmolLM2-135M: calibrate on the first 2k WikiText-2 validation tokens, check on the next 1k."""
-    from acttail.evaluate.datasets import wikitext2_text
+    """SmolLM2-135M, default budget: 16k WikiText-2 validation tokens; checked on 16k test tokens.
+
+    Both sides are 512-token windows spread over their split. The check needs 16k tokens: a
+    projection's sparsity moves by about 2 points from one 512-token window to the next (o_proj
+    inputs depend on the article), so on 8k tokens the measurement alone leaves the worst of the
+    210 projections 2.3 points off (1.6 on 16k).
+    """
+    from acttail.evaluate.perplexity import tokenize_split
     from acttail.models import resolve_model
 
     model, tokenizer = resolve_model("smollm2-135m").load_causal_lm()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    ids = tokenizer(wikitext2_text("validation")[:30_000], return_tensors="pt").input_ids[0]
-    calibration, held_out = ids[:2048], ids[2048:3072]
     names = projection_names(model)
     sparsities = {n: [0.4, 0.6, 0.8][i % 3] for i, n in enumerate(names)}
-    thresholds = calibrate_thresholds(model, None, sparsities, token_ids=calibration, seqlen=512)
+    validation = tokenize_split(tokenizer, "validation")
+    thresholds = calibrate_thresholds(model, None, sparsities, token_ids=validation, seqlen=512)
+    held_out = calibration_windows(tokenize_split(tokenizer, "test"), 16_384, 512)
     with apply_sparsity(model, sparsities, mode="threshold", thresholds=thresholds) as handle:
-        for start in range(0, held_out.numel(), 512):
+        for start in range(0, held_out.shape[0], 8):
             with torch.inference_mode():
-                model.model(input_ids=held_out[start : start + 512].unsqueeze(0), use_cache=False)
+                model.model(input_ids=held_out[start : start + 8], use_cache=False)
         realised = handle.realised_sparsity()
+    assert realised.tokens == 16_384
     worst = max(names, key=lambda n: abs(realised.per_projection[n] - sparsities[n]))
-    # Known gap: late o_proj inputs drift between texts (layer 28 misses by ~8 points), so the
-    # per-projection bound is 10 points while the model-wide target holds within 2.
-    assert abs(realised.per_projection[worst] - sparsities[worst]) < 0.10, worst
-    assert realised.total == pytest.approx(handle.target, abs=0.02)
+    assert abs(realised.per_projection[worst] - sparsities[worst]) < 0.02, worst
+    assert realised.total == pytest.approx(handle.target, abs=0.005)
 
 
 def test_bad_inputs_raise_allocation_error(model: nn.Module) -> None:
