@@ -121,30 +121,32 @@ static void rows_bf16_range(const uint16_t *restrict wt, int64_t d_out, const in
     }
 }
 
-/* y = bias + sum_j vals[j] * wt[idx[j], :]  (fp32 weights). */
-void acttail_rows_f32(const float *wt, int64_t d_out, const int64_t *idx, const float *vals, int64_t k,
-                      const float *bias, float *y, int nthreads) {
+typedef void (*rows_f32_range_fn)(const float *, int64_t, const int64_t *, const float *, int64_t,
+                                  const float *, float *, int64_t, int64_t);
+
+/* Run one fp32 range kernel over all outputs, split across nthreads OpenMP threads. */
+static void rows_f32_split(rows_f32_range_fn range, const float *wt, int64_t d_out, const int64_t *idx,
+                           const float *vals, int64_t k, const float *bias, float *y, int nthreads) {
     int nt = nthreads > 1 ? nthreads : 1;
-    if (nt == 1) { rows_f32_range(wt, d_out, idx, vals, k, bias, y, 0, d_out); return; }
+    if (nt == 1) { range(wt, d_out, idx, vals, k, bias, y, 0, d_out); return; }
 #pragma omp parallel num_threads(nt)
     {
         int64_t o0, o1;
         range_for_thread(d_out, omp_get_thread_num(), omp_get_num_threads(), &o0, &o1);
-        if (o0 < o1) rows_f32_range(wt, d_out, idx, vals, k, bias, y, o0, o1);
+        if (o0 < o1) range(wt, d_out, idx, vals, k, bias, y, o0, o1);
     }
+}
+
+/* y = bias + sum_j vals[j] * wt[idx[j], :]  (fp32 weights). */
+void acttail_rows_f32(const float *wt, int64_t d_out, const int64_t *idx, const float *vals, int64_t k,
+                      const float *bias, float *y, int nthreads) {
+    rows_f32_split(rows_f32_range, wt, d_out, idx, vals, k, bias, y, nthreads);
 }
 
 /* y = bias + sum_j vals[j] * wt[idx[j], :], accumulated in double and rounded once (see top). */
 void acttail_rows_f32_exact(const float *wt, int64_t d_out, const int64_t *idx, const float *vals, int64_t k,
                             const float *bias, float *y, int nthreads) {
-    int nt = nthreads > 1 ? nthreads : 1;
-    if (nt == 1) { rows_f32_exact_range(wt, d_out, idx, vals, k, bias, y, 0, d_out); return; }
-#pragma omp parallel num_threads(nt)
-    {
-        int64_t o0, o1;
-        range_for_thread(d_out, omp_get_thread_num(), omp_get_num_threads(), &o0, &o1);
-        if (o0 < o1) rows_f32_exact_range(wt, d_out, idx, vals, k, bias, y, o0, o1);
-    }
+    rows_f32_split(rows_f32_exact_range, wt, d_out, idx, vals, k, bias, y, nthreads);
 }
 
 /* Same with bf16 weights (raw uint16 bits), fp32 accumulation and output. */
