@@ -16,7 +16,8 @@ demo: install
 serve: install
 	$(VENV)/bin/acttail serve
 
-## Whole test suite: unit + integration (starts PostgreSQL/Redis if they are down).
+## Whole test suite: unit + integration + browser (starts PostgreSQL/Redis, installs Chromium if missing).
 test: install
 	bash scripts/services.sh
+	bash scripts/browser.sh
 	$(VENV)/bin/python -m pytest -q
