@@ -125,6 +125,23 @@ def main() -> None:
     (RESULTS / "esd_scale.md").write_text(render(result))
 
 
+def _scale_paragraph(r: dict, full: bool) -> str:
+    if full:
+        return (
+            f"Measured end to end: all {r['projections']} projections streamed from the bf16 shards in one "
+            f"process, {r['analysis_s'] / 60:.0f} min of analysis, peak RSS {r['peak_rss_mib'] / 1024:.1f} GiB against "
+            f"{r['fp32_size_gib']:.1f} GiB of fp32 weights: memory is a few matrices at a time (the largest projection "
+            "is 11008×4096 = 172 MiB in fp32, plus its 4096×4096 fp64 Gram, 128 MiB, per worker), never the model."
+        )
+    return (
+        f"Extrapolation to the full 32 layers (224 projections, {r['extrapolated_32_layer_fp32_gib']:.1f} GiB in fp32): "
+        "the work is per projection and streams one matrix at a time, so time scales linearly, "
+        f"≈ **{r['extrapolated_32_layer_analysis_min']:.0f} min** of analysis on this machine under the same load, "
+        "while peak RSS stays at the level above, far below the model's fp32 size. This is an extrapolation, "
+        "not a measurement: run `python benchmarks/esd_scale.py` by hand for the full model."
+    )
+
+
 def render(r: dict) -> str:
     full = r["layers"] == FULL_LAYERS
     return f"""# ESD at 7B scale: random Llama with Llama-2-7B projection shapes
@@ -140,12 +157,7 @@ Machine: {r['machine']} (load average at the end: {', '.join(f'{x:.1f}' for x in
 | peak RSS | {r['peak_rss_mib']:.0f} MiB |
 | mean alpha (random weights: Marchenko–Pastur bulk, no heavy tail) | {r['mean_alpha']:.2f} |
 
-Extrapolation to the full 32 layers (224 projections, {r['extrapolated_32_layer_fp32_gib']:.1f} GiB in fp32): the work
-is per projection and streams one matrix at a time, so time scales linearly,
-≈ **{r['extrapolated_32_layer_analysis_min']:.0f} min** of analysis on this machine under the same load, while peak RSS
-stays at the level above (a few matrices: the largest projection is 11008×4096 = 172 MiB in fp32, plus
-its 4096×4096 fp64 Gram, 128 MiB), far below the model's fp32 size. This is an extrapolation, not a
-measurement: run `python benchmarks/esd_scale.py` by hand for the full model.
+{_scale_paragraph(r, full)}
 """
 
 
