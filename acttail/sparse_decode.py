@@ -47,6 +47,8 @@ from acttail.sparsity import (
 class SparseDecodeLinear(nn.Module):
     """Drop-in for one ``nn.Linear`` with input-activation sparsity; batch-1 tokens use the kernel."""
 
+    uses_kernel = True  # holds the W^T copy and selection workspace the kernel reads
+
     def __init__(
         self,
         linear: nn.Linear,
@@ -61,14 +63,16 @@ class SparseDecodeLinear(nn.Module):
         self.out_features = linear.out_features
         self.weight = linear.weight  # shared Parameter: [d_out, d_in]
         self.bias = linear.bias
-        # w^T: [d_in, d_out], one contiguous row per input channel (not saved in state_dict).
-        self.register_buffer(
-            "weight_t", linear.weight.detach().t().contiguous(), persistent=False
-        )
         self.sparsity = sparsity
         self.mode = mode
         self.k = keep_count(sparsity, linear.in_features)
         self.threshold = threshold
+        if not self.uses_kernel:
+            return
+        # w^T: [d_in, d_out], one contiguous row per input channel (not saved in state_dict).
+        self.register_buffer(
+            "weight_t", linear.weight.detach().t().contiguous(), persistent=False
+        )
         # Selection buffers of the fp32 CPU fast path (one decode stream per model at a time).
         d_in = linear.in_features
         self._workspace = (
@@ -107,12 +111,13 @@ class SparseDecodeLinear(nn.Module):
             else:
                 y = kernels.threshold_gemv(self.weight_t, xv, self.threshold, bias)
             return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-        masked = (
-            topk_sparsify(x, self.k)
-            if self.mode is SparsityMode.TOPK
-            else threshold_sparsify(x, self.threshold)
-        )
-        return F.linear(masked, self.weight, self.bias)
+        return F.linear(self._masked(x), self.weight, self.bias)
+
+    def _masked(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference masking of ``acttail.sparsity`` (TopK or threshold) of ``x`` [..., d_in]."""
+        if self.mode is SparsityMode.TOPK:
+            return topk_sparsify(x, self.k)
+        return threshold_sparsify(x, self.threshold)
 
     def _exact_product(self, xv: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The fp64-accumulated product for one token, kernel where possible (x: [d_in])."""
@@ -140,16 +145,13 @@ class ReferenceDecodeLinear(SparseDecodeLinear):
     weight) from the first decode step: it is a correctness reference, not a production path.
     """
 
+    uses_kernel = False  # no W^T copy: the reference reads W itself
     _weight64: torch.Tensor | None = None
     _bias64: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == self.in_features and not torch.is_grad_enabled():
-            masked = (
-                topk_sparsify(x, self.k)
-                if self.mode is SparsityMode.TOPK
-                else threshold_sparsify(x, self.threshold)
-            )
+            masked = self._masked(x)
             if self._weight64 is None:  # one fp64 copy per module, made on the first decode step
                 self._weight64 = self.weight.detach().double()
                 self._bias64 = None if self.bias is None else self.bias.detach().double()
