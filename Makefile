@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test serve
+.PHONY: install demo test serve lint
 
 $(VENV)/.acttail-installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh
@@ -17,7 +17,12 @@ serve: install
 	$(VENV)/bin/acttail serve
 
 ## Whole test suite: unit + integration + browser (starts PostgreSQL/Redis, installs Chromium if missing).
-test: install
+test: install lint
 	bash scripts/services.sh
 	bash scripts/browser.sh
 	$(VENV)/bin/python -m pytest -q
+
+## Format, lint and type checks (part of `make test`, so CI runs them).
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .

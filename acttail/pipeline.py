@@ -121,14 +121,25 @@ class PipelineConfig:
             },
             "zeroshot": {"tasks": list(self.tasks), "limit": self.limit},
             "calibration": (
-                {"dataset": "wikitext-2-raw-v1", "split": "validation", "tokens": self.calibration_tokens,
-                 "seqlen": self.seqlen, "windows": "spread over the split", "thresholds": "sequential"}  # fmt: skip
+                {
+                    "dataset": "wikitext-2-raw-v1",
+                    "split": "validation",
+                    "tokens": self.calibration_tokens,
+                    "seqlen": self.seqlen,
+                    "windows": "spread over the split",
+                    "thresholds": "sequential",
+                }
                 if self.mode == SparsityMode.THRESHOLD
                 else None
             ),
             "method_calibration": (  # the text auto / teal-greedy chose on (their documents say more)
-                {"dataset": "wikitext-2-raw-v1", "split": "validation", "tokens": self.calibration_tokens,
-                 "seqlen": self.seqlen, "methods": list(self.calibrated_methods)}  # fmt: skip
+                {
+                    "dataset": "wikitext-2-raw-v1",
+                    "split": "validation",
+                    "tokens": self.calibration_tokens,
+                    "seqlen": self.seqlen,
+                    "methods": list(self.calibrated_methods),
+                }
                 if self.calibrated_methods
                 else None
             ),
@@ -256,7 +267,8 @@ def build_allocations(
     ``tokenizer`` and calibrate on ``calibration_tokens`` of WikiText-2 validation in windows of
     ``seqlen`` (one set and one greedy trace shared by every target).
     """
-    from acttail.methods import build_allocations as build, method_knobs
+    from acttail.methods import build_allocations as build
+    from acttail.methods import method_knobs
 
     accepted = frozenset().union(*(method_knobs(m) for m in config.methods))
     knobs: dict[str, Any] = {k: v for k, v in vars(config.params).items() if k in accepted}
@@ -299,7 +311,12 @@ def evaluate_variants(
         if alloc is not None and calibration_ids is not None:
             reporter(f"{label}: calibrating", 0.0, share)
             thresholds = calibrate_thresholds(
-                model, None, alloc, token_ids=calibration_ids, max_tokens=config.calibration_tokens, seqlen=config.seqlen
+                model,
+                None,
+                alloc,
+                token_ids=calibration_ids,
+                max_tokens=config.calibration_tokens,
+                seqlen=config.seqlen,
             )
         handle = None if alloc is None else apply_sparsity(model, alloc, config.mode, thresholds)
         try:
@@ -310,7 +327,9 @@ def evaluate_variants(
                 seqlen=config.seqlen,
                 max_tokens=config.max_tokens,
                 progress=show_progress,
-                on_window=lambda done, total: reporter(f"{label}: perplexity", weight * done / total, share),
+                on_window=lambda done, total, label=label, weight=weight: reporter(
+                    f"{label}: perplexity", weight * done / total, share
+                ),
             )
             zeroshot = None
             if config.tasks:
@@ -318,7 +337,9 @@ def evaluate_variants(
 
                 reporter(f"{label}: zero-shot", 0.5, share)
                 with torch.inference_mode():
-                    zeroshot = evaluate_zeroshot(model, tokenizer, config.tasks, limit=config.limit, progress=show_progress)
+                    zeroshot = evaluate_zeroshot(
+                        model, tokenizer, config.tasks, limit=config.limit, progress=show_progress
+                    )
             realised = None if handle is None else handle.realised_sparsity()
         finally:
             if handle is not None:

@@ -97,9 +97,7 @@ KIND_MARKERS: dict[str, str] = {
 METHOD_COLORS: dict[str, str] = {"uniform": "#0072B2", "acttail": "#D55E00"}
 _OTHER_METHOD_COLORS = ("#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
 HTSR_BAND: tuple[float, float] = (2.0, 6.0)
-EVALS_FLOOR = (
-    1e-5  # eigenvalues at or below are numerical zeros (WeightWatcher's EVALS_THRESH)
-)
+EVALS_FLOOR = 1e-5  # eigenvalues at or below are numerical zeros (WeightWatcher's EVALS_THRESH)
 DPI = 150
 SVG_HASHSALT = "acttail"
 
@@ -196,25 +194,17 @@ def plot_esd(
     values = _finite_array(evals, "evals")
     values = np.sort(values[values > EVALS_FLOOR])
     if values.size < 2 or values[0] == values[-1]:
-        raise PlotError(
-            f"ESD plot needs at least 2 distinct eigenvalues above {EVALS_FLOOR:g}, got {values.size}"
-        )
+        raise PlotError(f"ESD plot needs at least 2 distinct eigenvalues above {EVALS_FLOOR:g}, got {values.size}")
     alpha, xmin = (
         _number(getattr(fit, "alpha", None), "fit.alpha"),
         _number(getattr(fit, "xmin", None), "fit.xmin"),
     )
     if alpha <= 1.0:
-        raise PlotError(
-            f"fit.alpha must be > 1 for a normalisable power law, got {alpha:g}"
-        )
+        raise PlotError(f"fit.alpha must be > 1 for a normalisable power law, got {alpha:g}")
     if not values[0] <= xmin <= values[-1]:
-        raise PlotError(
-            f"fit.xmin = {xmin:g} lies outside the eigenvalue range [{values[0]:g}, {values[-1]:g}]"
-        )
+        raise PlotError(f"fit.xmin = {xmin:g} lies outside the eigenvalue range [{values[0]:g}, {values[-1]:g}]")
     n = values.size
-    num_bins = (
-        bins if bins is not None else int(np.clip(round(2 * math.sqrt(n)), 20, 100))
-    )
+    num_bins = bins if bins is not None else int(np.clip(round(2 * math.sqrt(n)), 20, 100))
     if num_bins < 2:
         raise PlotError(f"bins must be at least 2, got {num_bins}")
     edges = np.logspace(math.log10(values[0]), math.log10(values[-1]), num_bins + 1)
@@ -223,11 +213,7 @@ def plot_esd(
         values[-1],
     )  # 10**log10(λ) can round below λ_max and drop it
     num_tail = getattr(fit, "num_tail", None)
-    n_tail = (
-        int(num_tail)
-        if isinstance(num_tail, int) and num_tail > 0
-        else int(np.count_nonzero(values >= xmin))
-    )
+    n_tail = int(num_tail) if isinstance(num_tail, int) and num_tail > 0 else int(np.count_nonzero(values >= xmin))
 
     fig = _new_figure(6.4, 4.4)
     ax = fig.add_subplot()
@@ -347,38 +333,22 @@ def _alpha_rows(source: Any) -> tuple[list[tuple[int, str, float]], str]:
     items: Any = source
     if isinstance(source, Mapping):
         if "projections" not in source:
-            raise PlotError(
-                "alpha input is a mapping without 'projections' (expected an ESD report document)"
-            )
+            raise PlotError("alpha input is a mapping without 'projections' (expected an ESD report document)")
         items = source["projections"]
         title = _report_title(source.get("model"), source.get("estimator"))
     elif hasattr(source, "projections"):
         items = source.projections
-        title = _report_title(
-            getattr(source, "model", None), getattr(source, "estimator", None)
-        )
+        title = _report_title(getattr(source, "model", None), getattr(source, "estimator", None))
     if isinstance(items, str | bytes) or not isinstance(items, Iterable):
-        raise PlotError(
-            f"alpha input must be an ESD report or a list of rows, got {type(source).__name__}"
-        )
+        raise PlotError(f"alpha input must be an ESD report or a list of rows, got {type(source).__name__}")
     rows: list[tuple[int, str, float]] = []
     for i, item in enumerate(items):
-        layer, kind, alpha = (
-            _field(item, key, i) for key in ("layer", "kind", "alpha")
-        )
+        layer, kind, alpha = (_field(item, key, i) for key in ("layer", "kind", "alpha"))
         kind = str(getattr(kind, "value", kind))
         if kind not in KIND_COLORS:
-            raise PlotError(
-                f"row {i}: unknown projection kind {kind!r}; valid: {', '.join(KIND_ORDER)}"
-            )
-        if (
-            isinstance(layer, bool)
-            or not isinstance(layer, int | np.integer)
-            or layer < 0
-        ):
-            raise PlotError(
-                f"row {i}: layer must be a non-negative integer, got {layer!r}"
-            )
+            raise PlotError(f"row {i}: unknown projection kind {kind!r}; valid: {', '.join(KIND_ORDER)}")
+        if isinstance(layer, bool) or not isinstance(layer, int | np.integer) or layer < 0:
+            raise PlotError(f"row {i}: layer must be a non-negative integer, got {layer!r}")
         rows.append((int(layer), kind, _number(alpha, f"row {i}: alpha")))
     if not rows:
         raise PlotError("no alphas to plot")
@@ -399,9 +369,7 @@ def _report_title(model: Any, estimator: Any) -> str:
 
 
 @_locked
-def plot_allocation(
-    allocation: Any, *, title: str | None = None, annotate: bool | None = None
-) -> Figure:
+def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool | None = None) -> Figure:
     """Heatmap of an allocation: rows = layers (0 at the top), columns = q, k, v, o, gate, up, down.
 
     Accepts an ``acttail.allocate.Allocation`` (or anything with ``sparsities``, ``target``,
@@ -418,9 +386,7 @@ def plot_allocation(
             ref = parse_projection_name(str(name))
         except ValueError as exc:
             raise PlotError(str(exc)) from None
-        cells[(ref.layer, ref.kind.value)] = _sparsity(
-            value, f"sparsity of {name}"
-        )
+        cells[(ref.layer, ref.kind.value)] = _sparsity(value, f"sparsity of {name}")
     layers = sorted({layer for layer, _ in cells})
     kinds = [k for k in KIND_ORDER if any(kind == k for _, kind in cells)]
     grid = np.full((len(layers), len(kinds)), np.nan)
@@ -436,9 +402,7 @@ def plot_allocation(
     fig = _new_figure(1.9 + 0.62 * len(kinds), height)
     ax = fig.add_subplot()
     norm = Normalize(vmin=vmin, vmax=vmax)
-    image = ax.imshow(
-        grid, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest"
-    )
+    image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
     ax.grid(False)
     ax.set_xticks(range(len(kinds)), kinds)
     ax.xaxis.tick_top()
@@ -455,9 +419,7 @@ def plot_allocation(
     if annotate if annotate is not None else len(layers) <= 64:
         for (row, col), value in np.ndenumerate(grid):
             if not np.isnan(value):
-                dark_cell = (
-                    abs(float(norm(value)) - 0.5) > 0.3
-                )  # saturated ends of RdBu: white text
+                dark_cell = abs(float(norm(value)) - 0.5) > 0.3  # saturated ends of RdBu: white text
                 ax.text(
                     col,
                     row,
@@ -469,9 +431,7 @@ def plot_allocation(
                 )
     cbar = fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03, aspect=30)
     cbar.set_label("sparsity of the projection's input (%)")
-    cbar.ax.yaxis.set_major_locator(
-        MaxNLocator(nbins=6, steps=[1, 2, 5, 10])
-    )  # whole percents where possible
+    cbar.ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # whole percents where possible
     cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.4g}%"))
     cbar.ax.axhline(target, color="#000000", linewidth=1.5)
     cbar.ax.text(
@@ -486,9 +446,7 @@ def plot_allocation(
     )
     prefix = f"{model_id}\n" if model_id else ""
     ax.set_title(
-        title
-        if title is not None
-        else f"{prefix}{method} allocation, target {100 * target:.4g}%",
+        title if title is not None else f"{prefix}{method} allocation, target {100 * target:.4g}%",
         pad=6,
     )
     return fig
@@ -496,17 +454,11 @@ def plot_allocation(
 
 def _allocation_fields(allocation: Any) -> tuple[Mapping[str, Any], float, str, str]:
     def get(key: str) -> Any:
-        return (
-            allocation.get(key)
-            if isinstance(allocation, Mapping)
-            else getattr(allocation, key, None)
-        )
+        return allocation.get(key) if isinstance(allocation, Mapping) else getattr(allocation, key, None)
 
     sparsities = get("sparsities")
     if not isinstance(sparsities, Mapping) or not sparsities:
-        raise PlotError(
-            "allocation needs a non-empty 'sparsities' mapping of projection name -> sparsity"
-        )
+        raise PlotError("allocation needs a non-empty 'sparsities' mapping of projection name -> sparsity")
     target = _sparsity(get("target"), "allocation target")
     method = get("method")
     model_id = get("model_id")
@@ -523,9 +475,7 @@ def _allocation_fields(allocation: Any) -> tuple[Mapping[str, Any], float, str, 
 
 
 @_locked
-def plot_sweep(
-    rows: Iterable[Mapping[str, Any]], *, title: str | None = None
-) -> Figure:
+def plot_sweep(rows: Iterable[Mapping[str, Any]], *, title: str | None = None) -> Figure:
     """Perplexity (log y) against target sparsity, one line per method, dense as a horizontal line.
 
     Each row: ``target`` (sparsity in [0, 1)), ``method`` (str), ``perplexity`` (> 0), optional
@@ -542,19 +492,13 @@ def plot_sweep(
     series: dict[str, dict[float, tuple[float, float | None]]] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
-            raise PlotError(
-                f"sweep row {i} must be a mapping, got {type(row).__name__}"
-            )
+            raise PlotError(f"sweep row {i} must be a mapping, got {type(row).__name__}")
         method = str(row.get("method") or "")
         ppl = _number(row.get("perplexity"), f"sweep row {i}: perplexity")
         if ppl <= 0:
             raise PlotError(f"sweep row {i}: perplexity must be positive, got {ppl:g}")
         acc_raw = row.get("mean_accuracy")
-        acc = (
-            None
-            if acc_raw is None
-            else _number(acc_raw, f"sweep row {i}: mean_accuracy")
-        )
+        acc = None if acc_raw is None else _number(acc_raw, f"sweep row {i}: mean_accuracy")
         if bool(row.get("dense")) or method == "dense":
             if dense_ppl is not None:
                 raise PlotError("more than one dense row")
@@ -565,15 +509,11 @@ def plot_sweep(
         target = _sparsity(row.get("target"), f"sweep row {i}: target")
         points = series.setdefault(method, {})
         if target in points:
-            raise PlotError(
-                f"two sweep rows for method {method!r} at target {target:g}; filter to one setting first"
-            )
+            raise PlotError(f"two sweep rows for method {method!r} at target {target:g}; filter to one setting first")
         points[target] = (ppl, acc)
     if not series:
         raise PlotError("sweep rows hold no sparse method (only dense)")
-    with_accuracy = dense_acc is not None or any(
-        a is not None for pts in series.values() for _, a in pts.values()
-    )
+    with_accuracy = dense_acc is not None or any(a is not None for pts in series.values() for _, a in pts.values())
 
     fig = _new_figure(11.0 if with_accuracy else 6.4, 4.2)
     axes = fig.subplots(1, 2) if with_accuracy else [fig.add_subplot()]
@@ -608,9 +548,7 @@ def plot_sweep(
     if with_accuracy:
         acc_ax = axes[1]
         for method in _method_order(series):
-            points = sorted(
-                (t, a) for t, (_, a) in series[method].items() if a is not None
-            )
+            points = sorted((t, a) for t, (_, a) in series[method].items() if a is not None)
             if points:
                 acc_ax.plot(
                     [100 * t for t, _ in points],
@@ -637,9 +575,7 @@ def plot_sweep(
     if title is not None and with_accuracy:
         fig.suptitle(title)
     elif title is not None:
-        ppl_ax.set_title(
-            title
-        )  # one panel: its own title, no redundant "perplexity" above it
+        ppl_ax.set_title(title)  # one panel: its own title, no redundant "perplexity" above it
     return fig
 
 
@@ -658,12 +594,7 @@ def _method_order(series: Mapping[str, Any]) -> list[str]:
 def _method_colors(series: Mapping[str, Any]) -> dict[str, str]:
     others = sorted(m for m in series if m not in METHOD_COLORS)
     colors = {m: METHOD_COLORS[m] for m in series if m in METHOD_COLORS}
-    colors.update(
-        {
-            m: _OTHER_METHOD_COLORS[i % len(_OTHER_METHOD_COLORS)]
-            for i, m in enumerate(others)
-        }
-    )
+    colors.update({m: _OTHER_METHOD_COLORS[i % len(_OTHER_METHOD_COLORS)] for i, m in enumerate(others)})
     return colors
 
 
@@ -693,9 +624,7 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in _FORMATS:
-        raise PlotError(
-            f"cannot tell the image format from {path.name!r}: use a .png or .svg suffix"
-        )
+        raise PlotError(f"cannot tell the image format from {path.name!r}: use a .png or .svg suffix")
     data = render_bytes(fig, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -714,9 +643,7 @@ def _field(item: Any, key: str, index: int) -> Any:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(
-        value, int | float | np.integer | np.floating
-    ):
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise PlotError(f"{what} must be a number, got {value!r}")
     number = float(value)
     if not math.isfinite(number):

@@ -82,9 +82,7 @@ class SensitivityResult:
 
     def matrix(self, value: str = "delta_nll") -> tuple[list[str], np.ndarray]:
         """``(kinds, M)`` with M[i, g] the ``value`` of kind i in group g."""
-        kinds = [
-            str(k) for k in PROJECTION_ORDER if any(c.kind == k for c in self.cells)
-        ]
+        kinds = [str(k) for k in PROJECTION_ORDER if any(c.kind == k for c in self.cells)]
         out = np.full((len(kinds), self.groups), np.nan)
         for cell in self.cells:
             out[kinds.index(cell.kind), cell.group] = getattr(cell, value)
@@ -128,11 +126,7 @@ class _InputStats:
         )
         energy = x.pow(2)
         k = keep_count(self.level, x.shape[-1])
-        kept = (
-            energy.topk(k, dim=-1).values.sum(-1)
-            if k > 0
-            else torch.zeros(x.shape[0], dtype=x.dtype)
-        )
+        kept = energy.topk(k, dim=-1).values.sum(-1) if k > 0 else torch.zeros(x.shape[0], dtype=x.dtype)
         total = energy.sum(-1).clamp_min(1e-300)
         self.dropped += float((1.0 - kept / total).sum())
         self.tokens += x.shape[0]
@@ -148,15 +142,11 @@ class _InputStats:
         }
 
 
-def activation_stats(
-    model: nn.Module, calibration: CalibrationSet, level: float
-) -> dict[str, dict[str, float]]:
+def activation_stats(model: nn.Module, calibration: CalibrationSet, level: float) -> dict[str, dict[str, float]]:
     """mean |x|, excess kurtosis and TopK-dropped energy of every projection input, on dense text."""
     projections = find_projections(model)
     stats = {ref.name: _InputStats(level) for ref, _ in projections}
-    handles = [
-        lin.register_forward_pre_hook(stats[ref.name]) for ref, lin in projections
-    ]
+    handles = [lin.register_forward_pre_hook(stats[ref.name]) for ref, lin in projections]
     try:
         calibration_nll(model, calibration, None)
     finally:
@@ -169,10 +159,7 @@ def layer_groups(num_layers: int, groups: int) -> list[tuple[int, ...]]:
     """``groups`` slices of consecutive layers, sizes differing by at most one."""
     if not 1 <= groups <= num_layers:
         raise ActTailError(f"groups must be in [1, {num_layers}], got {groups}")
-    return [
-        tuple(int(i) for i in part)
-        for part in np.array_split(np.arange(num_layers), groups)
-    ]
+    return [tuple(int(i) for i in part) for part in np.array_split(np.arange(num_layers), groups)]
 
 
 def sensitivity_study(
@@ -195,9 +182,7 @@ def sensitivity_study(
     esd = {p.name: p for p in reports[0].projections}
     missing = [n for n in names if n not in esd]
     if missing:
-        raise ActTailError(
-            f"ESD report lacks {len(missing)} projections of the model (e.g. {missing[0]})"
-        )
+        raise ActTailError(f"ESD report lacks {len(missing)} projections of the model (e.g. {missing[0]})")
     per_proj: dict[str, dict[str, float]] = {n: {} for n in names}
     for report in reports:
         alphas = report.alphas()
@@ -217,20 +202,13 @@ def sensitivity_study(
     cells = []
     for kind in PROJECTION_ORDER:
         for g, layers in enumerate(layer_groups(num_layers, groups)):
-            members = [
-                ref.name
-                for ref, _ in projections
-                if ref.kind == kind and ref.layer in layers
-            ]
+            members = [ref.name for ref, _ in projections if ref.kind == kind and ref.layer in layers]
             if not members:
                 continue
             sparsities = {n: (level if n in members else 0.0) for n in names}
             nll = calibration_nll(model, calibration, sparsities)
             count = sum(esd[n].param_count for n in members)
-            predictors = {
-                key: float(np.mean([per_proj[n][key] for n in members]))
-                for key in per_proj[members[0]]
-            }
+            predictors = {key: float(np.mean([per_proj[n][key] for n in members])) for key in per_proj[members[0]]}
             cells.append(
                 SensitivityCell(
                     str(kind),
@@ -245,12 +223,7 @@ def sensitivity_study(
             )
     keys = list(cells[0].predictors)
     correlations = {
-        target: {
-            key: spearman(
-                [c.predictors[key] for c in cells], [getattr(c, target) for c in cells]
-            )
-            for key in keys
-        }
+        target: {key: spearman([c.predictors[key] for c in cells], [getattr(c, target) for c in cells]) for key in keys}
         for target in TARGETS
     }
     return SensitivityResult(
@@ -296,9 +269,7 @@ def plot_sensitivity(result: SensitivityResult, path: str | Path) -> Path:
     right.set_xticks(x, preds, rotation=35, ha="right")
     right.set_ylim(-1, 1)
     right.set_ylabel("Spearman rho with sensitivity")
-    right.set_title(
-        f"{result.model_id}: what predicts sensitivity ({len(result.cells)} cells)"
-    )
+    right.set_title(f"{result.model_id}: what predicts sensitivity ({len(result.cells)} cells)")
     right.legend(fontsize=8)
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -70,9 +70,7 @@ class SparseDecodeLinear(nn.Module):
         if not self.uses_kernel:
             return
         # w^T: [d_in, d_out], one contiguous row per input channel (not saved in state_dict).
-        self.register_buffer(
-            "weight_t", linear.weight.detach().t().contiguous(), persistent=False
-        )
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous(), persistent=False)
         # Selection buffers of the fp32 CPU fast path (one decode stream per model at a time).
         d_in = linear.in_features
         self._workspace = (
@@ -98,9 +96,7 @@ class SparseDecodeLinear(nn.Module):
         if x.numel() == self.in_features and not torch.is_grad_enabled():
             if self._fast_path(x):
                 y = torch.empty(*x.shape[:-1], self.out_features)
-                kernels.cpu.topk_rows_f32_into(
-                    self.weight_t, x, self.k, self.bias, y, self._workspace, self.exact
-                )
+                kernels.cpu.topk_rows_f32_into(self.weight_t, x, self.k, self.bias, y, self._workspace, self.exact)
                 return y
             xv = x.reshape(self.in_features)
             bias = None if self.bias is None else self.bias.detach()
@@ -224,16 +220,14 @@ def enable_sparse_decode(
         s = smap[ref.name]
         if s == 0.0:
             continue
-        threshold = (
-            float(thresholds[ref.name])
-            if mode is SparsityMode.THRESHOLD and thresholds
-            else 0.0
-        )
+        threshold = float(thresholds[ref.name]) if mode is SparsityMode.THRESHOLD and thresholds else 0.0
         module = ReferenceDecodeLinear if reference else SparseDecodeLinear
         wrappers[ref.name] = module(linear, s, mode, threshold, exact or reference)
         originals[ref.name] = linear
         _set_submodule(model, ref.name, wrappers[ref.name])
-        backend = "torch-reference-fp64" if reference else kernels.backend_name(linear.weight.device, linear.weight.dtype)
+        backend = (
+            "torch-reference-fp64" if reference else kernels.backend_name(linear.weight.device, linear.weight.dtype)
+        )
         if exact and not reference:
             backend += "-exact"
     return SparseDecodeHandle(model, originals, wrappers, smap, backend)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
     from transformers import PreTrainedTokenizerBase
 
+
 class SparsityMode(StrEnum):
     TOPK = "topk"
     THRESHOLD = "threshold"
@@ -185,9 +186,7 @@ def sparsity_map(sparsities: Mapping[str, float] | Allocation | float, names: Se
     return out
 
 
-def check_thresholds(
-    smap: Mapping[str, float], mode: SparsityMode, thresholds: Mapping[str, float] | None
-) -> None:
+def check_thresholds(smap: Mapping[str, float], mode: SparsityMode, thresholds: Mapping[str, float] | None) -> None:
     """Threshold mode needs a calibrated t_i for every projection with s_i > 0."""
     if mode is not SparsityMode.THRESHOLD:
         return

@@ -136,9 +136,7 @@ def esd_image(
 # allocation heatmap
 
 
-def allocation_image(
-    row: AllocationRow, fmt: ImageFormat, *, cache: ImageCache, if_none_match: str | None
-) -> Response:
+def allocation_image(row: AllocationRow, fmt: ImageFormat, *, cache: ImageCache, if_none_match: str | None) -> Response:
     doc = row.document
     drawn = {key: doc.get(key) for key in ("sparsities", "target", "method", "model_id")}
     return image_response(

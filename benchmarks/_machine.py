@@ -13,9 +13,7 @@ import torch
 
 def _lscpu() -> dict[str, str]:
     try:
-        out = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=True
-        ).stdout
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return {}
     fields = {}
@@ -47,7 +45,5 @@ def describe_machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     else:
-        info["note"] = (
-            "CPU only; shared with other jobs during the run (see the load averages)."
-        )
+        info["note"] = "CPU only; shared with other jobs during the run (see the load averages)."
     return info

@@ -147,7 +147,9 @@ class Stack:
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
         self.procs.append(
-            subprocess.Popen(cmd, cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            subprocess.Popen(
+                cmd, cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         )
 
     def stop(self) -> None:
@@ -190,7 +192,9 @@ def run_client(
                 start = time.perf_counter()
                 response = client.get(f"/v1/jobs/{job_id}")
                 log.read_s.append(time.perf_counter() - start)
-                status = response.json().get("status") if response.status_code == 200 else f"http {response.status_code}"
+                status = (
+                    response.json().get("status") if response.status_code == 200 else f"http {response.status_code}"
+                )
                 if status in ("succeeded", "failed", "cancelled"):
                     log.final[job_id] = status
                     log.turnaround_s.append(time.perf_counter() - submitted[job_id])

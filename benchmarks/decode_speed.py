@@ -70,9 +70,7 @@ def time_outside_projections(
         parent, _, child = ref.name.rpartition(".")
         setattr(model.get_submodule(parent), child, _ZeroProjection(linear))
     try:
-        runs = [
-            greedy_decode(model, input_ids, new_tokens, warmup, clock) for _ in range(3)
-        ]
+        runs = [greedy_decode(model, input_ids, new_tokens, warmup, clock) for _ in range(3)]
     finally:
         for ref, linear in projections:
             parent, _, child = ref.name.rpartition(".")
@@ -134,9 +132,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"]
-    )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
@@ -152,16 +148,12 @@ def main() -> None:
         action="store_true",
         help="uniform allocations only (skip the ESD)",
     )
-    parser.add_argument(
-        "--out", default=str(Path(__file__).parent / "results" / "decode_speed")
-    )
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode_speed"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     machine = describe_machine()  # load average at the start
     source = resolve_model(args.model)
-    model, tokenizer = source.load_causal_lm(
-        dtype=getattr(torch, args.dtype), device=args.device
-    )
+    model, tokenizer = source.load_causal_lm(dtype=getattr(torch, args.dtype), device=args.device)
     projections = find_projections(model)
     counts = {ref.name: lin.weight.numel() for ref, lin in projections}
     alphas: dict[str, float] = {}
@@ -175,15 +167,10 @@ def main() -> None:
         print(alphas_source, flush=True)
 
     input_ids = tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids.to(args.device)
-    other = time_outside_projections(
-        model, input_ids, args.new_tokens, args.warmup, args.clock
-    )
+    other = time_outside_projections(model, input_ids, args.new_tokens, args.warmup, args.clock)
     dense_step = statistics.median(
         sum(r.step_seconds) / len(r.step_seconds)
-        for r in (
-            greedy_decode(model, input_ids, args.new_tokens, args.warmup, args.clock)
-            for _ in range(3)
-        )
+        for r in (greedy_decode(model, input_ids, args.new_tokens, args.warmup, args.clock) for _ in range(3))
     )
     lm_head = model.get_output_embeddings()
     amdahl = {
@@ -201,9 +188,7 @@ def main() -> None:
     methods = ["uniform"] + ([] if args.no_acttail else ["acttail"])
     for target in args.targets:
         for method in methods:
-            allocation = allocate(
-                alphas, counts, target, method=method, model_id=args.model
-            )
+            allocation = allocate(alphas, counts, target, method=method, model_id=args.model)
             res = measure_decode_speed(
                 model,
                 tokenizer,

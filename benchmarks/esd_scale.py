@@ -146,16 +146,16 @@ def render(r: dict) -> str:
     full = r["layers"] == FULL_LAYERS
     return f"""# ESD at 7B scale: random Llama with Llama-2-7B projection shapes
 
-Command: `{r['command']}` ({'full model' if full else f"reduced to {r['layers']} of 32 layers; the full run is by hand"})
-Machine: {r['machine']} (load average at the end: {', '.join(f'{x:.1f}' for x in r['load_average_at_end'])}).
+Command: `{r["command"]}` ({"full model" if full else f"reduced to {r['layers']} of 32 layers; the full run is by hand"})
+Machine: {r["machine"]} (load average at the end: {", ".join(f"{x:.1f}" for x in r["load_average_at_end"])}).
 
 | | value |
 |---|---|
-| projections analysed | {r['projections']} ({r['projection_params'] / 1e9:.2f} B parameters, {r['bf16_disk_gib']:.2f} GiB bf16 on disk, {r['fp32_size_gib']:.2f} GiB in fp32) |
-| `acttail alphas` whole process | {r['wall_s']:.0f} s |
-| analysis (eigenvalues + ks fits) | {r['analysis_s']:.0f} s, {r['analysis_s_per_layer']:.0f} s per layer |
-| peak RSS | {r['peak_rss_mib']:.0f} MiB |
-| mean alpha (random weights: Marchenko–Pastur bulk, no heavy tail) | {r['mean_alpha']:.2f} |
+| projections analysed | {r["projections"]} ({r["projection_params"] / 1e9:.2f} B parameters, {r["bf16_disk_gib"]:.2f} GiB bf16 on disk, {r["fp32_size_gib"]:.2f} GiB in fp32) |
+| `acttail alphas` whole process | {r["wall_s"]:.0f} s |
+| analysis (eigenvalues + ks fits) | {r["analysis_s"]:.0f} s, {r["analysis_s_per_layer"]:.0f} s per layer |
+| peak RSS | {r["peak_rss_mib"]:.0f} MiB |
+| mean alpha (random weights: Marchenko–Pastur bulk, no heavy tail) | {r["mean_alpha"]:.2f} |
 
 {_scale_paragraph(r, full)}
 """

@@ -96,7 +96,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ours_json, ww_json = Path(tmp) / "ours.json", Path(tmp) / "ww.json"
         for _ in range(args.repeats):
-            wall, mem, _ = timed([str(acttail), "alphas", args.model, "--estimator", "ks", "--json", str(ours_json), "-q"])
+            wall, mem, _ = timed(
+                [str(acttail), "alphas", args.model, "--estimator", "ks", "--json", str(ours_json), "-q"]
+            )
             ours_t.append(wall), ours_m.append(mem)
             print(f"acttail alphas: {wall:.1f} s, peak RSS {mem:.0f} MiB", flush=True)
             wall, mem, _ = timed([sys.executable, __file__, "--model", args.model, "--ww-child", str(ww_json)])
@@ -137,23 +139,23 @@ def main() -> None:
 
 def render(r: dict) -> str:
     ph = r["weightwatcher_phases_s"]
-    return f"""# ESD speed: `acttail alphas` vs WeightWatcher 0.7.7 ({r['model']})
+    return f"""# ESD speed: `acttail alphas` vs WeightWatcher 0.7.7 ({r["model"]})
 
-Command: `{r['command']}`
-Machine: {r['machine']} (load average at the end: {', '.join(f'{x:.1f}' for x in r['load_average_at_end'])}).
+Command: `{r["command"]}`
+Machine: {r["machine"]} (load average at the end: {", ".join(f"{x:.1f}" for x in r["load_average_at_end"])}).
 
 | | whole process (s) | peak RSS (MiB) |
 |---|---|---|
-| WeightWatcher `analyze()` (transformers load + default analyze) | {r['weightwatcher_s']:.1f} | {r['weightwatcher_peak_rss_mib']:.0f} |
-| `acttail alphas --estimator ks` | {r['acttail_s']:.1f} | {r['acttail_peak_rss_mib']:.0f} |
-| **ratio** | **{r['speedup']:.1f}×** | model fp32 size: {r['fp32_model_mib']:.0f} MiB |
+| WeightWatcher `analyze()` (transformers load + default analyze) | {r["weightwatcher_s"]:.1f} | {r["weightwatcher_peak_rss_mib"]:.0f} |
+| `acttail alphas --estimator ks` | {r["acttail_s"]:.1f} | {r["acttail_peak_rss_mib"]:.0f} |
+| **ratio** | **{r["speedup"]:.1f}×** | model fp32 size: {r["fp32_model_mib"]:.0f} MiB |
 
-- Runs (s): acttail {', '.join(f'{x:.1f}' for x in r['acttail_runs_s'])}; WeightWatcher {', '.join(f'{x:.1f}' for x in r['weightwatcher_runs_s'])}.
-- WeightWatcher phases: import {ph['import_s']:.1f} s, model load {ph['load_s']:.1f} s, analyze {ph['analyze_s']:.1f} s
-  ({r['weightwatcher_layers_analysed']} layers: the {r['projections']} projections plus the embedding / lm_head).
-  ActTail's analysis phase (eigenvalues + fits, streaming): {r['acttail_analysis_s']:.1f} s.
-- Alpha agreement over {r['projections']} projections: median relative difference {r['alpha_rel_diff_median']:.2e},
-  max {r['alpha_rel_diff_max']:.2e}.
+- Runs (s): acttail {", ".join(f"{x:.1f}" for x in r["acttail_runs_s"])}; WeightWatcher {", ".join(f"{x:.1f}" for x in r["weightwatcher_runs_s"])}.
+- WeightWatcher phases: import {ph["import_s"]:.1f} s, model load {ph["load_s"]:.1f} s, analyze {ph["analyze_s"]:.1f} s
+  ({r["weightwatcher_layers_analysed"]} layers: the {r["projections"]} projections plus the embedding / lm_head).
+  ActTail's analysis phase (eigenvalues + fits, streaming): {r["acttail_analysis_s"]:.1f} s.
+- Alpha agreement over {r["projections"]} projections: median relative difference {r["alpha_rel_diff_median"]:.2e},
+  max {r["alpha_rel_diff_max"]:.2e}.
 """
 
 

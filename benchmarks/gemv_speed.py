@@ -68,9 +68,7 @@ class _Flusher:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
-def _time_call(
-    fn, device: torch.device, flush: _Flusher, clock=time.perf_counter
-) -> float:
+def _time_call(fn, device: torch.device, flush: _Flusher, clock=time.perf_counter) -> float:
     flush()
     _sync(device)
     start = clock()
@@ -109,9 +107,7 @@ def bench_shape(
         times: dict[str, list[float]] = {name: [] for name in fns}
         for i in range(samples):
             for name in fns:
-                times[name].append(
-                    _time_call(fns[name][i], device, flush, CLOCKS[clock])
-                )
+                times[name].append(_time_call(fns[name][i], device, flush, CLOCKS[clock]))
         # min: the call least disturbed by other jobs on a shared machine (timeit's rule);
         # medians are kept beside it.
         med = {name: min(t) for name, t in times.items()}
@@ -175,9 +171,7 @@ def to_markdown(result: dict) -> str:
     lines += ["", "## Target: >= 70% of ideal for 7B shapes at s = 0.5 and 0.8", ""]
     for h in result["headline"]:
         verdict = (
-            "met"
-            if h["topk_fraction"] >= TARGET_FRACTION
-            else f"MISSED by {TARGET_FRACTION - h['topk_fraction']:.2f}"
+            "met" if h["topk_fraction"] >= TARGET_FRACTION else f"MISSED by {TARGET_FRACTION - h['topk_fraction']:.2f}"
         )
         lines.append(
             f"- {h['shape']} s={h['sparsity']}: topk fraction {h['topk_fraction']:.2f} "
@@ -190,9 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"]
-    )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument(
         "--flush-mib",
         type=int,
@@ -206,12 +198,8 @@ def main() -> None:
         choices=list(CLOCKS),
         help="cpu: CPU time of the calling thread (load-robust; only meaningful with --threads 1)",
     )
-    parser.add_argument(
-        "--shapes", nargs="*", help="subset of shape names (substring match)"
-    )
-    parser.add_argument(
-        "--out", default=str(Path(__file__).parent / "results" / "gemv_speed")
-    )
+    parser.add_argument("--shapes", nargs="*", help="subset of shape names (substring match)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gemv_speed"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -231,9 +219,7 @@ def main() -> None:
     for name, (d_out, d_in) in SHAPES.items():
         if args.shapes and not any(sub in name for sub in args.shapes):
             continue
-        rows = bench_shape(
-            d_out, d_in, device, dtype, args.flush_mib << 20, args.samples, args.clock
-        )
+        rows = bench_shape(d_out, d_in, device, dtype, args.flush_mib << 20, args.samples, args.clock)
         result["shapes"][name] = rows
         for r in rows:
             print(

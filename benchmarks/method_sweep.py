@@ -41,9 +41,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def load_reports(
-    alias: str, esd_dir: Path, estimators: tuple[str, ...]
-) -> list[ESDReport]:
+def load_reports(alias: str, esd_dir: Path, estimators: tuple[str, ...]) -> list[ESDReport]:
     reports = []
     for est in estimators:
         path = esd_dir / f"esd_{alias}_{est}.json"
@@ -65,18 +63,12 @@ def window_nlls(
     sparsities: Allocation | None,
 ) -> np.ndarray:
     """Mean NLL of each test window (every token after the first of its window is scored)."""
-    handle = (
-        None
-        if sparsities is None
-        else apply_sparsity(model, sparsities, "topk", track=False)
-    )
+    handle = None if sparsities is None else apply_sparsity(model, sparsities, "topk", track=False)
     out = []
     try:
         with torch.inference_mode():
             for w in range(ids.numel() // seqlen):
-                nll, count = window_nll(
-                    model, ids[w * seqlen : (w + 1) * seqlen].unsqueeze(0)
-                )
+                nll, count = window_nll(model, ids[w * seqlen : (w + 1) * seqlen].unsqueeze(0))
                 out.append(nll / count)
     finally:
         if handle is not None:
@@ -88,11 +80,7 @@ def change_vs(base: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     """(% change of PPL vs base, paired standard error in %), windows have equal token counts."""
     diff = other - base
     pct = (math.exp(other.mean() - base.mean()) - 1.0) * 100.0
-    se = (
-        float(diff.std(ddof=1) / math.sqrt(len(diff))) * 100.0
-        if len(diff) > 1
-        else float("nan")
-    )
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) * 100.0 if len(diff) > 1 else float("nan")
     return pct, se
 
 
@@ -110,9 +98,7 @@ def main() -> None:
     )
     parser.add_argument("--greedy-tokens", type=int, default=512)
     parser.add_argument("--greedy-step", type=float, default=0.1)
-    parser.add_argument(
-        "--sensitivity", action="store_true", help="also run the sensitivity study"
-    )
+    parser.add_argument("--sensitivity", action="store_true", help="also run the sensitivity study")
     parser.add_argument("--sens-tokens", type=int, default=2048)
     parser.add_argument("--sens-level", type=float, default=0.7)
     parser.add_argument("--esd-dir", type=Path, default=Path("/tmp/acttail_study"))
@@ -126,12 +112,8 @@ def main() -> None:
     report = next(r for r in reports if r.estimator == "ks")
     model, tokenizer = resolve_model(args.model).load_causal_lm()
     test_ids = tokenize_split(tokenizer, "test")[: args.test_tokens]
-    calibration = calibration_set(
-        tokenizer, max_tokens=args.cal_tokens, seqlen=args.seqlen
-    )
-    log(
-        f"loaded {args.model}; {test_ids.numel()} test tokens, {calibration.num_tokens} calibration tokens"
-    )
+    calibration = calibration_set(tokenizer, max_tokens=args.cal_tokens, seqlen=args.seqlen)
+    log(f"loaded {args.model}; {test_ids.numel()} test tokens, {calibration.num_tokens} calibration tokens")
     stem = args.model.replace("/", "_")
     doc: dict = {
         "model": report.model,
@@ -167,11 +149,7 @@ def main() -> None:
     doc["greedy_seconds"] = time.perf_counter() - trace_start
     log(f"greedy trace in {doc['greedy_seconds']:.0f}s")
     for target in targets:  # in the given order: put the targets that matter most first
-        doc["rows"].append(
-            sweep_target(
-                model, report, calibration, trace, test_ids, args.seqlen, target
-            )
-        )
+        doc["rows"].append(sweep_target(model, report, calibration, trace, test_ids, args.seqlen, target))
         doc["elapsed_s"] = time.perf_counter() - started
         write(doc, args.out_dir / f"method_sweep_{stem}")
 
@@ -242,19 +220,13 @@ def write(doc: dict, prefix: Path) -> None:
             for m in ("teal_greedy", "acttail", "auto")
         ]
         lines.append(
-            f"| {r['target']:.0%} | {r['uniform_ppl']:.3f} | "
-            + " | ".join(cells)
-            + f" | {r['auto_choice']} |"
+            f"| {r['target']:.0%} | {r['uniform_ppl']:.3f} | " + " | ".join(cells) + f" | {r['auto_choice']} |"
         )
     lines += ["", "auto's grid (calibration perplexity, validation split):", ""]
     for r in doc["rows"]:
-        grid = ", ".join(
-            f"{k}: {v:.3f}" for k, v in r["auto_grid_calibration_ppl"].items()
-        )
+        grid = ", ".join(f"{k}: {v:.3f}" for k, v in r["auto_grid_calibration_ppl"].items())
         lines.append(f"- {r['target']:.0%}: {grid}")
-    lines.append(
-        f"\nElapsed: {doc.get('elapsed_s', 0):.0f} s (greedy search {doc.get('greedy_seconds', 0):.0f} s)."
-    )
+    lines.append(f"\nElapsed: {doc.get('elapsed_s', 0):.0f} s (greedy search {doc.get('greedy_seconds', 0):.0f} s).")
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -263,9 +235,7 @@ def run_sensitivity(model, tokenizer, reports, args, stem) -> None:
 
     cal = calibration_set(tokenizer, max_tokens=args.sens_tokens, seqlen=args.seqlen)
     t = time.perf_counter()
-    result = sensitivity_study(
-        model, cal, reports, level=args.sens_level, groups=3, model_id=args.model
-    )
+    result = sensitivity_study(model, cal, reports, level=args.sens_level, groups=3, model_id=args.model)
     prefix = args.out_dir / f"sensitivity_{stem}"
     doc = result.to_dict()
     doc["command"] = "python " + " ".join(sys.argv)
@@ -283,20 +253,12 @@ def run_sensitivity(model, tokenizer, reports, args, stem) -> None:
         f"{result.dense_ppl:.3f}. Cell value: dNLL (nats/token) and, in brackets, dNLL per million weights "
         "skipped.",
         "",
-        "| kind | "
-        + " | ".join(
-            f"L{c.layers[0]}-{c.layers[-1]}" for c in result.cells[: result.groups]
-        )
-        + " |",
+        "| kind | " + " | ".join(f"L{c.layers[0]}-{c.layers[-1]}" for c in result.cells[: result.groups]) + " |",
         "|---|" + "---:|" * result.groups,
     ]
     for i, kind in enumerate(kinds):
         lines.append(
-            f"| {kind} | "
-            + " | ".join(
-                f"{mat[i, g]:.4f} ({per[i, g]:.4f})" for g in range(result.groups)
-            )
-            + " |"
+            f"| {kind} | " + " | ".join(f"{mat[i, g]:.4f} ({per[i, g]:.4f})" for g in range(result.groups)) + " |"
         )
     lines += [
         "",

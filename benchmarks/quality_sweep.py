@@ -122,8 +122,10 @@ def main() -> None:
             doc.update({k: previous[k] for k in ("windows", "tokens_scored") if k in previous})
 
     def done(method: str, target: float, extra: dict) -> bool:
-        return any(r["method"] == method and r["target"] == target and all(r.get(k) == v for k, v in extra.items())
-                   for r in doc["rows"])
+        return any(
+            r["method"] == method and r["target"] == target and all(r.get(k) == v for k, v in extra.items())
+            for r in doc["rows"]
+        )
 
     def record(method: str, target: float, alloc=None, **extra) -> None:
         if done(method, target, extra):
@@ -131,7 +133,9 @@ def main() -> None:
         began = time.perf_counter()
         handle = apply_sparsity(model, alloc) if alloc is not None else None
         try:
-            result = evaluate_perplexity(model, token_ids=ids, seqlen=args.seqlen, max_tokens=max_tokens, progress=False)
+            result = evaluate_perplexity(
+                model, token_ids=ids, seqlen=args.seqlen, max_tokens=max_tokens, progress=False
+            )
             realised = handle.realised_sparsity().total if handle else 0.0
         finally:
             if handle:
@@ -139,12 +143,23 @@ def main() -> None:
         values = list(alloc.sparsities.values()) if alloc is not None else [0.0]
         doc.update(windows=result.windows, tokens_scored=result.tokens_scored)
         doc["rows"].append(
-            dict(method=method, target=target, ppl=result.ppl, nll=result.nll, realised=realised,
-                 s_min=min(values), s_max=max(values), seconds=time.perf_counter() - began, **extra)
+            dict(
+                method=method,
+                target=target,
+                ppl=result.ppl,
+                nll=result.nll,
+                realised=realised,
+                s_min=min(values),
+                s_max=max(values),
+                seconds=time.perf_counter() - began,
+                **extra,
+            )
         )
         write(out, doc)
-        print(f"{method:8s} target={target:.2f} {extra} ppl={result.ppl:.3f} ({time.perf_counter() - began:.0f}s)",
-              flush=True)
+        print(
+            f"{method:8s} target={target:.2f} {extra} ppl={result.ppl:.3f} ({time.perf_counter() - began:.0f}s)",
+            flush=True,
+        )
 
     record("dense", 0.0)
     if args.dense_only:
@@ -164,8 +179,9 @@ def main() -> None:
         for eps in (float(e) for e in args.epsilons.split(",")):
             for direction in args.directions.split(","):
                 for granularity in args.granularities.split(","):
-                    params = AllocationParams(epsilon=eps, direction=Direction(direction),
-                                              granularity=Granularity(granularity))
+                    params = AllocationParams(
+                        epsilon=eps, direction=Direction(direction), granularity=Granularity(granularity)
+                    )
                     alloc = allocate(alphas, counts, target, method="acttail", params=params)
                     record("acttail", target, alloc, epsilon=eps, direction=direction, granularity=granularity)
 

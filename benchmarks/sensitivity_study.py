@@ -28,9 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--seqlen", type=int, default=256)
-    parser.add_argument(
-        "--tokens", type=int, default=512, help="calibration tokens (validation)"
-    )
+    parser.add_argument("--tokens", type=int, default=512, help="calibration tokens (validation)")
     parser.add_argument("--level", type=float, default=0.7)
     parser.add_argument("--esd-dir", type=Path, default=Path("/tmp/acttail_study"))
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))

@@ -18,9 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     from workers.celery_app import create_celery_app
 
     app = create_celery_app()
-    app.worker_main(
-        ["worker", "-Q", args.queue, "--concurrency", str(args.concurrency), "--loglevel", "INFO", *rest]
-    )
+    app.worker_main(["worker", "-Q", args.queue, "--concurrency", str(args.concurrency), "--loglevel", "INFO", *rest])
 
 
 if __name__ == "__main__":

@@ -426,7 +426,9 @@ def _benchmark_stage(
 def _perplexity(model: Any, token_ids: Any, spec: Any) -> list[Measurement]:
     from acttail.evaluate.perplexity import evaluate_perplexity
 
-    result = evaluate_perplexity(model, token_ids=token_ids, seqlen=spec.seqlen, max_tokens=spec.max_tokens, progress=False)
+    result = evaluate_perplexity(
+        model, token_ids=token_ids, seqlen=spec.seqlen, max_tokens=spec.max_tokens, progress=False
+    )
     return perplexity_measurements(result.to_dict(), mode="topk")
 
 

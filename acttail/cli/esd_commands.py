@@ -164,7 +164,8 @@ def allocate_command(
     method: Annotated[
         str,
         typer.Option(
-            "--method", "-m",
+            "--method",
+            "-m",
             help=f"{METHOD_HELP}. auto (default) and teal-greedy load the model and run it on WikiText-2 "
             "validation text: minutes on a CPU for a 135M model.",
         ),

@@ -42,7 +42,10 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 NoDenseOpt = Annotated[bool, typer.Option("--no-dense", help="Skip the dense baseline.")]
 CalibOpt = Annotated[
     int,
-    typer.Option("--calibration-tokens", help="WikiText-2 validation tokens: threshold mode, and what auto/teal-greedy choose on."),
+    typer.Option(
+        "--calibration-tokens",
+        help="WikiText-2 validation tokens: threshold mode, and what auto/teal-greedy choose on.",
+    ),
 ]
 
 
@@ -77,8 +80,14 @@ def parse_tasks(text: str) -> tuple[str, ...]:
 def _progress_bar(quiet: bool) -> tuple[Progress | None, object]:
     if quiet:
         return None, None
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                   TimeElapsedColumn(), console=console, transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
     task = bar.add_task("starting", total=1.0)
 
     def report(stage: str, fraction: float) -> None:
@@ -128,15 +137,31 @@ def _finish(result: PipelineResult, json_path: Path | None, store: ResultsStore 
         console.print(
             f"recorded in {store.shown_url} (team 'default'): {len(recorded.allocation_ids)} allocations, "
             f"{len(recorded.benchmark_ids)} benchmark rows",
-            highlight=False, soft_wrap=True,
+            highlight=False,
+            soft_wrap=True,
         )
 
 
 def _evaluate(
-    call: Callable[..., PipelineResult], *, targets: tuple[float, ...], methods: tuple[str, ...] = (),
-    epsilon: float = 0.1, direction: str = "higher_alpha_sparser", granularity: str = "projection",
-    estimator: str = "ks", mode: str, seqlen: int, max_tokens: int | None, tasks: str, limit: int | None,
-    no_dense: bool, calibration_tokens: int, quiet: bool, command: str, db: str | None, no_store: bool,
+    call: Callable[..., PipelineResult],
+    *,
+    targets: tuple[float, ...],
+    methods: tuple[str, ...] = (),
+    epsilon: float = 0.1,
+    direction: str = "higher_alpha_sparser",
+    granularity: str = "projection",
+    estimator: str = "ks",
+    mode: str,
+    seqlen: int,
+    max_tokens: int | None,
+    tasks: str,
+    limit: int | None,
+    no_dense: bool,
+    calibration_tokens: int,
+    quiet: bool,
+    command: str,
+    db: str | None,
+    no_store: bool,
 ) -> tuple[PipelineResult, ResultsStore | None]:
     """Validate the options into one PipelineConfig, open the results store (unless ``no_store``),
     then ``call(config, progress=...)`` under the bar.
@@ -152,8 +177,16 @@ def _evaluate(
     except ValueError as exc:
         raise ActTailError(str(exc)) from None
     config = PipelineConfig(
-        targets=targets, methods=methods, params=params, estimator=estimator, mode=mode, seqlen=seqlen,
-        max_tokens=max_tokens, tasks=parse_tasks(tasks), limit=limit, include_dense=not no_dense,
+        targets=targets,
+        methods=methods,
+        params=params,
+        estimator=estimator,
+        mode=mode,
+        seqlen=seqlen,
+        max_tokens=max_tokens,
+        tasks=parse_tasks(tasks),
+        limit=limit,
+        include_dense=not no_dense,
         calibration_tokens=calibration_tokens,
     )
     config.validate()
@@ -172,15 +205,22 @@ def _evaluate(
 
 def run(
     model: ModelArg,
-    sparsity: Annotated[str, typer.Option("--sparsity", "-s", help="Comma-separated targets in (0, 1).")] = "0.5,0.7,0.8,0.9",
+    sparsity: Annotated[
+        str, typer.Option("--sparsity", "-s", help="Comma-separated targets in (0, 1).")
+    ] = "0.5,0.7,0.8,0.9",
     epsilon: Annotated[float, typer.Option("--epsilon", help="Alpha mapping range [1-eps, 1+eps].")] = 0.1,
     estimator: Annotated[str, typer.Option("--estimator", "-e", help="ks | ks_peak | hill.")] = "ks",
     method: Annotated[
         str,
-        typer.Option("--method", help="Comma-separated allocation methods (acttail allocate --help lists them); auto and "
-                     "teal-greedy calibrate on the loaded model."),
+        typer.Option(
+            "--method",
+            help="Comma-separated allocation methods (acttail allocate --help lists them); auto and "
+            "teal-greedy calibrate on the loaded model.",
+        ),
     ] = "uniform,acttail,auto",
-    direction: Annotated[str, typer.Option("--direction", help="higher_alpha_sparser | lower_alpha_sparser.")] = "higher_alpha_sparser",
+    direction: Annotated[
+        str, typer.Option("--direction", help="higher_alpha_sparser | lower_alpha_sparser.")
+    ] = "higher_alpha_sparser",
     granularity: Annotated[str, typer.Option("--granularity", help="projection | block.")] = "projection",
     tasks: TasksOpt = "",
     limit: LimitOpt = None,
@@ -203,10 +243,23 @@ def run(
 
     result, store = _evaluate(
         lambda config, **kw: run_pipeline(model, config, **kw),
-        targets=parse_sparsities(sparsity), methods=tuple(m.strip() for m in method.split(",") if m.strip()),
-        epsilon=epsilon, direction=direction, granularity=granularity, estimator=estimator, mode=mode,
-        seqlen=seqlen, max_tokens=max_tokens, tasks=tasks, limit=limit, no_dense=no_dense,
-        calibration_tokens=calibration_tokens, quiet=quiet, command="run", db=db, no_store=no_store,
+        targets=parse_sparsities(sparsity),
+        methods=tuple(m.strip() for m in method.split(",") if m.strip()),
+        epsilon=epsilon,
+        direction=direction,
+        granularity=granularity,
+        estimator=estimator,
+        mode=mode,
+        seqlen=seqlen,
+        max_tokens=max_tokens,
+        tasks=tasks,
+        limit=limit,
+        no_dense=no_dense,
+        calibration_tokens=calibration_tokens,
+        quiet=quiet,
+        command="run",
+        db=db,
+        no_store=no_store,
     )
     _finish(result, json_path, store)
 
@@ -236,9 +289,19 @@ def evaluate(
     alloc = Allocation.load(allocation)
     result, store = _evaluate(
         lambda config, **kw: evaluate_allocation(model, alloc, config, **kw),
-        targets=(alloc.target,), estimator=alloc.estimator or "ks", mode=mode, seqlen=seqlen,
-        max_tokens=max_tokens, tasks=tasks, limit=limit, no_dense=no_dense,
-        calibration_tokens=calibration_tokens, quiet=quiet, command="evaluate", db=db, no_store=no_store,
+        targets=(alloc.target,),
+        estimator=alloc.estimator or "ks",
+        mode=mode,
+        seqlen=seqlen,
+        max_tokens=max_tokens,
+        tasks=tasks,
+        limit=limit,
+        no_dense=no_dense,
+        calibration_tokens=calibration_tokens,
+        quiet=quiet,
+        command="evaluate",
+        db=db,
+        no_store=no_store,
     )
     _finish(result, json_path, store)
 

@@ -34,18 +34,12 @@ AlphasOpt = Annotated[
 ]
 TokensOpt = Annotated[
     int,
-    typer.Option(
-        "--max-tokens", min=64, help="Calibration tokens (WikiText-2 validation)."
-    ),
+    typer.Option("--max-tokens", min=64, help="Calibration tokens (WikiText-2 validation)."),
 ]
-SeqlenOpt = Annotated[
-    int, typer.Option("--seqlen", min=16, help="Calibration window length.")
-]
+SeqlenOpt = Annotated[int, typer.Option("--seqlen", min=16, help="Calibration window length.")]
 
 
-def _calibration(
-    model: str, revision: str | None, max_tokens: int, seqlen: int
-) -> tuple[object, CalibrationSet]:
+def _calibration(model: str, revision: str | None, max_tokens: int, seqlen: int) -> tuple[object, CalibrationSet]:
     from acttail.methods import calibration_set
     from acttail.models import resolve_model
 
@@ -57,29 +51,19 @@ def sensitivity(
     model: ModelArg,
     level: Annotated[
         float,
-        typer.Option(
-            "--level", min=0.01, max=0.99, help="Sparsity of the probed cell."
-        ),
+        typer.Option("--level", min=0.01, max=0.99, help="Sparsity of the probed cell."),
     ] = 0.7,
-    groups: Annotated[
-        int, typer.Option("--groups", min=1, help="Layer groups per projection kind.")
-    ] = 3,
+    groups: Annotated[int, typer.Option("--groups", min=1, help="Layer groups per projection kind.")] = 3,
     max_tokens: TokensOpt = 4096,
     seqlen: SeqlenOpt = 512,
     estimator: EstimatorOpt = "ks",
     all_estimators: Annotated[
         bool,
-        typer.Option(
-            "--all-estimators", help="Correlate alpha of ks, ks_peak and hill."
-        ),
+        typer.Option("--all-estimators", help="Correlate alpha of ks, ks_peak and hill."),
     ] = False,
     alphas_json: AlphasOpt = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write the figure as PNG.")
-    ] = None,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the result as JSON.")
-    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the figure as PNG.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
     revision: RevisionOpt = None,
 ) -> None:
     """Sparsify one projection kind in one layer group at a time; rank-correlate the damage with alpha & co."""
@@ -87,37 +71,25 @@ def sensitivity(
 
     reports = [_load_or_compute(model, revision, estimator, alphas_json)]
     if all_estimators:
-        reports += [
-            _load_or_compute(model, revision, e, None)
-            for e in ESTIMATORS
-            if e != estimator
-        ]
+        reports += [_load_or_compute(model, revision, e, None) for e in ESTIMATORS if e != estimator]
     loaded, calibration = _calibration(model, revision, max_tokens, seqlen)
-    result = sensitivity_study(
-        loaded, calibration, reports, level=level, groups=groups, model_id=model
-    )
+    result = sensitivity_study(loaded, calibration, reports, level=level, groups=groups, model_id=model)
     kinds, matrix = result.matrix("delta_nll")
-    table = Table(
-        title=f"{model}: dNLL when one cell is sparsified at {level:g} (dense PPL {result.dense_ppl:.3f})"
-    )
+    table = Table(title=f"{model}: dNLL when one cell is sparsified at {level:g} (dense PPL {result.dense_ppl:.3f})")
     table.add_column("kind")
     for g in range(result.groups):
         table.add_column(f"group {g}", justify="right")
     for kind, row in zip(kinds, matrix, strict=True):
         table.add_row(kind, *(f"{v:.4f}" for v in row))
     console.print(table)
-    rho = Table(
-        title="Spearman rho with sensitivity (negative = higher value, less sensitive)"
-    )
+    rho = Table(title="Spearman rho with sensitivity (negative = higher value, less sensitive)")
     for column in ("predictor", "dNLL", "dNLL per M weights"):
         rho.add_column(column, justify="right")
     for name, a, b in predictor_table(result):
         rho.add_row(name, f"{a:+.2f}", f"{b:+.2f}")
     console.print(rho)
     if json_path is not None:
-        json_path.write_text(
-            json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8"
-        )
+        json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     if plot is not None:
         plot_sensitivity(result, plot)
 
@@ -126,16 +98,10 @@ def allocate_search(
     model: ModelArg,
     sparsity: Annotated[
         float,
-        typer.Option(
-            "--sparsity", "-s", min=0.0, max=0.99, help="Target mean sparsity."
-        ),
+        typer.Option("--sparsity", "-s", min=0.0, max=0.99, help="Target mean sparsity."),
     ],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Allocation JSON document to write.")
-    ],
-    method: Annotated[
-        str, typer.Option("--method", help="auto | teal-greedy.")
-    ] = "auto",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Allocation JSON document to write.")],
+    method: Annotated[str, typer.Option("--method", help="auto | teal-greedy.")] = "auto",
     max_tokens: TokensOpt = 8192,
     seqlen: SeqlenOpt = 512,
     estimator: EstimatorOpt = "ks",
@@ -152,16 +118,12 @@ def allocate_search(
 
     report = _load_or_compute(model, revision, estimator, alphas_json)
     loaded, calibration = _calibration(model, revision, max_tokens, seqlen)
-    alloc = build_allocation(
-        method, report=report, target=sparsity, model=loaded, calibration=calibration
-    )
+    alloc = build_allocation(method, report=report, target=sparsity, model=loaded, calibration=calibration)
     alloc.save(output)
     if method == "auto":
         console.print(f"auto chose: {alloc.params['choice']['label']}")
         for row in alloc.params["grid"]:
-            console.print(
-                f"  {row['label']:<45} calibration PPL {row['calibration_ppl']:.4f}"
-            )
+            console.print(f"  {row['label']:<45} calibration PPL {row['calibration_ppl']:.4f}")
     console.print(f"wrote {output} (mean sparsity {alloc.weighted_mean:.4f})")
 
 

@@ -167,9 +167,7 @@ def _equal_shape_batches(
     held = 0
     for info, weight in weights:
         size = weight.numel() * 4
-        if batch and (
-            weight.shape != batch[0][1].shape or len(batch) >= max_batch or held + size > MAX_BATCH_BYTES
-        ):
+        if batch and (weight.shape != batch[0][1].shape or len(batch) >= max_batch or held + size > MAX_BATCH_BYTES):
             yield batch
             batch, held = [], 0
         batch.append((info, weight))

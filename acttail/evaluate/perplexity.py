@@ -55,7 +55,9 @@ class PerplexityResult:
         return asdict(self)
 
 
-def tokenize_split(tokenizer: PreTrainedTokenizerBase, split: str = "test", max_tokens: int | None = None) -> torch.Tensor:
+def tokenize_split(
+    tokenizer: PreTrainedTokenizerBase, split: str = "test", max_tokens: int | None = None
+) -> torch.Tensor:
     """The split, "\\n\\n"-joined and tokenised once: a 1-D LongTensor.
 
     With ``max_tokens`` only a character prefix is tokenised, long enough to yield

@@ -101,11 +101,7 @@ def _sync(device: torch.device) -> None:
 
 def _cache_kwarg(model: nn.Module) -> str:
     """transformers >= 5.2x names the KV-cache argument ``cache``; older releases ``past_key_values``."""
-    return (
-        "cache"
-        if "cache" in inspect.signature(model.forward).parameters
-        else "past_key_values"
-    )
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _cache_of(output: Any) -> Any:
@@ -150,9 +146,7 @@ def greedy_decode(
             out = model(input_ids=nxt, use_cache=True, **{cache_kwarg: cache})
             cache = _cache_of(out)
             nxt = out.logits[:, -1:].argmax(-1)
-            tokens.append(
-                int(nxt)
-            )  # int() reads the value: the step is complete on any device
+            tokens.append(int(nxt))  # int() reads the value: the step is complete on any device
             if step >= warmup_tokens:
                 steps.append(now() - start)
     return DecodeRun(tokens=tokens, prefill_seconds=prefill, step_seconds=steps)
@@ -194,9 +188,7 @@ def measure_decode_speed(
     was found (modules restored, hooks removed).
     """
     if new_tokens <= warmup_tokens + 1:
-        raise ValueError(
-            f"new_tokens ({new_tokens}) must exceed warmup_tokens + 1 ({warmup_tokens + 1})"
-        )
+        raise ValueError(f"new_tokens ({new_tokens}) must exceed warmup_tokens + 1 ({warmup_tokens + 1})")
     mode = SparsityMode(mode)
     device = next(model.parameters()).device
     input_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
@@ -212,27 +204,19 @@ def measure_decode_speed(
             handle = enable_sparse_decode(model, sparsities, mode, thresholds)
             backend = handle.backend
             target = _weighted_target(model, handle.sparsities)
-            greedy_decode(
-                model, input_ids, warmup_tokens + 2
-            )  # first-call allocations, lazy inits
+            greedy_decode(model, input_ids, warmup_tokens + 2)  # first-call allocations, lazy inits
             handle.restore()
         greedy_decode(model, input_ids, warmup_tokens + 2)
         for _ in range(repeats):
-            dense_runs.append(
-                greedy_decode(model, input_ids, new_tokens, warmup_tokens, clock)
-            )
+            dense_runs.append(greedy_decode(model, input_ids, new_tokens, warmup_tokens, clock))
             if handle is not None:
                 handle.reapply()
-                sparse_runs.append(
-                    greedy_decode(model, input_ids, new_tokens, warmup_tokens, clock)
-                )
+                sparse_runs.append(greedy_decode(model, input_ids, new_tokens, warmup_tokens, clock))
                 handle.restore()
         reference: DecodeRun | None = None
         if sparsities is not None and check_reference:
             with apply_sparsity(model, sparsities, mode, thresholds, track=False):
-                reference = greedy_decode(
-                    model, input_ids, new_tokens, warmup_tokens, clock
-                )
+                reference = greedy_decode(model, input_ids, new_tokens, warmup_tokens, clock)
         exact: DecodeRun | None = None
         exact_reference: DecodeRun | None = None
         if sparsities is not None and check_exact:
@@ -245,9 +229,7 @@ def measure_decode_speed(
             handle.restore()
         model.train(was_training)
     dense_tps = statistics.median(r.tokens_per_s for r in dense_runs)
-    sparse_tps = (
-        statistics.median(r.tokens_per_s for r in sparse_runs) if sparse_runs else None
-    )
+    sparse_tps = statistics.median(r.tokens_per_s for r in sparse_runs) if sparse_runs else None
     return SpeedResult(
         mode=str(mode),
         clock=clock,
@@ -264,12 +246,8 @@ def measure_decode_speed(
         sparse_tokens_per_s=sparse_tps,
         speedup=None if sparse_tps is None else sparse_tps / dense_tps,
         reference_tokens_per_s=None if reference is None else reference.tokens_per_s,
-        tokens_match_reference=None
-        if reference is None
-        else reference.tokens == sparse_runs[0].tokens,
-        matching_prefix=None
-        if reference is None
-        else _common_prefix(reference.tokens, sparse_runs[0].tokens),
+        tokens_match_reference=None if reference is None else reference.tokens == sparse_runs[0].tokens,
+        matching_prefix=None if reference is None else _common_prefix(reference.tokens, sparse_runs[0].tokens),
         prefill_seconds_dense=statistics.median(r.prefill_seconds for r in dense_runs),
         dense_runs_tokens_per_s=[r.tokens_per_s for r in dense_runs],
         sparse_runs_tokens_per_s=[r.tokens_per_s for r in sparse_runs],

@@ -47,11 +47,7 @@ def keep_count(d_in: int, sparsity: float) -> int:
 def backend_name(device: torch.device | str, dtype: torch.dtype) -> str:
     """'c-openmp', 'triton' or 'torch-gather': the path ``sparse_gemv`` takes for these tensors."""
     device = torch.device(device)
-    if (
-        device.type == "cpu"
-        and dtype in (torch.float32, torch.bfloat16)
-        and cpu.cpu_kernel_available()
-    ):
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and cpu.cpu_kernel_available():
         return "c-openmp"
     if device.type == "cuda" and triton_gemv.triton_available():
         return "triton"
@@ -67,9 +63,7 @@ def select_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, x[idx]
 
 
-def select_threshold(
-    x: torch.Tensor, threshold: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def select_threshold(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(idx ascending, x[idx]) for the entries with |x| > threshold of a 1-D vector."""
     if x.device.type == "cpu":
         return cpu.select_threshold_c(x, threshold)
@@ -91,16 +85,12 @@ def sparse_gemv(
     if weight_t.device.type == "cpu":
         return cpu.gather_rows_gemv(weight_t, idx, vals, bias)
     if weight_t.device.type == "cuda" and triton_gemv.triton_available():
-        dense = torch.zeros(
-            weight_t.shape[0], dtype=vals.dtype, device=vals.device
-        ).index_copy_(0, idx, vals)
+        dense = torch.zeros(weight_t.shape[0], dtype=vals.dtype, device=vals.device).index_copy_(0, idx, vals)
         return triton_gemv.threshold_gemv(weight_t, dense, 0.0, bias)
     return cpu.torch_gather_gemv(weight_t, idx, vals, bias)
 
 
-def topk_gemv(
-    weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None
-) -> torch.Tensor:
+def topk_gemv(weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Fused TopK selection + sparse GEMV for one token: W (topk_k(x)) + bias, x: [d_in]."""
     if weight_t.device.type == "cuda" and triton_gemv.triton_available():
         return triton_gemv.topk_gemv(weight_t, x, k, bias)

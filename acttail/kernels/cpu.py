@@ -81,12 +81,8 @@ def _cpu_flags() -> str:
 
 def _build(cc: str) -> Path:
     source = _SOURCE.read_bytes()
-    version = subprocess.run(
-        [cc, "--version"], capture_output=True, text=True, check=True
-    ).stdout
-    key = hashlib.sha256(
-        source + version.encode() + _cpu_flags().encode() + " ".join(_CFLAGS).encode()
-    )
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256(source + version.encode() + _cpu_flags().encode() + " ".join(_CFLAGS).encode())
     target = _cache_dir() / key.hexdigest()[:16] / "libacttail_gemv.so"
     if target.exists():
         return target
@@ -173,15 +169,11 @@ def cpu_kernel_available() -> bool:
     return cpu_kernel_status().available
 
 
-def _check_rows_args(
-    weight_t: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor
-) -> None:
+def _check_rows_args(weight_t: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -> None:
     if weight_t.dim() != 2 or not weight_t.is_contiguous():
         raise ValueError("weight_t must be a contiguous [d_in, d_out] tensor")
     if idx.dim() != 1 or vals.shape != idx.shape:
-        raise ValueError(
-            f"idx and vals must be 1-D of equal length, got {tuple(idx.shape)} and {tuple(vals.shape)}"
-        )
+        raise ValueError(f"idx and vals must be 1-D of equal length, got {tuple(idx.shape)} and {tuple(vals.shape)}")
 
 
 def gather_rows_gemv(
@@ -408,15 +400,11 @@ def select_topk_c(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     idx = torch.empty(d_in, dtype=torch.int64)
     vals = torch.empty(d_in, dtype=torch.float32)
     scratch = torch.empty(d_in, dtype=torch.float32)
-    n = lib.acttail_select_topk(
-        x.data_ptr(), d_in, k, idx.data_ptr(), vals.data_ptr(), scratch.data_ptr()
-    )
+    n = lib.acttail_select_topk(x.data_ptr(), d_in, k, idx.data_ptr(), vals.data_ptr(), scratch.data_ptr())
     return idx[:n], vals[:n]
 
 
-def select_threshold_c(
-    x: torch.Tensor, threshold: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def select_threshold_c(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (ascending) and values of the entries with |x| > threshold (1-D CPU vector)."""
     lib = _load()
     if lib is None or x.dtype != torch.float32:
@@ -426,7 +414,5 @@ def select_threshold_c(
     d_in = x.numel()
     idx = torch.empty(d_in, dtype=torch.int64)
     vals = torch.empty(d_in, dtype=torch.float32)
-    n = lib.acttail_select_threshold(
-        x.data_ptr(), d_in, float(threshold), idx.data_ptr(), vals.data_ptr()
-    )
+    n = lib.acttail_select_threshold(x.data_ptr(), d_in, float(threshold), idx.data_ptr(), vals.data_ptr())
     return idx[:n], vals[:n]

@@ -41,9 +41,7 @@ def _kernel() -> Any:
     import triton.language as tl
 
     @triton.jit
-    def gemv_t_threshold(
-        wt_ptr, x_ptr, y_ptr, d_in, d_out, threshold, BN: tl.constexpr, BM: tl.constexpr
-    ):
+    def gemv_t_threshold(wt_ptr, x_ptr, y_ptr, d_in, d_out, threshold, BN: tl.constexpr, BM: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         rn = pid_n * BN + tl.arange(0, BN)
@@ -91,9 +89,7 @@ def threshold_gemv(
     return y.to(weight_t.dtype)
 
 
-def topk_gemv(
-    weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None
-) -> torch.Tensor:
+def topk_gemv(weight_t: torch.Tensor, x: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = W topk_k(x) + bias on CUDA: zero all but the k largest |x|, then the threshold kernel at 0."""
     x = x.reshape(-1)
     idx = torch.topk(x.abs(), k, sorted=False).indices

@@ -131,9 +131,7 @@ class AlphaTable:
 
 def _check_method(method: str) -> None:
     if method not in METHODS:
-        raise AllocationError(
-            f"unknown allocation method {method!r}; valid: {', '.join(METHODS)}"
-        )
+        raise AllocationError(f"unknown allocation method {method!r}; valid: {', '.join(METHODS)}")
 
 
 def method_knobs(method: str) -> frozenset[str]:
@@ -180,9 +178,7 @@ def _calibration(
     if calibration is not None:
         return calibration
     if tokenizer is None:
-        raise AllocationError(
-            "this method needs calibration text: pass calibration= or tokenizer="
-        )
+        raise AllocationError("this method needs calibration text: pass calibration= or tokenizer=")
     return calibration_set(
         tokenizer,
         max_tokens=int(params.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS)),
@@ -253,9 +249,7 @@ def build_allocation(
     if model is None:
         raise AllocationError(f"{method} needs the loaded model (model=...)")
     if method == "teal-greedy":
-        return _teal_greedy(
-            report, target, model, tokenizer, calibration, params, ident, progress
-        )
+        return _teal_greedy(report, target, model, tokenizer, calibration, params, ident, progress)
     from acttail.methods.auto import DEFAULT_GRID, DEFAULT_MIN_GAIN, auto_allocation
 
     choice = auto_allocation(
@@ -390,9 +384,7 @@ def _teal_greedy(
         greedy_trace,
     )
 
-    bounds = AllocationParams(
-        s_min=float(params.get("s_min", 0.0)), s_max=float(params.get("s_max", 0.99))
-    )
+    bounds = AllocationParams(s_min=float(params.get("s_min", 0.0)), s_max=float(params.get("s_max", 0.99)))
     trace = params.get("trace")
     if trace is None or trace.max_target < target:
         cal = _calibration(calibration, tokenizer, params)
@@ -409,6 +401,4 @@ def _teal_greedy(
         extra = {"calibration": cal.describe()}
     else:  # a reused trace: record the text it was measured on when the caller says
         extra = {} if calibration is None else {"calibration": calibration.describe()}
-    return allocation_from_trace(
-        trace, report.param_counts(), target, bounds, extra_params=extra, **ident
-    )
+    return allocation_from_trace(trace, report.param_counts(), target, bounds, extra_params=extra, **ident)

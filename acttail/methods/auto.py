@@ -110,9 +110,7 @@ class Candidate:
                 method="uniform",
                 **ident,
             )
-        params = AllocationParams(
-            self.epsilon, self.direction, self.granularity, s_min, s_max
-        )
+        params = AllocationParams(self.epsilon, self.direction, self.granularity, s_min, s_max)
         if self.per_type:
             return allocate_per_type(
                 report.alphas(),
@@ -175,9 +173,7 @@ def auto_allocation(
     ``progress(stage, fraction)`` is called before the greedy search and before every candidate.
     """
     if not grid or grid[0].method != "uniform":
-        raise AllocationError(
-            "the auto grid must start with the uniform candidate (its fallback)"
-        )
+        raise AllocationError("the auto grid must start with the uniform candidate (its fallback)")
     if not 0.0 <= min_gain < 1.0:
         raise AllocationError(f"min_gain must be in [0, 1), got {min_gain}")
     if trace is None and any(c.method == "teal-greedy" for c in grid):
@@ -190,9 +186,7 @@ def auto_allocation(
         alloc = candidate.build(report, target, s_min, s_max, trace)
         allocations.append(alloc)
         ppl.append(math.exp(calibration_nll(model, calibration, alloc)))
-        logger.info(
-            "auto %.2f %-45s calibration ppl %.4f", target, candidate.label, ppl[-1]
-        )
+        logger.info("auto %.2f %-45s calibration ppl %.4f", target, candidate.label, ppl[-1])
     best = min(range(len(grid)), key=lambda i: (ppl[i], i))
     chosen = best if ppl[best] <= (1.0 - min_gain) * ppl[0] else 0
     picked = allocations[chosen]
@@ -202,14 +196,9 @@ def auto_allocation(
         "selection": "argmin calibration perplexity; uniform unless the best beats it by min_gain",
         "min_gain": min_gain,
         "calibration": calibration.describe(),
-        "grid": [
-            {**c.to_dict(), "calibration_ppl": round(p, 6)}
-            for c, p in zip(grid, ppl, strict=True)
-        ],
+        "grid": [{**c.to_dict(), "calibration_ppl": round(p, 6)} for c, p in zip(grid, ppl, strict=True)],
     }
-    allocation = replace(
-        picked, method=METHOD, estimator=report.estimator, params=params
-    )
+    allocation = replace(picked, method=METHOD, estimator=report.estimator, params=params)
     return AutoChoice(
         float(target),
         tuple(c.label for c in grid),

@@ -37,11 +37,7 @@ class CalibrationSet:
     source: str = f"wikitext-2-raw-v1 {CALIBRATION_SPLIT}"
 
     def __post_init__(self) -> None:
-        if (
-            self.token_ids.dim() != 1
-            or self.seqlen < 2
-            or self.token_ids.numel() < self.seqlen
-        ):
+        if self.token_ids.dim() != 1 or self.seqlen < 2 or self.token_ids.numel() < self.seqlen:
             raise ActTailError(
                 f"calibration needs a 1-D id tensor of at least one window (seqlen {self.seqlen}), "
                 f"got shape {tuple(self.token_ids.shape)}"
@@ -53,17 +49,11 @@ class CalibrationSet:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(
-            self.token_ids.to(torch.int64).numpy().tobytes()
-        ).hexdigest()
+        return hashlib.sha256(self.token_ids.to(torch.int64).numpy().tobytes()).hexdigest()
 
     def windows(self) -> list[torch.Tensor]:
         """Non-overlapping ``[1, seqlen]`` windows covering the whole set."""
-        return [
-            w.unsqueeze(0)
-            for w in self.token_ids.split(self.seqlen)
-            if w.numel() == self.seqlen
-        ]
+        return [w.unsqueeze(0) for w in self.token_ids.split(self.seqlen) if w.numel() == self.seqlen]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -83,13 +73,9 @@ def calibration_set(
 ) -> CalibrationSet:
     """The first ``max_tokens`` (rounded down to whole windows) tokens of WikiText-2 raw validation."""
     if split == "test":
-        raise ActTailError(
-            "calibration must not use the WikiText-2 test split (it is the evaluation set)"
-        )
+        raise ActTailError("calibration must not use the WikiText-2 test split (it is the evaluation set)")
     if max_tokens < seqlen:
-        raise ActTailError(
-            f"calibration max_tokens {max_tokens} is smaller than one window of seqlen {seqlen}"
-        )
+        raise ActTailError(f"calibration max_tokens {max_tokens} is smaller than one window of seqlen {seqlen}")
     from acttail.evaluate.perplexity import tokenize_split
 
     ids = tokenize_split(tokenizer, split)
@@ -97,9 +83,7 @@ def calibration_set(
     return CalibrationSet(ids[:usable].clone(), seqlen, f"wikitext-2-raw-v1 {split}")
 
 
-def calibration_from_ids(
-    token_ids: torch.Tensor, seqlen: int, source: str = "token ids"
-) -> CalibrationSet:
+def calibration_from_ids(token_ids: torch.Tensor, seqlen: int, source: str = "token ids") -> CalibrationSet:
     """A calibration set from given ids (tests, or text other than WikiText-2)."""
     ids = token_ids.flatten()
     usable = (ids.numel() // seqlen) * seqlen
@@ -118,11 +102,7 @@ def calibration_nll(
     from acttail.evaluate.perplexity import evaluate_perplexity
     from acttail.sparsity import apply_sparsity
 
-    handle = (
-        None
-        if sparsities is None
-        else apply_sparsity(model, sparsities, "topk", track=False)
-    )
+    handle = None if sparsities is None else apply_sparsity(model, sparsities, "topk", track=False)
     try:
         result = evaluate_perplexity(
             model,

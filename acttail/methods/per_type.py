@@ -38,13 +38,9 @@ def per_type_normalised(alphas: Mapping[str, float]) -> dict[str, float]:
     for names in by_kind.values():
         values = np.array([alphas[n] for n in names], dtype=np.float64)
         if not np.isfinite(values).all():
-            raise AllocationError(
-                "alphas contain NaN or infinity; re-run the ESD analysis"
-            )
+            raise AllocationError("alphas contain NaN or infinity; re-run the ESD analysis")
         span = float(values.max() - values.min())
-        unit = (
-            np.full_like(values, 0.5) if span == 0.0 else (values - values.min()) / span
-        )
+        unit = np.full_like(values, 0.5) if span == 0.0 else (values - values.min()) / span
         out.update({n: float(u) for n, u in zip(names, unit, strict=True)})
     return out
 
@@ -61,9 +57,7 @@ def allocate_per_type(
 ) -> Allocation:
     """``acttail`` on per-type normalised alphas; the document records ``alpha_normalisation``."""
     params = params or AllocationParams()
-    normalised = per_type_normalised(
-        {n: alphas[n] for n in param_counts if n in alphas}
-    )
+    normalised = per_type_normalised({n: alphas[n] for n in param_counts if n in alphas})
     base = allocate(
         normalised,
         param_counts,
@@ -74,6 +68,4 @@ def allocate_per_type(
         fingerprint=fingerprint,
         estimator=estimator,
     )
-    return replace(
-        base, method=METHOD, params={**base.params, "alpha_normalisation": "per_type"}
-    )
+    return replace(base, method=METHOD, params={**base.params, "alpha_normalisation": "per_type"})

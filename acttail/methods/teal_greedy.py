@@ -59,9 +59,7 @@ class BlockTrace:
         """Sparsities at effective sparsity ``target`` (linear interpolation inside the step)."""
         eff = np.asarray(self.effective)
         if target > eff[-1] + 1e-9:
-            raise AllocationError(
-                f"greedy trace of block {self.layer} stops at {eff[-1]:.3f} < target {target}"
-            )
+            raise AllocationError(f"greedy trace of block {self.layer} stops at {eff[-1]:.3f} < target {target}")
         idx = int(np.searchsorted(eff, target, side="left"))
         if idx == 0:
             return dict(zip(self.names, self.states[0], strict=True))
@@ -105,10 +103,7 @@ class _BlockSparsifier:
     def __init__(self, linears: Sequence[nn.Linear]) -> None:
         self.ks = [lin.in_features for lin in linears]
         self.d_in = [lin.in_features for lin in linears]
-        self.handles = [
-            lin.register_forward_pre_hook(self._hook(i))
-            for i, lin in enumerate(linears)
-        ]
+        self.handles = [lin.register_forward_pre_hook(self._hook(i)) for i, lin in enumerate(linears)]
 
     def _hook(self, i: int) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -132,9 +127,7 @@ def _capture_block_io(
     model: nn.Module, layer_names: Sequence[str], windows: Sequence[torch.Tensor]
 ) -> dict[str, list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]]]:
     """Dense (args, kwargs, output hidden state) of every decoder layer on every window."""
-    captured: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]]] = {
-        n: [] for n in layer_names
-    }
+    captured: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]]] = {n: [] for n in layer_names}
     pending: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
     handles = []
     for name in layer_names:
@@ -304,9 +297,7 @@ def allocation_from_trace(
     raw = trace.sparsities_at(target)
     missing = [n for n in names if n not in raw]
     if missing:
-        raise AllocationError(
-            f"greedy trace lacks {len(missing)} projections (e.g. {missing[0]})"
-        )
+        raise AllocationError(f"greedy trace lacks {len(missing)} projections (e.g. {missing[0]})")
     weights = np.array([param_counts[n] for n in names], dtype=np.float64)
     scores = np.array([raw[n] for n in names], dtype=np.float64)
     if target > 0 and float(scores @ weights) <= 0:

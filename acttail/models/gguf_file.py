@@ -33,7 +33,17 @@ DEFAULT_ALIGNMENT = 32
 
 # GGUF metadata value types -> struct format of one scalar; 8 = string, 9 = array.
 _SCALAR_FORMATS: dict[int, str] = {
-    0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
 }
 _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")

@@ -17,13 +17,20 @@ ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokeni
 def resolve_hub_model(repo_id: str, revision: str | None = None) -> SafetensorsDirSource:
     """Download (or reuse the cached) snapshot of ``repo_id`` and wrap it as a local source."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         info = HfApi().model_info(repo_id, revision=revision)
         directory = snapshot_download(repo_id, revision=info.sha, allow_patterns=ALLOW_PATTERNS)
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise ModelNotFoundError(f"hub model {repo_id!r} (revision {revision or 'main'}) not found: {exc.__class__.__name__}") from None
+        raise ModelNotFoundError(
+            f"hub model {repo_id!r} (revision {revision or 'main'}) not found: {exc.__class__.__name__}"
+        ) from None
     except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as exc:
         raise ModelNotFoundError(
             f"cannot fetch {repo_id!r} from the Hugging Face hub ({exc.__class__.__name__}: offline or unreachable); "

@@ -164,7 +164,9 @@ class SafetensorsDirSource(ModelSource):
             str(self.directory), dtype=dtype, use_safetensors=True, trust_remote_code=False, local_files_only=True
         )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(self.directory), trust_remote_code=False, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(self.directory), trust_remote_code=False, local_files_only=True
+            )
         except (OSError, ValueError) as exc:
             raise ModelSourceError(f"{self.directory}: no usable tokenizer ({exc.__class__.__name__})") from None
         return model.to(device).eval(), tokenizer

@@ -53,9 +53,7 @@ def ensure_default_team(
     return key
 
 
-def default_team(
-    key_file: Path, session_factory: sessionmaker[Session], *, label: str
-) -> tuple[int, str | None]:
+def default_team(key_file: Path, session_factory: sessionmaker[Session], *, label: str) -> tuple[int, str | None]:
     """(ID of team "default", its new key if this call created it); NotFoundError if only other teams exist."""
     key = ensure_default_team(key_file, session_factory, label=label)
     with session_scope(session_factory) as session:

@@ -115,10 +115,16 @@ class JobRequest(_Strict):
         f"(None = {DEFAULT_CALIBRATION_TOKENS})",
     )  # fmt: skip
     calibration_seqlen: int | None = Field(
-        default=None, ge=16, le=8192, description=f"auto, teal-greedy: window length (None = {DEFAULT_CALIBRATION_SEQLEN})"
+        default=None,
+        ge=16,
+        le=8192,
+        description=f"auto, teal-greedy: window length (None = {DEFAULT_CALIBRATION_SEQLEN})",
     )
     min_gain: float | None = Field(
-        default=None, ge=0.0, le=0.5, description="auto: keep uniform unless a candidate wins by this fraction (None = 0.01)"
+        default=None,
+        ge=0.0,
+        le=0.5,
+        description="auto: keep uniform unless a candidate wins by this fraction (None = 0.01)",
     )
     greedy_tokens: int | None = Field(default=None, ge=16, le=65_536, description="teal-greedy: search tokens")
     greedy_step: float | None = Field(default=None, gt=0.0, le=0.5, description="teal-greedy: sparsity step")

@@ -53,9 +53,7 @@ def alphas_plot(
     return alphas_image(run, fmt, cache=cache, if_none_match=if_none_match)
 
 
-@router.get(
-    "/models/{model:path}/plots/esd/{projection}.{fmt}", response_class=Response, responses=IMAGE_RESPONSES
-)
+@router.get("/models/{model:path}/plots/esd/{projection}.{fmt}", response_class=Response, responses=IMAGE_RESPONSES)
 def esd_plot(
     model: ModelKey, projection: Annotated[str, Path(max_length=256)], fmt: Format, team: TeamDep,
     db_session: SessionDep, cache: ImageCacheDep, estimator: Estimator = None, if_none_match: IfNoneMatch = None,

@@ -40,7 +40,7 @@ def _message(exc: pydantic.ValidationError) -> str:
         label = LABELS.get(field, field)
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         value = error.get("input")
-        suffix = f" (got {value!r})" if loc and loc[-1].isdigit() or isinstance(value, int | float) else ""
+        suffix = f" (got {value!r})" if (loc and loc[-1].isdigit()) or isinstance(value, int | float) else ""
         parts.append(f"{label}: {message}{suffix}" if field else message)
     return "; ".join(parts)
 

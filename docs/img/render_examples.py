@@ -37,9 +37,7 @@ ZEROSHOT_LIMIT = 100
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--zeroshot",
         action="store_true",
@@ -76,14 +74,10 @@ def main() -> None:
         fingerprint=str(report.model.get("fingerprint", "")),
         estimator=report.estimator,
     )
-    plots.save_figure(
-        plots.plot_allocation(allocation), OUT / "allocation_smollm2-135m_70.png"
-    )
+    plots.save_figure(plots.plot_allocation(allocation), OUT / "allocation_smollm2-135m_70.png")
 
     row = next(p for p in report.projections if p.name == ESD_PROJECTION)
-    weight = next(
-        w for info, w in source.iter_projection_weights() if info.name == ESD_PROJECTION
-    )
+    weight = next(w for info, w in source.iter_projection_weights() if info.name == ESD_PROJECTION)
     title = f"{model_id} · layer {row.layer} {row.kind}_proj · W {row.shape[0]}×{row.shape[1]}"
     plots.save_figure(
         plots.plot_esd(eigenvalues(weight), row, title=title),
@@ -97,9 +91,7 @@ def main() -> None:
         rows = json.loads(sweep_json.read_text())
         settings = rows[-1].get("settings", {})
         title = f"{model_id} · WikiText-2 test, first {settings.get('max_tokens', '?')} tokens, seqlen {settings.get('seqlen', '?')}"
-        plots.save_figure(
-            plots.plot_sweep(rows, title=title), OUT / "sweep_smollm2-135m.png"
-        )
+        plots.save_figure(plots.plot_sweep(rows, title=title), OUT / "sweep_smollm2-135m.png")
 
 
 def sweep(source, report: ESDReport, path: Path, *, zeroshot: bool) -> None:
@@ -125,9 +117,7 @@ def sweep(source, report: ESDReport, path: Path, *, zeroshot: bool) -> None:
     rows = json.loads(path.read_text()) if path.exists() else []
     rows = [row for row in rows if row.get("settings") == settings]
     done = {(row["method"], row["target"]) for row in rows}
-    plan = [("dense", 0.0)] + [
-        (m, t) for t in SWEEP_TARGETS for m in ("uniform", "acttail")
-    ]
+    plan = [("dense", 0.0)] + [(m, t) for t in SWEEP_TARGETS for m in ("uniform", "acttail")]
     if all(key in done for key in plan):
         return
     model, tokenizer = source.load_causal_lm()
@@ -138,9 +128,7 @@ def sweep(source, report: ESDReport, path: Path, *, zeroshot: bool) -> None:
             continue
         handle = None
         if method != "dense":
-            allocation = allocate(
-                report.alphas(), report.param_counts(), target, method=method
-            )
+            allocation = allocate(report.alphas(), report.param_counts(), target, method=method)
             handle = apply_sparsity(model, allocation, track=False)
         start = time.perf_counter()
         try:

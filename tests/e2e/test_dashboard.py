@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -137,7 +138,7 @@ def test_submit_watch_and_inspect_a_job(stack: Stack, browser: Any, screenshots:
         page.click(f'#allocations tr[data-id="{allocations[0]["id"]}"] a[download]')
     with stack.api(stack.keys["vision"]) as api:
         document = api.get(f"/v1/allocations/{allocations[0]['id']}").json()
-    assert json.loads(open(download_info.value.path(), encoding="utf-8").read()) == document
+    assert json.loads(Path(download_info.value.path()).read_text(encoding="utf-8")) == document
 
     # Another team: a fresh browser, its own key; nothing of this job is visible.
     other = browser.new_context(viewport=VIEWPORT)

@@ -134,7 +134,7 @@ def test_model_page_shows_stored_numbers_and_plots(
     assert _login(api.client, key).status_code == 303
 
     models = api.client.get("/ui").text
-    assert f'/ui/models/{stored["fingerprint"]}' in models and stored["model_id"] in models
+    assert f"/ui/models/{stored['fingerprint']}" in models and stored["model_id"] in models
     page = api.client.get(f"/ui/models/{stored['fingerprint']}")
     assert page.status_code == 200
     table = page.text.split('<table id="benchmarks">')[1].split("</table>")[0]
@@ -188,9 +188,13 @@ def test_another_team_sees_nothing(api: Api, two_teams: Any, session_factory: se
         assert other.get(path).status_code == 404, path
     assert other.get(f"/ui/api/jobs/{job['id']}").json() == {"detail": f"no job {job['id']}"}
     assert job["id"] not in other.get("/ui/jobs").text and other.get("/ui/api/jobs").json()["total"] == 0
-    for path in (f"/ui/plots/models/{fingerprint}/alphas.svg", f"/ui/plots/models/{fingerprint}/sweep.svg",
-                 f"/ui/plots/models/{fingerprint}/esd/{PROJECTION_NAMES[0]}.svg",
-                 f"/ui/plots/allocations/{allocation}/heatmap.svg", f"/ui/allocations/{allocation}.json"):
+    for path in (
+        f"/ui/plots/models/{fingerprint}/alphas.svg",
+        f"/ui/plots/models/{fingerprint}/sweep.svg",
+        f"/ui/plots/models/{fingerprint}/esd/{PROJECTION_NAMES[0]}.svg",
+        f"/ui/plots/allocations/{allocation}/heatmap.svg",
+        f"/ui/allocations/{allocation}.json",
+    ):
         assert other.get(path).status_code == 404, path
     assert stored["fingerprint"] not in api.client.get("/v1/models", headers=api.auth(other_key)).text  # same rule
 
@@ -250,10 +254,16 @@ def test_job_form_defaults_to_the_default_method(api: Api, two_teams: Any) -> No
         ({"seqlen": "8"}, 422, "Perplexity window (tokens): Input should be greater than or equal to 16 (got 8)"),
         ({"estimator": "bogus"}, 422, "Estimator: Input should be 'ks', 'ks_peak' or 'hill'"),
         ({"model_id": "../etc/passwd"}, 422, "model path '../etc/passwd' must not contain '..'"),
-        ({"model_id": " "}, 422,
-         "Model ID: enter a bundled alias, a hub ID 'org/name', or a path under the model roots"),
-        ({"csrf_token": "forged"}, 403,
-         "the form's security token is missing or stale; reload the page and submit again"),
+        (
+            {"model_id": " "},
+            422,
+            "Model ID: enter a bundled alias, a hub ID 'org/name', or a path under the model roots",
+        ),
+        (
+            {"csrf_token": "forged"},
+            403,
+            "the form's security token is missing or stale; reload the page and submit again",
+        ),
     ],
 )
 def test_bad_form_input_shows_the_message(

@@ -153,9 +153,7 @@ def test_sweep_draws_one_setting_per_variant(api: Api, teams: Any, session_facto
     assert {(r["method"], r.get("target")): r["perplexity"] for r in rows}[("uniform", 0.5)] == 60.0
 
 
-def test_sweep_labels_configs_of_one_method_apart(
-    api: Api, teams: Any, session_factory: sessionmaker[Session]
-) -> None:
+def test_sweep_labels_configs_of_one_method_apart(api: Api, teams: Any, session_factory: sessionmaker[Session]) -> None:
     (team_id, key), _ = teams
     description = model_description(f"org/eps-{key[4:12]}")
     fingerprint = str(description["fingerprint"])
@@ -196,8 +194,9 @@ def test_esd_plot_draws_the_stored_eigenvalues(api: Api, teams: Any, session_fac
 
     png = api.client.get(f"{base}/{PROJECTION_NAMES[1]}.png?estimator=ks", headers=api.auth(key))
     assert png.status_code == 200 and png.content.startswith(PNG_SIGNATURE) and png.headers["etag"] != etag
-    other = api.client.get(f"{base}/{PROJECTION_NAMES[2]}.svg?estimator=ks", headers={**api.auth(key),
-                                                                                      "If-None-Match": etag})
+    other = api.client.get(
+        f"{base}/{PROJECTION_NAMES[2]}.svg?estimator=ks", headers={**api.auth(key), "If-None-Match": etag}
+    )
     assert other.status_code == 200 and other.headers["etag"] != etag  # other eigenvalues, other picture
     with session_scope(session_factory) as db:  # the picture is drawn from the stored bytes, float32 LE
         run = catalog.latest_esd_run(stored["fingerprint"], team_id=team_id, estimator="ks", db_session=db)

@@ -123,8 +123,12 @@ def test_models_and_alphas_show_only_models_the_team_worked_on(
 
     assert not visible(key_b) and model_id not in api.client.get("/v1/models", headers=api.auth(key_b)).text
     for name in (model_id, fingerprint):  # the same 404 as a model nobody analysed: nothing leaks
-        for path in (f"/v1/models/{name}/alphas", f"/v1/models/{name}/alphas?format=csv",
-                     f"/v1/models/{name}/plots/alphas.svg", f"/v1/models/{name}/plots/esd/{PROJECTION_NAMES[0]}.svg"):
+        for path in (
+            f"/v1/models/{name}/alphas",
+            f"/v1/models/{name}/alphas?format=csv",
+            f"/v1/models/{name}/plots/alphas.svg",
+            f"/v1/models/{name}/plots/esd/{PROJECTION_NAMES[0]}.svg",
+        ):
             hidden = api.client.get(path, headers=api.auth(key_b))
             assert hidden.status_code == 404, path
             assert hidden.json() == {"detail": f"no ESD run for model {name!r}"}, path
@@ -186,7 +190,7 @@ def test_benchmarks_filters_and_job_links(
     only_sparse = api.client.get(f"/v1/benchmarks?allocation_id={alloc.id}", headers=api.auth(key)).json()
     assert [b["value"] for b in only_sparse["items"]] == [23.0]
     assert (only_sparse["items"][0]["method"], only_sparse["items"][0]["target"]) == ("acttail", 0.5)
-    dense_row = [b for b in by_job["items"] if b["allocation_id"] is None][0]
+    dense_row = next(b for b in by_job["items"] if b["allocation_id"] is None)
     assert (dense_row["method"], dense_row["target"], dense_row["value"]) == (None, None, 20.0)
     first = api.client.get(
         f"/v1/benchmarks?model={description['model_id']}&kind=perplexity&metric=ppl&limit=1", headers=api.auth(key)

@@ -76,10 +76,16 @@ def test_absolute_path_inside_root_is_accepted(api: Api, key: str, model_root: P
         ({"targets": [round(0.01 * i, 2) for i in range(33)]}, "at most 32 items"),
         ({"targets": ["half"]}, "targets.0"),
         ({"estimator": "magic"}, "estimator"),
-        ({"method": "random"}, "method: Input should be 'uniform', 'acttail', 'acttail-reverse', 'acttail-block', "
-                               "'acttail-per-type', 'teal-greedy' or 'auto'"),
+        (
+            {"method": "random"},
+            "method: Input should be 'uniform', 'acttail', 'acttail-reverse', 'acttail-block', "
+            "'acttail-per-type', 'teal-greedy' or 'auto'",
+        ),
         ({"method": "uniform", "min_gain": 0.05}, "min_gain does not apply to method 'uniform' (only to auto)"),
-        ({"method": "acttail", "calibration_tokens": 4096}, "does not apply to method 'acttail' (only to teal-greedy, auto)"),
+        (
+            {"method": "acttail", "calibration_tokens": 4096},
+            "does not apply to method 'acttail' (only to teal-greedy, auto)",
+        ),
         ({"greedy_step": 0.2}, "greedy_step does not apply to method 'auto' (only to teal-greedy)"),
         ({"calibration_tokens": 256}, "calibration_tokens (256) must be at least calibration_seqlen (512)"),
         ({"calibration_tokens": 10**7}, "calibration_tokens: Input should be less than or equal to 262144"),
@@ -162,7 +168,7 @@ def test_api_methods_match_the_registry() -> None:
     from acttail.methods import calibration
     from acttail.store.requests import JobRequest
 
-    assert METHODS == tuple(registry.METHODS)
+    assert tuple(registry.METHODS) == METHODS
     assert DEFAULT_METHOD == registry.DEFAULT_METHOD == JobRequest.model_fields["method"].default
     assert NEEDS_MODEL == registry.NEEDS_MODEL
     assert (DEFAULT_CALIBRATION_TOKENS, DEFAULT_CALIBRATION_SEQLEN) == (

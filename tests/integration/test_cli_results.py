@@ -100,7 +100,9 @@ def test_run_and_evaluate_land_in_the_store_and_the_api(
     for variant in sparse:  # the exact documents the JSON holds
         assert first["allocations"][allocation_ids[variant["label"]]] == variant["allocation"]
     expected = expected_numbers(doc, allocation_ids)
-    assert len(expected) == 7 * 4  # dense + 6 allocations (uniform, acttail, auto), each ppl + mean + arc_easy acc, acc_norm
+    assert (
+        len(expected) == 7 * 4
+    )  # dense + 6 allocations (uniform, acttail, auto), each ppl + mean + arc_easy acc, acc_norm
     assert first["benchmarks"] == expected
     assert all(v["torch"] == doc["versions"]["torch"] and v["device"] == "cpu" for v in first["versions"])
 

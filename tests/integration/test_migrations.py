@@ -65,12 +65,18 @@ def test_eigenvalues_revision_up_and_down_keeps_the_rows(empty_url: str) -> None
     assert "eigenvalues" not in _projection_columns(empty_url)
     engine = make_engine(empty_url)
     with engine.begin() as connection:  # a run stored before the revision
-        connection.execute(text(
-            "INSERT INTO models (id, model_id, source, fingerprint, architecture, num_layers, projection_params, "
-            "created_at) VALUES (1, 'org/old', 'hub', 'fp-old', 'llama', 1, 16, CURRENT_TIMESTAMP)"))
-        connection.execute(text(
-            "INSERT INTO esd_runs (id, model_pk, estimator, elapsed_s, meta, shared, created_at) "
-            "VALUES (1, 1, 'ks', 0.0, '{}', true, CURRENT_TIMESTAMP)"))
+        connection.execute(
+            text(
+                "INSERT INTO models (id, model_id, source, fingerprint, architecture, num_layers, projection_params, "
+                "created_at) VALUES (1, 'org/old', 'hub', 'fp-old', 'llama', 1, 16, CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO esd_runs (id, model_pk, estimator, elapsed_s, meta, shared, created_at) "
+                "VALUES (1, 1, 'ks', 0.0, '{}', true, CURRENT_TIMESTAMP)"
+            )
+        )
         connection.execute(text(
             "INSERT INTO esd_projections (id, run_id, name, layer, kind, d_out, d_in, param_count, alpha) "
             "VALUES (1, 1, 'model.layers.0.self_attn.q_proj', 0, 'q', 4, 4, 16, 2.5)"))  # fmt: skip

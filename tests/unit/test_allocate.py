@@ -20,8 +20,15 @@ from acttail.allocate import (
 )
 from acttail.errors import AllocationError
 
-KINDS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+KINDS = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
 
 
 def names(layers: int) -> list[str]:
@@ -58,7 +65,9 @@ def test_higher_alpha_never_gets_less_sparsity(problem) -> None:
     order = sorted(alphas, key=alphas.get)
     sparsities = [doc.sparsities[n] for n in order]
     assert all(b >= a - 1e-9 for a, b in zip(sparsities, sparsities[1:]))
-    reverse = allocate(alphas, counts, target, params=AllocationParams(epsilon=epsilon, direction=Direction.LOWER_ALPHA_SPARSER))
+    reverse = allocate(
+        alphas, counts, target, params=AllocationParams(epsilon=epsilon, direction=Direction.LOWER_ALPHA_SPARSER)
+    )
     rev = [reverse.sparsities[n] for n in order]
     assert all(b <= a + 1e-9 for a, b in zip(rev, rev[1:]))
 
@@ -130,4 +139,4 @@ def test_document_round_trip_and_validation(tmp_path: Path) -> None:
     with pytest.raises(AllocationError, match="fingerprint"):
         loaded.check_matches("0" * 64, list(doc.sparsities))
     with pytest.raises(AllocationError, match="1 missing"):
-        loaded.check_matches(doc.fingerprint, list(doc.sparsities) + ["model.layers.9.mlp.up_proj"])
+        loaded.check_matches(doc.fingerprint, [*list(doc.sparsities), "model.layers.9.mlp.up_proj"])

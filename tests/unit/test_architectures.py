@@ -18,7 +18,7 @@ def test_find_projections_maps_all_seven_per_layer(arch: str) -> None:
     for ref, linear in found:
         assert modules[ref.name] is linear
         assert isinstance(linear, nn.Linear)
-    down = [lin for ref, lin in found if ref.kind is ProjectionType.DOWN][0]
+    down = next(lin for ref, lin in found if ref.kind is ProjectionType.DOWN)
     assert down.in_features == 128 and down.out_features == 64
 
 

@@ -41,8 +41,9 @@ def assert_images(paths: list[Path]) -> None:
 
 def test_alphas_plot_writes_alpha_and_every_esd_figure(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "figures"
-    result = runner.invoke(app, ["alphas", str(model_dir), "--quiet", "--json", str(tmp_path / "a.json"),
-                                 "--plot", str(out)])
+    result = runner.invoke(
+        app, ["alphas", str(model_dir), "--quiet", "--json", str(tmp_path / "a.json"), "--plot", str(out)]
+    )
     assert result.exit_code == 0, result.output
     names = [row["name"] for row in json.loads((tmp_path / "a.json").read_text())["projections"]]
     assert len(names) == 7

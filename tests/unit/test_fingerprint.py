@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from acttail.models import resolve_model
-from acttail.models.fingerprint import FILE_SAMPLE_BYTES, safetensors_fingerprint, sample_spans, safetensors_header
+from acttail.models.fingerprint import FILE_SAMPLE_BYTES, safetensors_fingerprint, safetensors_header, sample_spans
 from acttail.models.gguf_source import GGUFSource
 from tests.conftest import build_tiny_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_gguf_file import write_gguf  # noqa: E402
+from test_gguf_file import write_gguf
 
 
 def fingerprint(directory: Path) -> str:
@@ -43,14 +43,20 @@ def test_one_changed_projection_outside_the_file_samples_changes_it(tmp_path: Pa
     data_start, size = 8 + len(header), path.stat().st_size
     assert size - data_start > 3 * FILE_SAMPLE_BYTES, "the test needs a file longer than the file samples"
     middle = data_start + (size - data_start - FILE_SAMPLE_BYTES) // 2
-    file_samples = [(data_start, data_start + FILE_SAMPLE_BYTES), (middle, middle + FILE_SAMPLE_BYTES),
-                    (size - FILE_SAMPLE_BYTES, size)]
+    file_samples = [
+        (data_start, data_start + FILE_SAMPLE_BYTES),
+        (middle, middle + FILE_SAMPLE_BYTES),
+        (size - FILE_SAMPLE_BYTES, size),
+    ]
     entries = json.loads(header)
     untouched = [  # projections whose bytes no file-level sample covers
-        name for name, entry in entries.items()
+        name
+        for name, entry in entries.items()
         if name.endswith("_proj.weight")
-        and not any(data_start + entry["data_offsets"][0] < end and begin < data_start + entry["data_offsets"][1]
-                    for begin, end in file_samples)
+        and not any(
+            data_start + entry["data_offsets"][0] < end and begin < data_start + entry["data_offsets"][1]
+            for begin, end in file_samples
+        )
     ]
     assert untouched, "no projection lies outside the file samples"
     with torch.no_grad():
@@ -63,8 +69,15 @@ def test_multi_gigabyte_file_is_sampled_not_read(tmp_path: Path) -> None:
     """A 64 GiB sparse shard: reading it whole would take far longer than the bound."""
     path = tmp_path / "model-00001-of-00001.safetensors"
     numel = 16 * 2**30  # fp32: 64 GiB
-    header = json.dumps({"model.layers.0.mlp.up_proj.weight": {"dtype": "F32", "shape": [numel // 4096, 4096],
-                                                                "data_offsets": [0, 4 * numel]}}).encode()
+    header = json.dumps(
+        {
+            "model.layers.0.mlp.up_proj.weight": {
+                "dtype": "F32",
+                "shape": [numel // 4096, 4096],
+                "data_offsets": [0, 4 * numel],
+            }
+        }
+    ).encode()
     header += b" " * (-len(header) % 8)
     with path.open("wb") as handle:
         handle.write(struct.pack("<Q", len(header)) + header)
@@ -87,7 +100,9 @@ def test_gguf_fingerprint_hashes_metadata_and_weight_bytes(tmp_path: Path) -> No
     shutil.copyfile(a, copy)
     other_weights = write_gguf(tmp_path / "b.gguf", seed=1)
     other_alignment = write_gguf(tmp_path / "c.gguf", seed=0, alignment=128)
-    prints = {name: GGUFSource(path).fingerprint() for name, path in
-              {"a": a, "copy": copy, "weights": other_weights, "alignment": other_alignment}.items()}
+    prints = {
+        name: GGUFSource(path).fingerprint()
+        for name, path in {"a": a, "copy": copy, "weights": other_weights, "alignment": other_alignment}.items()
+    }
     assert prints["a"] == prints["copy"]
     assert len({prints["a"], prints["weights"], prints["alignment"]}) == 3

@@ -21,14 +21,10 @@ SHAPES = (
 )  # (d_out, d_in)
 
 
-def _masked_reference(
-    w: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
+def _masked_reference(w: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask[idx] = True
-    return F.linear(
-        (x * mask).double(), w.double(), None if bias is None else bias.double()
-    )
+    return F.linear((x * mask).double(), w.double(), None if bias is None else bias.double())
 
 
 def _case(d_out: int, d_in: int, seed: int, dtype: torch.dtype = torch.float32):
@@ -48,9 +44,7 @@ def test_compiled_kernel_builds_here() -> None:
 
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 @pytest.mark.parametrize(("d_out", "d_in"), SHAPES)
-def test_topk_gemv_matches_dense_on_masked_input_fp32(
-    d_out: int, d_in: int, sparsity: float
-) -> None:
+def test_topk_gemv_matches_dense_on_masked_input_fp32(d_out: int, d_in: int, sparsity: float) -> None:
     w, wt, x, bias = _case(d_out, d_in, seed=d_out * 31 + d_in)
     k = kernels.keep_count(d_in, sparsity)
     idx, vals = kernels.select_topk(x, k)
@@ -69,9 +63,7 @@ def test_topk_gemv_matches_dense_on_masked_input_fp32(
 
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 @pytest.mark.parametrize(("d_out", "d_in"), ((192, 576), (577, 129), (1536, 576)))
-def test_sparse_gemv_bf16_close_to_dense(
-    d_out: int, d_in: int, sparsity: float
-) -> None:
+def test_sparse_gemv_bf16_close_to_dense(d_out: int, d_in: int, sparsity: float) -> None:
     w, wt, x, bias = _case(d_out, d_in, seed=7, dtype=torch.bfloat16)
     k = kernels.keep_count(d_in, sparsity)
     idx, vals = kernels.select_topk(x, k)
@@ -118,17 +110,13 @@ def test_no_zero_input_with_k_equal_d_in_is_the_dense_product() -> None:
     x = x.abs() + 0.1  # no zero anywhere
     idx, _ = kernels.select_topk(x, 222)
     assert idx.tolist() == list(range(222))
-    torch.testing.assert_close(
-        kernels.topk_gemv(wt, x, 222, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-4
-    )
+    torch.testing.assert_close(kernels.topk_gemv(wt, x, 222, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-4)
 
 
 def test_k_one_picks_the_largest_magnitude_column() -> None:
     w, wt, x, _ = _case(50, 40, seed=4)
     x[17] = -9.0
-    torch.testing.assert_close(
-        kernels.topk_gemv(wt, x, 1), -9.0 * w[:, 17], rtol=0, atol=1e-6
-    )
+    torch.testing.assert_close(kernels.topk_gemv(wt, x, 1), -9.0 * w[:, 17], rtol=0, atol=1e-6)
 
 
 def test_topk_ties_at_the_boundary_go_to_lowest_indices() -> None:
@@ -155,12 +143,8 @@ def test_torch_fallback_matches_compiled_kernel(
     monkeypatch.setattr(cpu, "_load", lambda: None)
     fallback_idx, fallback_vals = kernels.select_topk(x, 120)
     assert torch.equal(fallback_idx, idx) and torch.equal(fallback_vals, vals)
-    torch.testing.assert_close(
-        kernels.sparse_gemv(wt, idx, vals, bias), compiled, rtol=1e-5, atol=1e-4
-    )
-    assert torch.equal(
-        kernels.select_threshold(x, 0.7)[0], torch.nonzero(x.abs() > 0.7).flatten()
-    )
+    torch.testing.assert_close(kernels.sparse_gemv(wt, idx, vals, bias), compiled, rtol=1e-5, atol=1e-4)
+    assert torch.equal(kernels.select_threshold(x, 0.7)[0], torch.nonzero(x.abs() > 0.7).flatten())
 
 
 def test_threads_split_outputs_without_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,23 +184,15 @@ def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="sparsity"):
         kernels.keep_count(10, 1.5)
     with pytest.raises(ValueError, match="contiguous"):
-        kernels.sparse_gemv(
-            torch.randn(4, 6).t(), torch.tensor([0]), torch.tensor([1.0])
-        )
+        kernels.sparse_gemv(torch.randn(4, 6).t(), torch.tensor([0]), torch.tensor([1.0]))
     with pytest.raises(ValueError, match="equal length"):
-        kernels.sparse_gemv(
-            torch.randn(4, 6), torch.tensor([0, 1]), torch.tensor([1.0])
-        )
+        kernels.sparse_gemv(torch.randn(4, 6), torch.tensor([0, 1]), torch.tensor([1.0]))
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA (run by benchmarks/gpu_check.sh)"
-)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by benchmarks/gpu_check.sh)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("sparsity", SPARSITIES)
-def test_cuda_kernels_match_dense_on_masked_input(
-    sparsity: float, dtype: torch.dtype
-) -> None:
+def test_cuda_kernels_match_dense_on_masked_input(sparsity: float, dtype: torch.dtype) -> None:
     from acttail.kernels import triton_gemv
 
     assert triton_gemv.triton_available()
@@ -232,17 +208,11 @@ def test_cuda_kernels_match_dense_on_masked_input(
             if dtype == torch.float32
             else {"rtol": 2e-2, "atol": 2e-2 * reference.abs().max().item()}
         )
-        torch.testing.assert_close(
-            kernels.topk_gemv(wt, x, k, bias).double(), reference, **tol
-        )
-        torch.testing.assert_close(
-            kernels.sparse_gemv(wt, idx, vals, bias).double(), reference, **tol
-        )
+        torch.testing.assert_close(kernels.topk_gemv(wt, x, k, bias).double(), reference, **tol)
+        torch.testing.assert_close(kernels.sparse_gemv(wt, idx, vals, bias).double(), reference, **tol)
         t = 0.8
         expected = F.linear((x * (x.abs() > t)).double(), w.double(), bias.double())
-        torch.testing.assert_close(
-            kernels.threshold_gemv(wt, x, t, bias).double(), expected, **tol
-        )
+        torch.testing.assert_close(kernels.threshold_gemv(wt, x, t, bias).double(), expected, **tol)
 
 
 @pytest.mark.parametrize(("d_out", "d_in", "k"), ((4099, 512, 256), (576, 1536, 1), (1536, 576, 576), (300, 700, 0)))

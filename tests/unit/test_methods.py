@@ -60,9 +60,7 @@ def calibration():
 
 
 def _check_budget(alloc: Allocation, target: float) -> None:
-    counts = np.array(
-        [alloc.param_counts[n] for n in alloc.sparsities], dtype=np.float64
-    )
+    counts = np.array([alloc.param_counts[n] for n in alloc.sparsities], dtype=np.float64)
     values = np.array(list(alloc.sparsities.values()))
     assert abs(float(values @ counts / counts.sum()) - target) < 1e-6
     assert values.min() >= 0.0 and values.max() <= 0.99
@@ -74,9 +72,7 @@ def _check_budget(alloc: Allocation, target: float) -> None:
     ["uniform", "acttail", "acttail-reverse", "acttail-block", "acttail-per-type"],
 )
 @pytest.mark.parametrize("target", TARGETS)
-def test_alpha_methods_meet_the_budget_exactly(
-    report: ESDReport, method: str, target: float
-) -> None:
+def test_alpha_methods_meet_the_budget_exactly(report: ESDReport, method: str, target: float) -> None:
     alloc = (
         build_allocation(method, report=report, target=target, epsilon=0.3)
         if method != "uniform"
@@ -85,9 +81,7 @@ def test_alpha_methods_meet_the_budget_exactly(
     _check_budget(alloc, target)
     assert alloc.method == method
     if method != "uniform":
-        assert (
-            len(set(np.round(list(alloc.sparsities.values()), 9))) > 1
-        )  # alpha actually moved sparsity
+        assert len(set(np.round(list(alloc.sparsities.values()), 9))) > 1  # alpha actually moved sparsity
 
 
 def test_reverse_direction_mirrors_the_scores(report: ESDReport) -> None:
@@ -133,20 +127,14 @@ def test_greedy_trace_is_monotone_and_every_target_is_exact(
         assert block.effective[0] == 0.0 and block.effective[-1] >= 0.9
         assert all(b >= a for a, b in zip(block.effective, block.effective[1:]))
         states = np.array(block.states)
-        assert (
-            np.diff(states, axis=0) >= 0
-        ).all()  # greedy only ever raises a sparsity
+        assert (np.diff(states, axis=0) >= 0).all()  # greedy only ever raises a sparsity
     for target in TARGETS:
-        alloc = build_allocation(
-            "teal-greedy", report=report, target=target, model=model, trace=trace
-        )
+        alloc = build_allocation("teal-greedy", report=report, target=target, model=model, trace=trace)
         _check_budget(alloc, target)
         assert alloc.method == "teal-greedy" and alloc.params["step"] == 0.2
 
 
-def test_greedy_raises_cheap_projections_first(
-    model: torch.nn.Module, calibration
-) -> None:
+def test_greedy_raises_cheap_projections_first(model: torch.nn.Module, calibration) -> None:
     trace = greedy_trace(model, calibration, max_target=0.3, step=0.1, max_tokens=64)
     block = trace.blocks[0]
     raised = np.flatnonzero(np.array(block.states[1]) > 0)
@@ -154,9 +142,7 @@ def test_greedy_raises_cheap_projections_first(
     assert 0.0 < block.effective[1] < 0.3
 
 
-def test_greedy_without_trace_builds_one(
-    model: torch.nn.Module, report: ESDReport, calibration
-) -> None:
+def test_greedy_without_trace_builds_one(model: torch.nn.Module, report: ESDReport, calibration) -> None:
     alloc = build_allocation(
         "teal-greedy",
         report=report,
@@ -177,15 +163,9 @@ SMALL_GRID = (
 )
 
 
-def test_auto_is_deterministic_and_records_its_choice(
-    model: torch.nn.Module, report: ESDReport, calibration
-) -> None:
-    first = auto_allocation(
-        report, 0.7, model, calibration, grid=SMALL_GRID, min_gain=0.0
-    )
-    second = auto_allocation(
-        report, 0.7, model, calibration, grid=SMALL_GRID, min_gain=0.0
-    )
+def test_auto_is_deterministic_and_records_its_choice(model: torch.nn.Module, report: ESDReport, calibration) -> None:
+    first = auto_allocation(report, 0.7, model, calibration, grid=SMALL_GRID, min_gain=0.0)
+    second = auto_allocation(report, 0.7, model, calibration, grid=SMALL_GRID, min_gain=0.0)
     assert first.ppl == second.ppl and first.chosen == second.chosen
     assert first.allocation.sparsities == second.allocation.sparsities
     _check_budget(first.allocation, 0.7)
@@ -199,21 +179,13 @@ def test_auto_is_deterministic_and_records_its_choice(
     assert params["calibration"]["tokens"] == 128 and first.allocation.method == "auto"
 
 
-def test_auto_falls_back_to_uniform_inside_the_margin(
-    model: torch.nn.Module, report: ESDReport, calibration
-) -> None:
-    choice = auto_allocation(
-        report, 0.7, model, calibration, grid=SMALL_GRID, min_gain=0.99
-    )
-    assert (
-        choice.chosen == 0 and choice.allocation.params["choice"]["method"] == "uniform"
-    )
+def test_auto_falls_back_to_uniform_inside_the_margin(model: torch.nn.Module, report: ESDReport, calibration) -> None:
+    choice = auto_allocation(report, 0.7, model, calibration, grid=SMALL_GRID, min_gain=0.99)
+    assert choice.chosen == 0 and choice.allocation.params["choice"]["method"] == "uniform"
     assert set(choice.allocation.sparsities.values()) == {0.7}
 
 
-def test_auto_via_registry_meets_the_budget(
-    model: torch.nn.Module, report: ESDReport, calibration
-) -> None:
+def test_auto_via_registry_meets_the_budget(model: torch.nn.Module, report: ESDReport, calibration) -> None:
     alloc = build_allocation(
         "auto",
         report=report,
@@ -238,28 +210,20 @@ def test_unknown_method_and_knob_list_the_valid_ones(report: ESDReport) -> None:
     with pytest.raises(AllocationError, match="valid: uniform, acttail") as exc:
         build_allocation("alphaprune", report=report, target=0.5)
     assert all(name in str(exc.value) for name in METHODS)
-    with pytest.raises(
-        AllocationError, match="unknown parameter.*epslion.*valid: direction, epsilon"
-    ):
+    with pytest.raises(AllocationError, match="unknown parameter.*epslion.*valid: direction, epsilon"):
         build_allocation("acttail", report=report, target=0.5, epslion=0.1)
     with pytest.raises(AllocationError, match="needs the loaded model"):
         build_allocation("auto", report=report, target=0.5)
 
 
-def test_auto_can_pick_the_greedy_candidate(
-    model: torch.nn.Module, report: ESDReport, calibration
-) -> None:
+def test_auto_can_pick_the_greedy_candidate(model: torch.nn.Module, report: ESDReport, calibration) -> None:
     trace = greedy_trace(model, calibration, max_target=0.7, step=0.25, max_tokens=64)
     grid = (DEFAULT_GRID[0], Candidate("teal-greedy"))
-    choice = auto_allocation(
-        report, 0.7, model, calibration, grid=grid, min_gain=0.0, trace=trace
-    )
+    choice = auto_allocation(report, 0.7, model, calibration, grid=grid, min_gain=0.0, trace=trace)
     assert choice.labels == ("uniform", "teal-greedy")
     _check_budget(choice.allocation, 0.7)
     if choice.chosen == 1:
-        greedy = build_allocation(
-            "teal-greedy", report=report, target=0.7, model=model, trace=trace
-        )
+        greedy = build_allocation("teal-greedy", report=report, target=0.7, model=model, trace=trace)
         assert choice.allocation.sparsities == greedy.sparsities
     assert DEFAULT_GRID[-1].method == "teal-greedy"
 

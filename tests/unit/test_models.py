@@ -103,8 +103,15 @@ def test_bundled_smollm2_streams_dequantised_projections() -> None:
     infos = source.projections()
     assert len(infos) == 210
     shapes = {info.ref.kind.value: info.shape for info in infos[:7]}
-    assert shapes == {"q": (576, 576), "k": (192, 576), "v": (192, 576), "o": (576, 576),
-                      "gate": (1536, 576), "up": (1536, 576), "down": (576, 1536)}
+    assert shapes == {
+        "q": (576, 576),
+        "k": (192, 576),
+        "v": (192, 576),
+        "o": (576, 576),
+        "gate": (1536, 576),
+        "up": (1536, 576),
+        "down": (576, 1536),
+    }
     first = next(source.iter_projection_weights())
     assert first[1].shape == (576, 576) and torch.isfinite(first[1]).all()
     assert 0.01 < first[1].std().item() < 1.0

@@ -16,7 +16,7 @@ from acttail.evaluate.perplexity import evaluate_perplexity
 from acttail.sparsity import apply_sparsity
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_sparsity import ARCHS, random_ids, tiny_model  # noqa: E402
+from test_sparsity import ARCHS, random_ids, tiny_model
 
 
 def direct_perplexity(model: torch.nn.Module, ids: torch.Tensor, seqlen: int) -> float:
@@ -55,8 +55,13 @@ def test_max_tokens_caps_windows_and_sparsity_raises_perplexity() -> None:
 
 def test_progress_callback_counts_windows() -> None:
     calls: list[tuple[int, int]] = []
-    evaluate_perplexity(tiny_model("qwen2"), token_ids=random_ids(300), seqlen=100, progress=False,
-                        on_window=lambda done, total: calls.append((done, total)))
+    evaluate_perplexity(
+        tiny_model("qwen2"),
+        token_ids=random_ids(300),
+        seqlen=100,
+        progress=False,
+        on_window=lambda done, total: calls.append((done, total)),
+    )
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 

@@ -16,7 +16,6 @@ from acttail.pipeline import PipelineConfig, evaluate_allocation, run_pipeline
 from tests.conftest import byte_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_sparsity import tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import transformers as tf
 
     torch.manual_seed(0)
-    config = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=2, vocab_size=256, max_position_embeddings=512)
+    config = tf.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=512,
+    )
     directory = tmp_path_factory.mktemp("tiny-llama")
     tf.LlamaForCausalLM(config).eval().save_pretrained(directory)
     byte_tokenizer().save_pretrained(directory)
@@ -102,8 +108,9 @@ def test_evaluate_allocation_checks_the_model(model_dir: Path, tmp_path: Path) -
 
 
 def test_threshold_mode_pipeline(model_dir: Path) -> None:
-    config = PipelineConfig(targets=(0.5,), methods=("uniform",), mode="threshold", calibration_tokens=1024,
-                            include_dense=False, **QUICK)
+    config = PipelineConfig(
+        targets=(0.5,), methods=("uniform",), mode="threshold", calibration_tokens=1024, include_dense=False, **QUICK
+    )
     (variant,) = run_pipeline(str(model_dir), config).variants
     assert variant.realised_sparsity == pytest.approx(0.5, abs=0.05)
 
@@ -119,16 +126,47 @@ def test_cli_run_and_evaluate(
     model_dir: Path, tmp_path: Path, acttail_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run.json"
-    run_cli(["run", str(model_dir), "--sparsity", "0.7", "--seqlen", "128", "--max-tokens", "256", "--quiet",
-          "--calibration-tokens", "512", "--json", str(out), "--no-store"])
+    run_cli(
+        [
+            "run",
+            str(model_dir),
+            "--sparsity",
+            "0.7",
+            "--seqlen",
+            "128",
+            "--max-tokens",
+            "256",
+            "--quiet",
+            "--calibration-tokens",
+            "512",
+            "--json",
+            str(out),
+            "--no-store",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "acttail" in printed and "uniform" in printed and "auto" in printed and "70%" in printed
     doc = json.loads(out.read_text())
     assert [v["label"] for v in doc["variants"]] == ["dense", "uniform@0.7", "acttail@0.7", "auto@0.7"]
     alloc_path = tmp_path / "alloc.json"
     Allocation.from_dict(doc["variants"][2]["allocation"]).save(alloc_path)
-    run_cli(["evaluate", str(model_dir), "--allocation", str(alloc_path), "--seqlen", "128", "--max-tokens", "256",
-          "--quiet", "--no-dense", "--json", str(tmp_path / "eval.json"), "--no-store"])
+    run_cli(
+        [
+            "evaluate",
+            str(model_dir),
+            "--allocation",
+            str(alloc_path),
+            "--seqlen",
+            "128",
+            "--max-tokens",
+            "256",
+            "--quiet",
+            "--no-dense",
+            "--json",
+            str(tmp_path / "eval.json"),
+            "--no-store",
+        ]
+    )
     evaluated = json.loads((tmp_path / "eval.json").read_text())["variants"]
     assert [v["label"] for v in evaluated] == ["acttail@0.7"]
     assert evaluated[0]["ppl"] == pytest.approx(doc["variants"][2]["ppl"], rel=1e-6)
@@ -148,7 +186,10 @@ def test_cli_run_and_evaluate(
         (["--epsilon", "1.5"], "epsilon"),
         (["--direction", "sideways"], "sideways"),
         (["--seqlen", "128", "--max-tokens", "64"], "max_tokens"),
-        (["--seqlen", "128", "--calibration-tokens", "64"], "calibration_tokens (64) must be at least seqlen (128) for auto"),
+        (
+            ["--seqlen", "128", "--calibration-tokens", "64"],
+            "calibration_tokens (64) must be at least seqlen (128) for auto",
+        ),
     ],
 )
 def test_bad_cli_arguments_exit_2_with_one_line(
@@ -183,7 +224,9 @@ def test_evaluate_checks_shared_options_like_run(
 
     infos = resolve_model(str(model_dir)).projections()
     alloc_path = tmp_path / "alloc.json"
-    allocate({i.name: 3.0 for i in infos}, {i.name: i.param_count for i in infos}, 0.5, method="uniform").save(alloc_path)
+    allocate({i.name: 3.0 for i in infos}, {i.name: i.param_count for i in infos}, 0.5, method="uniform").save(
+        alloc_path
+    )
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(model_dir), "--allocation", str(alloc_path), "--quiet", *args])
     assert exc.value.code == 2

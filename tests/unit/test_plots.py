@@ -78,9 +78,7 @@ def report() -> ESDReport:
 
 @pytest.fixture(scope="module")
 def sweep_rows() -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = [
-        {"method": "dense", "dense": True, "perplexity": 18.0, "mean_accuracy": 0.46}
-    ]
+    rows: list[dict[str, object]] = [{"method": "dense", "dense": True, "perplexity": 18.0, "mean_accuracy": 0.46}]
     for target in (0.3, 0.5, 0.7):
         rows.append(
             {
@@ -103,11 +101,7 @@ def sweep_rows() -> list[dict[str, object]]:
 
 def band_patches(ax) -> list:
     """The HT-SR band drawn by axhspan (a Rectangle in matplotlib ≥ 3.9, a Polygon before)."""
-    return [
-        p
-        for p in ax.patches
-        if isinstance(p, Rectangle | Polygon) and "HT-SR" in str(p.get_label())
-    ]
+    return [p for p in ax.patches if isinstance(p, Rectangle | Polygon) and "HT-SR" in str(p.get_label())]
 
 
 # ---------------------------------------------------------------- ESD
@@ -135,23 +129,15 @@ def test_esd_plot_is_log_log_with_tail_line_and_xmin(spectrum: np.ndarray) -> No
 
 
 def test_esd_histogram_bins_are_log_spaced_density(spectrum: np.ndarray) -> None:
-    fig = plots.plot_esd(
-        spectrum, Fit(alpha=3.0, xmin=float(np.median(spectrum))), bins=20
-    )
+    fig = plots.plot_esd(spectrum, Fit(alpha=3.0, xmin=float(np.median(spectrum))), bins=20)
     (ax,) = fig.axes
     (hist,) = [p for p in ax.patches if isinstance(p, Polygon)]
     xy = hist.get_xy()
     edges = np.unique(xy[:, 0])
     assert len(edges) == 21
-    assert np.allclose(
-        np.diff(np.log(edges)), np.log(edges[1] / edges[0])
-    )  # equal widths in log λ
+    assert np.allclose(np.diff(np.log(edges)), np.log(edges[1] / edges[0]))  # equal widths in log λ
     # Horizontal segments of the step outline are the bar tops: ∑ height · width = 1 (a density).
-    tops = [
-        (x0, x1, y0)
-        for (x0, y0), (x1, y1) in itertools.pairwise(xy)
-        if y0 == y1 and x1 > x0
-    ]
+    tops = [(x0, x1, y0) for (x0, y0), (x1, y1) in itertools.pairwise(xy) if y0 == y1 and x1 > x0]
     assert len(tops) == 20
     assert sum((x1 - x0) * h for x0, x1, h in tops) == pytest.approx(1.0, rel=1e-6)
     assert ax.get_title() == "ESD, α = 3.00"
@@ -165,22 +151,14 @@ def test_esd_histogram_keeps_the_largest_eigenvalue() -> None:
     (ax,) = plots.plot_esd(values, Fit(alpha=2.0, xmin=10.0), bins=28).axes
     (hist,) = [p for p in ax.patches if isinstance(p, Polygon)]
     xy = hist.get_xy()
-    tops = [
-        (x0, x1, y0)
-        for (x0, y0), (x1, y1) in itertools.pairwise(xy)
-        if y0 == y1 and x1 > x0
-    ]
+    tops = [(x0, x1, y0) for (x0, y0), (x1, y1) in itertools.pairwise(xy) if y0 == y1 and x1 > x0]
     assert sum((x1 - x0) * h for x0, x1, h in tops) == pytest.approx(1.0, rel=1e-9)
     assert tops[-1][1] == lam_max and tops[-1][2] > 0
 
 
-def test_esd_accepts_a_projection_esd_as_fit(
-    spectrum: np.ndarray, report: ESDReport
-) -> None:
+def test_esd_accepts_a_projection_esd_as_fit(spectrum: np.ndarray, report: ESDReport) -> None:
     row = report.projections[0]
-    fig = plots.plot_esd(
-        spectrum, Fit(alpha=row.alpha, xmin=float(np.median(spectrum)))
-    )
+    fig = plots.plot_esd(spectrum, Fit(alpha=row.alpha, xmin=float(np.median(spectrum))))
     assert len(fig.axes[0].get_lines()) == 2
 
 
@@ -197,9 +175,7 @@ def test_esd_accepts_a_projection_esd_as_fit(
         ("abc", Fit(2.0, 1.0), "sequence of numbers"),
     ],
 )
-def test_esd_bad_input_is_a_plot_error(
-    evals: object, fit: object, message: str
-) -> None:
+def test_esd_bad_input_is_a_plot_error(evals: object, fit: object, message: str) -> None:
     with pytest.raises(plots.PlotError, match=message) as info:
         plots.plot_esd(evals, fit)  # type: ignore[arg-type]
     assert isinstance(info.value, ActTailError) and isinstance(info.value, ValueError)
@@ -228,11 +204,7 @@ def test_alphas_from_report_one_line_per_kind_and_band(report: ESDReport) -> Non
 
 
 def test_alphas_from_plain_rows_draws_only_kinds_present() -> None:
-    rows = [
-        {"layer": layer, "kind": kind, "alpha": 3.0 + layer}
-        for layer in range(4)
-        for kind in ("down", "q", "up")
-    ]
+    rows = [{"layer": layer, "kind": kind, "alpha": 3.0 + layer} for layer in range(4) for kind in ("down", "q", "up")]
     fig = plots.plot_alphas(rows, title="from the database")
     (ax,) = fig.axes
     assert [line.get_label() for line in ax.get_lines()] == [
@@ -241,9 +213,7 @@ def test_alphas_from_plain_rows_draws_only_kinds_present() -> None:
         "down",
     ]  # KIND_ORDER, not input order
     assert ax.get_title() == "from the database"
-    assert (
-        ax.get_ylim()[1] >= 6.0
-    )  # alpha 6 is the top of the data here and must be visible
+    assert ax.get_ylim()[1] >= 6.0  # alpha 6 is the top of the data here and must be visible
 
 
 def test_alphas_from_report_document_and_large_alpha(report: ESDReport) -> None:
@@ -279,9 +249,7 @@ def allocation():
     names = [projection_name(layer, kind) for layer in range(4) for kind in KINDS]
     alphas = {name: 2.0 + 0.1 * i for i, name in enumerate(names)}
     counts = {name: 4096 * (3 if "mlp" in name else 1) for name in names}
-    return allocate(
-        alphas, counts, 0.6, model_id="toy-model", fingerprint="f" * 64, estimator="ks"
-    )
+    return allocate(alphas, counts, 0.6, model_id="toy-model", fingerprint="f" * 64, estimator="ks")
 
 
 def test_allocation_heatmap_grid_colourbar_and_title(allocation) -> None:
@@ -290,22 +258,14 @@ def test_allocation_heatmap_grid_colourbar_and_title(allocation) -> None:
     (image,) = [im for im in ax.get_images() if isinstance(im, AxesImage)]
     grid = np.asarray(image.get_array())
     assert grid.shape == (4, 7)
-    assert grid[2, KINDS.index("up")] == pytest.approx(
-        allocation.sparsities[projection_name(2, "up")]
-    )
+    assert grid[2, KINDS.index("up")] == pytest.approx(allocation.sparsities[projection_name(2, "up")])
     assert [t.get_text() for t in ax.get_xticklabels()] == list(KINDS)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2", "3"]
-    assert (
-        "toy-model" in ax.get_title()
-        and "acttail" in ax.get_title()
-        and "60%" in ax.get_title()
-    )
+    assert "toy-model" in ax.get_title() and "acttail" in ax.get_title() and "60%" in ax.get_title()
     assert "sparsity" in cbar_ax.get_ylabel()
     assert image.colorbar is not None and image.colorbar.ax is cbar_ax
     assert len(ax.texts) == 28  # one percentage per cell
-    target_marks = [
-        line for line in cbar_ax.get_lines() if np.allclose(line.get_ydata(), 0.6)
-    ]
+    target_marks = [line for line in cbar_ax.get_lines() if np.allclose(line.get_ydata(), 0.6)]
     assert len(target_marks) == 1
     low, high = image.get_clim()
     assert (low + high) / 2 == pytest.approx(0.6)  # diverging map: white at the target
@@ -315,11 +275,7 @@ def test_allocation_heatmap_grid_colourbar_and_title(allocation) -> None:
 
 
 def test_allocation_from_dict_uniform_and_partial() -> None:
-    names = {
-        projection_name(layer, kind): 0.5
-        for layer in (0, 1)
-        for kind in ("gate", "up", "down")
-    }
+    names = {projection_name(layer, kind): 0.5 for layer in (0, 1) for kind in ("gate", "up", "down")}
     doc = {"sparsities": names, "target": 0.5, "method": "uniform", "model_id": ""}
     fig = plots.plot_allocation(doc, annotate=False)
     ax = fig.axes[0]
@@ -333,10 +289,7 @@ def test_allocation_from_dict_uniform_and_partial() -> None:
 def test_allocation_missing_cells_are_blank() -> None:
     sparsities = {projection_name(0, "q"): 0.4, projection_name(1, "down"): 0.6}
     grid = np.asarray(
-        plots.plot_allocation({"sparsities": sparsities, "target": 0.5})
-        .axes[0]
-        .get_images()[0]
-        .get_array()
+        plots.plot_allocation({"sparsities": sparsities, "target": 0.5}).axes[0].get_images()[0].get_array()
     )
     assert grid.shape == (2, 2)
     assert np.ma.count_masked(np.ma.masked_invalid(grid)) == 2
@@ -443,7 +396,7 @@ def test_sweep_bad_input(rows: list, message: str) -> None:
 def test_kind_order_matches_the_architecture_map_and_nested_names_parse() -> None:
     from acttail.models.architectures import PROJECTION_ORDER
 
-    assert plots.KIND_ORDER == tuple(str(kind) for kind in PROJECTION_ORDER)
+    assert tuple(str(kind) for kind in PROJECTION_ORDER) == plots.KIND_ORDER
     # Gemma-3 multimodal checkpoints nest the decoder; the heatmap reads the layer and kind alone.
     doc = {"sparsities": {"model.language_model.layers.3.mlp.up_proj.weight": 0.6}, "target": 0.5}
     ax = plots.plot_allocation(doc).axes[0]
@@ -466,18 +419,14 @@ def test_save_png_and_svg_by_suffix(tmp_path: Path, report: ESDReport) -> None:
     assert not (tmp_path / "alphas.jpg").exists()
 
 
-def test_render_bytes_is_deterministic(
-    report: ESDReport, sweep_rows: list[dict[str, object]]
-) -> None:
+def test_render_bytes_is_deterministic(report: ESDReport, sweep_rows: list[dict[str, object]]) -> None:
     for fmt in ("svg", "png"):
         first = plots.render_bytes(plots.plot_alphas(report), fmt)
         second = plots.render_bytes(plots.plot_alphas(report), fmt)
         assert first == second
     svg = plots.render_bytes(plots.plot_sweep(sweep_rows), "svg")
     assert b"<dc:date>" not in svg and svg.lstrip().startswith(b"<?xml")
-    assert plots.render_bytes(plots.plot_sweep(sweep_rows), "PNG").startswith(
-        PNG_SIGNATURE
-    )
+    assert plots.render_bytes(plots.plot_sweep(sweep_rows), "PNG").startswith(PNG_SIGNATURE)
     with pytest.raises(plots.PlotError, match="unknown image format 'pdf'"):
         plots.render_bytes(plots.plot_sweep(sweep_rows), "pdf")
 
@@ -487,9 +436,7 @@ def test_user_rcparams_do_not_change_output_or_leak(report: ESDReport) -> None:
 
     before = matplotlib.rcParams["svg.hashsalt"]
     reference = plots.render_bytes(plots.plot_alphas(report), "svg")
-    with matplotlib.rc_context(
-        {"font.size": 30, "lines.linewidth": 9, "svg.hashsalt": None}
-    ):
+    with matplotlib.rc_context({"font.size": 30, "lines.linewidth": 9, "svg.hashsalt": None}):
         assert plots.render_bytes(plots.plot_alphas(report), "svg") == reference
         assert matplotlib.rcParams["font.size"] == 30  # restored after each call
     assert matplotlib.rcParams["svg.hashsalt"] == before
@@ -503,7 +450,7 @@ def test_concurrent_rendering_from_threads_matches_serial(report: ESDReport) -> 
     def work() -> None:
         try:
             results.append(plots.render_bytes(plots.plot_alphas(report), "svg"))
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -517,9 +464,7 @@ def test_concurrent_rendering_from_threads_matches_serial(report: ESDReport) -> 
 def test_functions_return_figures_without_pyplot(report: ESDReport) -> None:
     assert isinstance(plots.plot_alphas(report), Figure)
     code = "import sys, acttail.plots; print('matplotlib.pyplot' in sys.modules, 'torch' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [
         "False",
         "False",

@@ -30,15 +30,10 @@ def study():
         (ProjectionInfo(ref, tuple(lin.weight.shape)), lin.weight.detach().float())
         for ref, lin in find_projections(model)
     ]
-    reports = [
-        analyze_weights(weights, est, progress=False, model={"model_id": "tiny"})
-        for est in ("ks", "hill")
-    ]
+    reports = [analyze_weights(weights, est, progress=False, model={"model_id": "tiny"}) for est in ("ks", "hill")]
     ids = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(0))
     calibration = calibration_from_ids(ids, seqlen=32)
-    result = sensitivity_study(
-        model, calibration, reports, level=0.5, groups=2, model_id="tiny"
-    )
+    result = sensitivity_study(model, calibration, reports, level=0.5, groups=2, model_id="tiny")
     return model, calibration, reports, result
 
 
@@ -49,13 +44,9 @@ def test_every_cell_is_measured_against_the_dense_model(study) -> None:
     cell = next(c for c in result.cells if c.kind == "down" and c.group == 1)
     names = [r.name for r, _ in find_projections(model)]
     only = {n: (0.5 if n == "model.layers.1.mlp.down_proj" else 0.0) for n in names}
-    assert cell.nll == pytest.approx(
-        calibration_nll(model, calibration, only), rel=1e-9
-    )
+    assert cell.nll == pytest.approx(calibration_nll(model, calibration, only), rel=1e-9)
     assert cell.delta_nll == pytest.approx(cell.nll - result.dense_nll)
-    assert cell.delta_nll_per_mparam == pytest.approx(
-        cell.delta_nll / (0.5 * cell.param_count) * 1e6
-    )
+    assert cell.delta_nll_per_mparam == pytest.approx(cell.delta_nll / (0.5 * cell.param_count) * 1e6)
     assert any(abs(c.delta_nll) > 0 for c in result.cells)
 
 
@@ -73,13 +64,8 @@ def test_predictors_and_correlations_cover_each_estimator(study) -> None:
     } <= keys
     for target in ("delta_nll", "delta_nll_per_mparam"):
         assert set(result.correlations[target]) == keys
-        assert all(
-            math.isnan(v) or -1.0 <= v <= 1.0
-            for v in result.correlations[target].values()
-        )
-    assert all(
-        0.0 < c.predictors["dropped_energy"] < 0.5 for c in result.cells
-    )  # TopK drops the small half
+        assert all(math.isnan(v) or -1.0 <= v <= 1.0 for v in result.correlations[target].values())
+    assert all(0.0 < c.predictors["dropped_energy"] < 0.5 for c in result.cells)  # TopK drops the small half
     doc = json.loads(json.dumps(result.to_dict()))
     assert doc["format"] == "acttail.sensitivity" and len(doc["cells"]) == 14
 

@@ -53,9 +53,7 @@ def _tiny(arch: str) -> nn.Module:
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif arch == "qwen2":
-        model = Qwen2ForCausalLM(
-            Qwen2Config(**common)
-        )  # q/k/v carry a bias: exercises the bias path
+        model = Qwen2ForCausalLM(Qwen2Config(**common))  # q/k/v carry a bias: exercises the bias path
     else:
         config = Gemma3TextConfig(
             **common,
@@ -77,19 +75,12 @@ PROMPT = torch.tensor([[5, 17, 99, 3, 42, 7, 250, 11, 64, 128, 1, 33]])
 
 def _per_projection(model: nn.Module, seed: int) -> dict[str, float]:
     rng = random.Random(seed)
-    return {
-        ref.name: rng.choice([0.0, 0.3, 0.5, 0.7, 0.85, 0.9])
-        for ref, _ in find_projections(model)
-    }
+    return {ref.name: rng.choice([0.0, 0.3, 0.5, 0.7, 0.85, 0.9]) for ref, _ in find_projections(model)}
 
 
 @pytest.mark.parametrize("setting", ["0.5", "0.8", "0.9", "per-projection"])
-def test_sparse_decode_greedy_tokens_identical_to_reference(
-    tiny: nn.Module, setting: str
-) -> None:
-    sparsities = (
-        _per_projection(tiny, 3) if setting == "per-projection" else float(setting)
-    )
+def test_sparse_decode_greedy_tokens_identical_to_reference(tiny: nn.Module, setting: str) -> None:
+    sparsities = _per_projection(tiny, 3) if setting == "per-projection" else float(setting)
     dense = greedy_decode(tiny, PROMPT, NEW_TOKENS).tokens
     with apply_sparsity(tiny, sparsities, "topk", track=False):
         reference = greedy_decode(tiny, PROMPT, NEW_TOKENS).tokens
@@ -152,9 +143,7 @@ def test_decode_steps_run_the_kernel_for_every_sparsified_projection(
     calls: list[int] = []
     real = kernels.cpu.topk_rows_f32_into
 
-    def counting(
-        weight_t: torch.Tensor, x: torch.Tensor, k: int, *args: object
-    ) -> None:
+    def counting(weight_t: torch.Tensor, x: torch.Tensor, k: int, *args: object) -> None:
         calls.append(k)
         real(weight_t, x, k, *args)
 
@@ -164,20 +153,14 @@ def test_decode_steps_run_the_kernel_for_every_sparsified_projection(
     with enable_sparse_decode(tiny, sparsities) as handle:
         assert len(handle.originals) == swapped
         greedy_decode(tiny, PROMPT, 4)
-    assert (
-        len(calls) == 3 * swapped
-    )  # prefill is dense-masked; each of the 3 decode steps hits the kernel
+    assert len(calls) == 3 * swapped  # prefill is dense-masked; each of the 3 decode steps hits the kernel
 
 
-def test_general_path_matches_the_fp32_fast_path(
-    tiny: nn.Module, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_general_path_matches_the_fp32_fast_path(tiny: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     sparsities = _per_projection(tiny, 9)
     with enable_sparse_decode(tiny, sparsities):
         fast = greedy_decode(tiny, PROMPT, 12).tokens
-    monkeypatch.setattr(
-        SparseDecodeLinear, "_fast_path", lambda self, x: False
-    )  # kernels.topk_gemv route
+    monkeypatch.setattr(SparseDecodeLinear, "_fast_path", lambda self, x: False)  # kernels.topk_gemv route
     with enable_sparse_decode(tiny, sparsities):
         general = greedy_decode(tiny, PROMPT, 12).tokens
     assert general == fast
@@ -191,9 +174,7 @@ def test_bf16_model_decodes_through_the_kernel(monkeypatch: pytest.MonkeyPatch) 
         assert handle.backend == "c-openmp"
         with torch.inference_mode():
             cache = model(input_ids=PROMPT, use_cache=True).cache
-            logits = model(
-                input_ids=torch.tensor([[9]]), cache=cache, use_cache=True
-            ).logits
+            logits = model(input_ids=torch.tensor([[9]]), cache=cache, use_cache=True).logits
         assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
         kernel = greedy_decode(model, PROMPT, 8).tokens
     # bf16 rounding differs between the paths, so only the first tokens are compared.
@@ -206,9 +187,7 @@ def test_restore_puts_back_the_original_modules(tiny: nn.Module) -> None:
     with torch.inference_mode():
         dense_logits = tiny(input_ids=PROMPT).logits
     handle = enable_sparse_decode(tiny, 0.5)
-    assert all(
-        isinstance(tiny.get_submodule(n), SparseDecodeLinear) for n in handle.originals
-    )
+    assert all(isinstance(tiny.get_submodule(n), SparseDecodeLinear) for n in handle.originals)
     assert set(tiny.state_dict()) == keys  # W^T is a non-persistent buffer
     handle.restore()
     handle.restore()  # idempotent
@@ -217,9 +196,7 @@ def test_restore_puts_back_the_original_modules(tiny: nn.Module) -> None:
     with torch.inference_mode():
         assert torch.equal(tiny(input_ids=PROMPT).logits, dense_logits)
     handle.reapply()
-    assert all(
-        isinstance(tiny.get_submodule(n), SparseDecodeLinear) for n in handle.originals
-    )
+    assert all(isinstance(tiny.get_submodule(n), SparseDecodeLinear) for n in handle.originals)
     handle.restore()
 
 
@@ -291,19 +268,11 @@ def test_measure_decode_speed_reports_both_paths() -> None:
     assert result.backend == "c-openmp" and result.mode == "topk"
     assert result.target_sparsity == pytest.approx(0.5, abs=0.01)
     assert result.timed_steps == 7 and len(result.dense_runs_tokens_per_s) == 2
-    assert (
-        result.dense_tokens_per_s > 0
-        and result.sparse_tokens_per_s is not None
-        and result.sparse_tokens_per_s > 0
-    )
-    assert result.speedup == pytest.approx(
-        result.sparse_tokens_per_s / result.dense_tokens_per_s
-    )
+    assert result.dense_tokens_per_s > 0 and result.sparse_tokens_per_s is not None and result.sparse_tokens_per_s > 0
+    assert result.speedup == pytest.approx(result.sparse_tokens_per_s / result.dense_tokens_per_s)
     doc = result.to_dict()
     assert doc["prompt_tokens"] == len("a fixed prompt") and doc["new_tokens"] == 10
-    assert not any(
-        isinstance(m, SparseDecodeLinear) for m in model.modules()
-    )  # left as found
+    assert not any(isinstance(m, SparseDecodeLinear) for m in model.modules())  # left as found
     dense_only = measure_decode_speed(
         model,
         _ByteTokenizer(),
@@ -315,9 +284,7 @@ def test_measure_decode_speed_reports_both_paths() -> None:
     )
     assert dense_only.sparse_tokens_per_s is None and dense_only.speedup is None
     with pytest.raises(ValueError, match="warmup"):
-        measure_decode_speed(
-            model, _ByteTokenizer(), 0.5, new_tokens=3, warmup_tokens=2
-        )
+        measure_decode_speed(model, _ByteTokenizer(), 0.5, new_tokens=3, warmup_tokens=2)
 
 
 @pytest.fixture(scope="module")
@@ -333,9 +300,7 @@ def test_smollm2_sparse_decode_tokens_identical_to_reference(
 ) -> None:
     model, tokenizer = smollm2
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
-    sparsities = {
-        ref.name: 0.5 + 0.4 * (ref.layer % 2) for ref, _ in find_projections(model)
-    }  # 0.5 / 0.9 alternating
+    sparsities = {ref.name: 0.5 + 0.4 * (ref.layer % 2) for ref, _ in find_projections(model)}  # 0.5 / 0.9 alternating
     for setting in (0.5, sparsities):
         with apply_sparsity(model, setting, "topk", track=False):
             reference = greedy_decode(model, ids, 8).tokens

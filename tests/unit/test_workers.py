@@ -18,8 +18,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from acttail.errors import ModelNotFoundError
 from acttail.settings import Settings
-from workers.celery_app import celery_config, create_celery_app, visibility_timeout_for
 from tests.conftest import save_tiny_model
+from workers.celery_app import celery_config, create_celery_app, visibility_timeout_for
 from workers.runner import ESD_SPAN, _parse_delay, failure_reason, run_job
 from workers.tasks import backoff_delay
 
@@ -65,7 +65,9 @@ def test_backoff_is_exponential_and_capped() -> None:
 def test_failure_reasons_are_readable() -> None:
     assert failure_reason(ModelNotFoundError("unknown model 'x'"), "resolve") == "unknown model 'x'"
     assert failure_reason(MemoryError(), "esd").startswith("out of memory during esd")
-    assert failure_reason(RuntimeError("CUDA out of memory. Tried to allocate"), "benchmark").startswith("out of memory")
+    assert failure_reason(RuntimeError("CUDA out of memory. Tried to allocate"), "benchmark").startswith(
+        "out of memory"
+    )
     assert failure_reason(SoftTimeLimitExceeded(), "esd").startswith("time limit exceeded during esd")
     assert failure_reason(KeyError("x"), "allocate") == "internal error during allocate: KeyError: 'x'"
 

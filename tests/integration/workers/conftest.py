@@ -68,7 +68,7 @@ def pg_url() -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure here means "no PostgreSQL"
+    except Exception as exc:
         _require(False, f"PostgreSQL ({exc.__class__.__name__})")
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     migrate.upgrade(url)
@@ -121,9 +121,15 @@ def start_worker(
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
         environ = worker_env(
-            database_url=pg_url, broker_url=broker_url or redis_url, model_root=model_root, home=tmp_path / "home", **env
+            database_url=pg_url,
+            broker_url=broker_url or redis_url,
+            model_root=model_root,
+            home=tmp_path / "home",
+            **env,
         )
-        proc = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=environ, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         worker = WorkerProcess(name, proc, log_path, handle)
         started.append(worker)
         if wait:
@@ -145,5 +151,3 @@ def team(session_factory: Any) -> tuple[int, str]:
         row = create_team(f"workers-{uuid.uuid4().hex[:6]}", db_session=db)
         key = create_api_key(row, db_session=db, label="tests")
         return row.id, key
-
-

@@ -90,7 +90,11 @@ def submit(session_factory: Any, broker_url: str, request: dict[str, Any], *, te
     parsed = JobRequest.model_validate(request)
     with session_scope(session_factory) as db:
         job, created = create_job(
-            parsed.model_dump(mode="json"), team_id=team_id, request_hash=parsed.request_hash(), queue=queue, db_session=db
+            parsed.model_dump(mode="json"),
+            team_id=team_id,
+            request_hash=parsed.request_hash(),
+            queue=queue,
+            db_session=db,
         )
         job_id = job.id
     assert created, "test requests must be unique"

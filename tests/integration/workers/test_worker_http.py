@@ -208,6 +208,7 @@ def test_redis_outage_answers_503_then_recovers(
 
         time.sleep(1.0)
         private_redis.start()
+
         def accepted() -> Any:
             response = submit(0.3)
             return response if response.status_code == 202 else None
