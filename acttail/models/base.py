@@ -18,6 +18,8 @@ from acttail.models.architectures import ProjectionRef
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from acttail.models.placement import Placement, ResolvedPlacement
+
 
 @dataclass(frozen=True)
 class ProjectionInfo:
@@ -70,6 +72,15 @@ class ModelSource(abc.ABC):
 
     @abc.abstractmethod
     def load_causal_lm(
-        self, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+        self,
+        placement: Placement | ResolvedPlacement | None = None,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """The full model (eval mode) and its tokenizer, for evaluation and decoding."""
+        """The full model (eval mode) and its tokenizer, for evaluation and decoding.
+
+        Loaded in the placement's dtype on its device or spread by its device map
+        (``acttail.models.loading``); ``None`` = ``Placement()`` = auto. ``dtype=``/``device=``
+        are the pre-``Placement`` spelling of the same request.
+        """

@@ -24,9 +24,12 @@ from acttail.models.architectures import (
 from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
 from acttail.models.fingerprint import read_spans, sample_spans, sha256_of_parts
 from acttail.models.gguf_file import GGUFFile, GGUFTensorInfo
+from acttail.models.loading import load_pretrained, resolve_placement
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from acttail.models.placement import Placement, ResolvedPlacement
 
 # llama.cpp's general.architecture -> HF config.model_type. (llama.cpp writes Mistral as "llama".)
 GGUF_ARCHITECTURES: dict[str, str] = {
@@ -129,12 +132,18 @@ class GGUFSource(ModelSource):
             yield info, torch.from_numpy(weight)
 
     def load_causal_lm(
-        self, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+        self,
+        placement: Placement | ResolvedPlacement | None = None,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """Dequantised by transformers into the placement's dtype (GGUF blocks are never kept quantised)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        resolved = resolve_placement(placement, dtype=dtype, device=device)
         self.model_type  # noqa: B018 - fail early with the architecture message
         directory, filename = str(self.path.parent), self.path.name
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype)
-        return model.to(device).eval(), tokenizer
+        model = load_pretrained(AutoModelForCausalLM, directory, resolved, gguf_file=filename)
+        return model, tokenizer

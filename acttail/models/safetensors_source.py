@@ -19,9 +19,12 @@ from acttail.errors import ModelSourceError
 from acttail.models.architectures import ProjectionRef, projection_refs, spec_for
 from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
 from acttail.models.fingerprint import safetensors_fingerprint
+from acttail.models.loading import load_pretrained, resolve_placement
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from acttail.models.placement import Placement, ResolvedPlacement
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -155,13 +158,23 @@ class SafetensorsDirSource(ModelSource):
                     yield info, handle.get_tensor(info.ref.weight_name).to(torch.float32)
 
     def load_causal_lm(
-        self, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+        self,
+        placement: Placement | ResolvedPlacement | None = None,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        resolved = resolve_placement(placement, dtype=dtype, device=device)
         self.files  # noqa: B018 - refuses pickle-only directories before transformers sees them
-        model = AutoModelForCausalLM.from_pretrained(
-            str(self.directory), dtype=dtype, use_safetensors=True, trust_remote_code=False, local_files_only=True
+        model = load_pretrained(
+            AutoModelForCausalLM,
+            str(self.directory),
+            resolved,
+            use_safetensors=True,
+            trust_remote_code=False,
+            local_files_only=True,
         )
         try:
             tokenizer = AutoTokenizer.from_pretrained(
@@ -169,4 +182,4 @@ class SafetensorsDirSource(ModelSource):
             )
         except (OSError, ValueError) as exc:
             raise ModelSourceError(f"{self.directory}: no usable tokenizer ({exc.__class__.__name__})") from None
-        return model.to(device).eval(), tokenizer
+        return model, tokenizer
