@@ -254,3 +254,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Liveness (revision 20261201_0003, see acttail.store.jobs and api.reaper): the delivery that
+    # claimed the job, its last heartbeat, and when / how often the job was handed to the broker.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    dispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -142,3 +142,45 @@ def test_cli_db_and_admin_commands(tmp_path: Path) -> None:
     engine.dispose()
     assert runner.invoke(app, ["db", "downgrade", "base", "--db", db]).exit_code == 0
     assert _tables(f"sqlite:///{db}") == set()
+
+
+def _job_columns(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {column["name"] for column in inspect(engine).get_columns("jobs")}
+    finally:
+        engine.dispose()
+
+
+LIVENESS_COLUMNS = {"claimed_by", "heartbeat_at", "dispatched_at", "dispatches"}
+
+
+def test_job_liveness_revision_backfills_and_downgrades(empty_url: str) -> None:
+    """20261201_0003 adds the reaper's columns; a job stored before it counts as dispatched once, then."""
+    migrate.upgrade(empty_url, "20261130_0002")
+    assert not LIVENESS_COLUMNS & _job_columns(empty_url)
+    engine = make_engine(empty_url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO teams (id, name, created_at) VALUES (1, 'lab', CURRENT_TIMESTAMP)"))
+        connection.execute(text(
+            "INSERT INTO jobs (id, team_id, request, request_hash, model_id, queue, shared, status, stage, progress, "
+            "attempts, active_key, allocation_ids, benchmark_ids, created_at, updated_at) VALUES ('j-old', 1, '{}', "
+            "'h', 'org/m', 'cpu', false, 'queued', 'queued', 0.0, 0, 'h', '[]', '[]', :at, :at)"),
+            {"at": "2026-11-30 10:00:00"})  # fmt: skip
+
+    migrate.upgrade(empty_url, "20261201_0003")
+    assert _job_columns(empty_url) >= LIVENESS_COLUMNS
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT dispatches, dispatched_at, updated_at, heartbeat_at, claimed_by FROM jobs")
+        ).one()
+    assert (row.dispatches, row.heartbeat_at, row.claimed_by) == (1, None, None)
+    assert row.dispatched_at == row.updated_at is not None
+
+    migrate.downgrade(empty_url, "20261130_0002")
+    assert not LIVENESS_COLUMNS & _job_columns(empty_url)
+    with engine.connect() as connection:  # the job survives the table rebuild (SQLite batch mode)
+        assert connection.execute(text("SELECT id, status FROM jobs")).one() == ("j-old", "queued")
+    migrate.upgrade(empty_url)
+    assert _job_columns(empty_url) >= LIVENESS_COLUMNS
+    engine.dispose()
