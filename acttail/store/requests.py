@@ -18,7 +18,7 @@ from acttail.store.upsert import canonical_hash
 # Kept in step with acttail.models.bundled.BUNDLED, acttail.esd, acttail.evaluate.tasks and
 # acttail.methods (names, default, knobs, calibration defaults) by tests/integration/test_api_validation.py
 # (importing them here would pull torch into the API).
-BUNDLED_ALIASES = frozenset({"smollm2-135m", "gemma3-270m"})
+BUNDLED_ALIASES = frozenset({"smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"})
 ESTIMATORS = ("ks", "ks_peak", "hill")
 ZEROSHOT_TASKS = ("arc_easy", "arc_challenge", "piqa", "winogrande", "boolq", "hellaswag", "lambada_openai")
 METHODS = ("uniform", "acttail", "acttail-reverse", "acttail-block", "acttail-per-type", "teal-greedy", "auto")
