@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -53,6 +53,18 @@ class AllocationParams:
     granularity: Granularity = Granularity.PROJECTION
     s_min: float = 0.0
     s_max: float = 0.99
+
+
+class ModelIdent(TypedDict):
+    """The model an allocation belongs to (the keyword arguments the builders take)."""
+
+    model_id: str
+    fingerprint: str
+
+
+def model_ident(model: Mapping[str, Any]) -> ModelIdent:
+    """The identity of a report's ``model`` mapping (missing keys become empty strings)."""
+    return ModelIdent(model_id=str(model.get("model_id", "")), fingerprint=str(model.get("fingerprint", "")))
 
 
 @dataclass(frozen=True)

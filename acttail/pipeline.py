@@ -321,15 +321,17 @@ def evaluate_variants(
         handle = None if alloc is None else apply_sparsity(model, alloc, config.mode, thresholds)
         try:
             weight = 0.5 if config.tasks else 1.0
+
+            def on_window(done: int, total: int, label: str = label, weight: float = weight) -> None:
+                reporter(f"{label}: perplexity", weight * done / total, share)
+
             ppl = evaluate_perplexity(
                 model,
                 token_ids=test_ids,
                 seqlen=config.seqlen,
                 max_tokens=config.max_tokens,
                 progress=show_progress,
-                on_window=lambda done, total, label=label, weight=weight: reporter(
-                    f"{label}: perplexity", weight * done / total, share
-                ),
+                on_window=on_window,
             )
             zeroshot = None
             if config.tasks:

@@ -217,9 +217,9 @@ def plot_esd(
 
     fig = _new_figure(6.4, 4.4)
     ax = fig.add_subplot()
-    heights, _, _ = ax.hist(
+    counts, _, _ = ax.hist(
         values,
-        bins=edges,
+        bins=edges.tolist(),
         density=True,
         histtype="stepfilled",
         color="#56B4E9",
@@ -228,6 +228,7 @@ def plot_esd(
         linewidth=0.8,
         label=f"ESD ({n} eigenvalues)",
     )
+    heights = np.asarray(counts, dtype=float)  # one data set, so one array of bin heights
     lam = np.logspace(math.log10(xmin), math.log10(values[-1]), 64)
     tail_density = (n_tail / n) * (alpha - 1.0) / xmin * (lam / xmin) ** (-alpha)
     ax.plot(
@@ -314,7 +315,9 @@ def plot_alphas(report_or_rows: Any, *, title: str | None = None) -> Figure:
     bottom = min(min(all_alphas), low)
     pad = 0.05 * (top - bottom)
     ax.set_ylim(max(0.0, bottom - pad), top + pad)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    locator = ax.xaxis.get_major_locator()
+    if isinstance(locator, MaxNLocator):  # the linear axis' default AutoLocator is one
+        locator.set_params(integer=True)
     ax.set_xlabel("layer")
     ax.set_ylabel("α (power-law exponent of the ESD tail)")
     ax.set_title(title if title is not None else default_title)
@@ -507,10 +510,10 @@ def plot_sweep(rows: Iterable[Mapping[str, Any]], *, title: str | None = None) -
         if not method:
             raise PlotError(f"sweep row {i}: 'method' is missing")
         target = _sparsity(row.get("target"), f"sweep row {i}: target")
-        points = series.setdefault(method, {})
-        if target in points:
+        by_target = series.setdefault(method, {})
+        if target in by_target:
             raise PlotError(f"two sweep rows for method {method!r} at target {target:g}; filter to one setting first")
-        points[target] = (ppl, acc)
+        by_target[target] = (ppl, acc)
     if not series:
         raise PlotError("sweep rows hold no sparse method (only dense)")
     with_accuracy = dense_acc is not None or any(a is not None for pts in series.values() for _, a in pts.values())

@@ -48,6 +48,7 @@ class SparseDecodeLinear(nn.Module):
     """Drop-in for one ``nn.Linear`` with input-activation sparsity; batch-1 tokens use the kernel."""
 
     uses_kernel = True  # holds the W^T copy and selection workspace the kernel reads
+    weight_t: torch.Tensor  # buffer [d_in, d_out], registered in __init__ when uses_kernel
 
     def __init__(
         self,

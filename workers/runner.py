@@ -90,7 +90,7 @@ class JobCancelled(Exception):
     """The job row left ``running`` (cancelled by a user) while this worker was on it."""
 
 
-class _JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _JobLog(logging.LoggerAdapter):
     """Prefix every log line with the job ID."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:

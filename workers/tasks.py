@@ -57,7 +57,7 @@ def _settings_of(task: Task) -> Settings:
     return settings
 
 
-class JobTask(Task):  # type: ignore[misc]
+class JobTask(Task):
     """Records a hard time limit on the job row (the runner never sees it: its process was killed).
 
     Celery calls ``on_failure`` in the worker's main process when it kills a pool child at the

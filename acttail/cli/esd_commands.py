@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -231,7 +231,7 @@ def allocate_command(
         console.print(f"wrote {len(written)} figures to {plot}")
 
 
-def _method_knobs(method: str, accepted: frozenset[str], **given: object) -> dict[str, object]:
+def _method_knobs(method: str, accepted: frozenset[str], **given: object) -> dict[str, Any]:
     """The options the user set, refused (one line) where ``method`` does not read them."""
     knobs = {name: value for name, value in given.items() if value is not None}
     for name in knobs:
@@ -241,7 +241,7 @@ def _method_knobs(method: str, accepted: frozenset[str], **given: object) -> dic
 
 
 def _build(
-    model: str, revision: str | None, method: str, target: float, report: ESDReport, knobs: dict[str, object],
+    model: str, revision: str | None, method: str, target: float, report: ESDReport, knobs: dict[str, Any],
     *, needs_model: bool, quiet: bool,
 ) -> Allocation:  # fmt: skip
     """The allocation; for auto and teal-greedy the model is loaded and every stage is drawn."""

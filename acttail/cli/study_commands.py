@@ -23,6 +23,8 @@ from acttail.cli.esd_commands import (
 )
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from acttail.methods import CalibrationSet
 
 console = Console()
@@ -39,7 +41,9 @@ TokensOpt = Annotated[
 SeqlenOpt = Annotated[int, typer.Option("--seqlen", min=16, help="Calibration window length.")]
 
 
-def _calibration(model: str, revision: str | None, max_tokens: int, seqlen: int) -> tuple[object, CalibrationSet]:
+def _calibration(
+    model: str, revision: str | None, max_tokens: int, seqlen: int
+) -> tuple[PreTrainedModel, CalibrationSet]:
     from acttail.methods import calibration_set
     from acttail.models import resolve_model
 

@@ -78,7 +78,11 @@ def tokenize_split(
 
 def _lm_head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Apply the output embedding and, where the config asks for it, Gemma's logit soft-capping."""
-    logits = model.get_output_embeddings()(hidden)
+    get_head = getattr(model, "get_output_embeddings", None)  # a transformers method, not on nn.Module
+    head = get_head() if callable(get_head) else None
+    if not isinstance(head, nn.Module):
+        raise TypeError(f"{type(model).__name__} has no output embedding (LM head)")
+    logits = head(hidden)
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -162,7 +162,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def _weighted_target(model: nn.Module, smap: Mapping[str, float]) -> float:
-    counts = {name: model.get_submodule(name).weight.numel() for name in smap}
+    counts = {name: model.get_parameter(f"{name}.weight").numel() for name in smap}
     total = sum(counts.values())
     return sum(smap[n] * counts[n] for n in smap) / total if total else 0.0
 

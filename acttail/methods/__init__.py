@@ -31,7 +31,9 @@ from acttail.allocate import (
     AllocationParams,
     Direction,
     Granularity,
+    ModelIdent,
     allocate,
+    model_ident,
 )
 from acttail.errors import AllocationError
 from acttail.methods.calibration import (
@@ -212,10 +214,7 @@ def build_allocation(
         raise AllocationError(
             f"{method}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}"
         )
-    ident = {
-        "model_id": str(report.model.get("model_id", "")),
-        "fingerprint": str(report.model.get("fingerprint", "")),
-    }
+    ident = model_ident(report.model)
     alphas, counts = report.alphas(), report.param_counts()
     if method == "uniform":
         return allocate(alphas, counts, target, method="uniform", **ident)
@@ -327,6 +326,10 @@ def build_allocations(
                 out.append(build_allocation(method, report=report, target=target, **knobs))
                 continue
             report_(f"{method}@{target:g}")
+
+            def step(stage: str, f: float, m: str = method, t: float = target) -> None:
+                report_(f"{m}@{t:g}: {stage}", f)
+
             out.append(
                 build_allocation(
                     method,
@@ -335,7 +338,7 @@ def build_allocations(
                     model=model,
                     calibration=calibration,
                     trace=trace,
-                    progress=lambda stage, f, m=method, t=target: report_(f"{m}@{t:g}: {stage}", f),
+                    progress=step,
                     **knobs,
                 )
             )
@@ -373,7 +376,7 @@ def _teal_greedy(
     tokenizer: PreTrainedTokenizerBase | None,
     calibration: CalibrationSet | None,
     params: Mapping[str, Any],
-    ident: Mapping[str, str],
+    ident: ModelIdent,
     progress: Progress | None = None,
 ) -> Allocation:
     from acttail.methods.teal_greedy import (

@@ -34,6 +34,7 @@ from acttail.allocate import (
     Direction,
     Granularity,
     allocate,
+    model_ident,
 )
 from acttail.errors import AllocationError
 from acttail.methods.calibration import CalibrationSet, calibration_nll
@@ -88,10 +89,7 @@ class Candidate:
         s_max: float,
         trace: GreedyTrace | None = None,
     ) -> Allocation:
-        ident = {
-            "model_id": str(report.model.get("model_id", "")),
-            "fingerprint": str(report.model.get("fingerprint", "")),
-        }
+        ident = model_ident(report.model)
         if self.method == "teal-greedy":
             if trace is None:
                 raise AllocationError("the teal-greedy candidate needs a greedy trace")

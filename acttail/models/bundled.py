@@ -11,6 +11,7 @@ models are opt-in (``make models-large``) so the default install stays small.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -178,7 +179,7 @@ def _assemble(bundle: BundledModel, parts: list[Path]) -> Path:
     with partial.open("wb") as out:
         for part in parts:
             with part.open("rb") as handle:
-                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                for block in iter(functools.partial(handle.read, 1 << 20), b""):
                     out.write(block)
     actual = _sha256(partial)
     if actual != expected_sha:

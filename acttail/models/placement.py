@@ -39,7 +39,7 @@ class ResolvedPlacement:
     def torch_dtype(self) -> torch.dtype:
         import torch
 
-        return getattr(torch, self.dtype)  # type: ignore[no-any-return]
+        return getattr(torch, self.dtype)
 
     def as_dict(self) -> dict[str, Any]:
         """Stored with every result (the device map as given, not the placement accelerate chose)."""

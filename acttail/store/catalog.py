@@ -172,7 +172,7 @@ def save_esd_run(
     return run, created
 
 
-def _run_query() -> Select[tuple[EsdRun]]:
+def _run_query() -> Select[EsdRun]:
     return select(EsdRun).options(selectinload(EsdRun.projections))
 
 

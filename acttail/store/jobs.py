@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from acttail.store.errors import ConflictError, IdempotencyKeyReusedError, InvalidStateError, NotFoundError
@@ -43,8 +43,9 @@ def create_job(
     Duplicates: the same Idempotency-Key for this team (any status), or the same request hash
     while a job is still queued or running. A key reused with a different request is a ConflictError.
     """
-    values = {
-        "id": str(uuid.uuid4()),
+    job_id = str(uuid.uuid4())
+    values: dict[str, Any] = {
+        "id": job_id,
         "team_id": team_id,
         "request": dict(request),
         "request_hash": request_hash,
@@ -63,7 +64,7 @@ def create_job(
         "updated_at": utcnow(),
     }
     if insert_ignore(db_session, Job.__table__, values):
-        return get_job(values["id"], db_session=db_session), True
+        return get_job(job_id, db_session=db_session), True
     conditions = [Job.active_key == request_hash]
     if idempotency_key is not None:
         conditions.append(Job.idempotency_key == idempotency_key)
@@ -71,9 +72,9 @@ def create_job(
     by_key = [job for job in existing if idempotency_key is not None and job.idempotency_key == idempotency_key]
     job = by_key[0] if by_key else (existing[0] if existing else None)
     if job is None:  # the conflicting job finished between our INSERT and SELECT: try once more
-        retry = {**values, "id": str(uuid.uuid4())}
-        if insert_ignore(db_session, Job.__table__, retry):
-            return get_job(retry["id"], db_session=db_session), True
+        retry_id = str(uuid.uuid4())
+        if insert_ignore(db_session, Job.__table__, {**values, "id": retry_id}):
+            return get_job(retry_id, db_session=db_session), True
         raise ConflictError("a concurrent identical request is being created; retry")
     if job.request_hash != request_hash:
         raise IdempotencyKeyReusedError("Idempotency-Key was already used for a different request")
@@ -118,7 +119,9 @@ def _transition(job_id: str, allowed: Iterable[JobStatus], values: dict[str, Any
         .values(**values, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return bool(db_session.execute(stmt).rowcount)
+    result = db_session.execute(stmt)
+    assert isinstance(result, CursorResult)  # an UPDATE always yields one; only it carries rowcount
+    return bool(result.rowcount)
 
 
 def mark_running(job_id: str, *, db_session: Session) -> Job | None:

@@ -9,7 +9,7 @@ checked by the API (``api.validation.check_model_id``) and again by ``resolve_mo
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -171,9 +171,9 @@ class JobRequest(_Strict):
             raise ValueError(f"calibration_tokens ({tokens}) must be at least calibration_seqlen ({seqlen})")
         return self
 
-    def allocation_params(self) -> dict[str, object]:
+    def allocation_params(self) -> dict[str, Any]:
         """Keyword arguments of ``acttail.methods.build_allocation`` for ``method`` (set knobs only)."""
-        out: dict[str, object] = {}
+        out: dict[str, Any] = {}
         for name in METHOD_FIELDS[self.method]:
             value = getattr(self, name)
             if value is not None:

@@ -9,7 +9,7 @@ session redirects to the login page.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -37,7 +37,7 @@ MAX_ROWS = 200
 class HtmlErrorRoute(APIRoute):
     """Errors become an HTML page with the right status; no session → the login page."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
