@@ -85,7 +85,7 @@ def load_pretrained(loader: Any, path: str, resolved: ResolvedPlacement, **extra
         weakref.finalize(model, shutil.rmtree, offload_dir, True)
     if resolved.device_map is None and resolved.device == "cpu":
         model = model.to("cpu")
-    return model.eval()  # type: ignore[no-any-return]
+    return model.eval()
 
 
 def input_device(model: nn.Module) -> torch.device:
