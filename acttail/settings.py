@@ -14,6 +14,12 @@ ACTTAIL_MODEL_ROOTS            directories local model paths must live under (``
 ACTTAIL_RESULTS_DIR            where workers write artefacts (default ``$ACTTAIL_HOME/results``)
 ACTTAIL_MAX_BODY_BYTES         request bodies above this size are refused with 413
 ACTTAIL_SESSION_SECRET         signs dashboard session cookies (default: generated into $ACTTAIL_HOME/session_secret)
+ACTTAIL_API_WORKERS            uvicorn worker processes of ``acttail serve`` (default 1; >1 needs the celery executor)
+ACTTAIL_DB_POOL_SIZE           database connections requests may hold at once, per API process (default 10)
+ACTTAIL_DB_MAX_OVERFLOW        extra connections for readiness probes and embedded job threads (default 5)
+ACTTAIL_DB_POOL_TIMEOUT_S      a request waits this long for a connection, then gets 503 + Retry-After (default 2)
+ACTTAIL_DB_STATEMENT_TIMEOUT_S PostgreSQL statement and idle-in-transaction timeout of API connections (default 30)
+ACTTAIL_AUTH_CACHE_TTL_S       how long a verified API key is trusted without asking the database (default 5; 0 = off)
 =============================  ==================================================================
 """
 
@@ -57,6 +63,29 @@ class Settings(BaseSettings):
         default=None, min_length=32, description="Signs dashboard session cookies; unset: $ACTTAIL_HOME/session_secret."
     )
     session_https_only: bool = Field(default=False, description="Send the dashboard cookie over HTTPS only.")
+    api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (celery executor only).")
+    api_keep_alive_s: float = Field(
+        default=5.0, gt=0, le=300, description="Idle HTTP keep-alive connections close after this."
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, le=500, description="Connections requests may hold at once, per API process."
+    )
+    db_max_overflow: int = Field(default=5, ge=0, le=500, description="Headroom for probes and embedded job threads.")
+    db_pool_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="Wait for a connection this long, then answer 503 (never queue for long)."
+    )
+    db_statement_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="PostgreSQL statement/idle-in-transaction timeout of API connections (0 = off).",
+    )
+    auth_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="Trust a verified API key this long without a database round trip (0 = off).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
@@ -89,6 +118,8 @@ class Settings(BaseSettings):
         if self.results_dir is None:
             self.results_dir = self.home / "results"
         self.model_roots = [Path(root).expanduser().resolve() for root in self.model_roots]
+        if self.api_workers > 1 and self.executor == "embedded":
+            raise ValueError("api_workers > 1 needs the celery executor: embedded jobs run inside the one API process")
         if self.task_hard_time_limit_s <= self.task_soft_time_limit_s:
             raise ValueError("task_hard_time_limit_s must exceed task_soft_time_limit_s")
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -17,7 +18,8 @@ from acttail import __version__
 from acttail.settings import Settings
 from acttail.store import migrate
 from acttail.store.bootstrap import ensure_default_team
-from acttail.store.db import make_engine, make_session_factory
+from acttail.store.db import make_engine, make_session_factory, pool_options
+from api.db_gate import DbGate
 from api.dispatch import EmbeddedDispatcher, JobDispatcher, build_dispatcher
 from api.errors import install_error_handlers
 from api.image_cache import ImageCache
@@ -35,16 +37,26 @@ Errors are JSON `{"detail": "..."}`.
 """
 
 
+def api_pool_options(settings: Settings) -> dict[str, Any]:
+    """The API engine's pool: ``db_pool_size`` connections for requests (the gate admits no more)
+    plus ``db_max_overflow`` for readiness probes and embedded job threads, which bypass the gate."""
+    return pool_options(
+        settings.database_url, size=settings.db_pool_size, overflow=settings.db_max_overflow,
+        timeout_s=settings.db_pool_timeout_s, statement_timeout_s=settings.db_statement_timeout_s,
+    )  # fmt: skip
+
+
 def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | None = None) -> FastAPI:
     """Build the app. ``dispatcher`` overrides the one ``settings.executor`` selects (tests)."""
     settings = settings or Settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, **api_pool_options(settings))
     session_factory = make_session_factory(engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.auto_migrate:
-            migrate.upgrade(settings.database_url, engine=engine)
+            # Not through the API's engine on PostgreSQL: its statement timeout is for requests.
+            migrate.upgrade(settings.database_url, engine=engine if settings.is_sqlite else None)
         active = dispatcher or build_dispatcher(settings, session_factory)
         app.state.dispatcher = active
         if isinstance(active, EmbeddedDispatcher):
@@ -62,6 +74,8 @@ def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | 
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = session_factory
+    app.state.database_key = str(engine.url)
+    app.state.db_gate = DbGate(settings.db_pool_size, settings.db_pool_timeout_s)
     app.state.head_revision = migrate.head_revision()
     app.state.image_cache = ImageCache()
     install_error_handlers(app)

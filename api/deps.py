@@ -1,18 +1,27 @@
-"""Typed dependencies: settings, one DB session per request, the caller's team, the dispatcher."""
+"""Typed dependencies: settings, one DB session per request, the caller's team, the dispatcher.
+
+A request holds a database connection only while its handler runs: the session is created behind
+the pool gate (``api.db_gate``) and closed as soon as the handler and its serialisation return
+(``scope="function"``), on the event loop, so giving the connection back never waits for a free
+thread. Authentication reads the per-process verified-key cache first and asks the database only
+on a miss, in a transaction of its own that ends before the handler starts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from acttail.settings import Settings
 from acttail.store import teams
 from acttail.store.errors import AuthenticationError
-from acttail.store.orm import Team
+from acttail.store.key_cache import TeamRef
+from api.db_gate import DbGate
 from api.dispatch import JobDispatcher
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `acttail admin create-key TEAM`.")
@@ -22,14 +31,18 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session for this request; handlers commit explicitly, anything uncommitted is rolled back."""
-    session: Session = request.app.state.session_factory()
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for this handler; handlers commit explicitly, anything uncommitted is rolled back."""
+    gate: DbGate = request.app.state.db_gate
+    await gate.acquire()
     try:
-        yield session
+        session: Session = request.app.state.session_factory()
+        try:
+            yield session
+        finally:
+            session.close()  # rolls back and returns the connection: one loopback round trip at most
     finally:
-        session.rollback()
-        session.close()
+        gate.release()
 
 
 def get_dispatcher(request: Request) -> JobDispatcher:
@@ -37,16 +50,29 @@ def get_dispatcher(request: Request) -> JobDispatcher:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 DispatcherDep = Annotated[JobDispatcher, Depends(get_dispatcher)]
 
 
-def get_team(
-    db_session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Team:
+def _authenticate_in_db(key: str, db_session: Session, ttl_s: float) -> TeamRef:
+    try:
+        return teams.authenticate(key, db_session=db_session, cache_ttl_s=ttl_s)
+    finally:
+        db_session.rollback()  # end the read: the connection goes back to the pool before the handler runs
+
+
+async def get_team(
+    request: Request,
+    db_session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TeamRef:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-    return teams.authenticate(credentials.credentials.strip(), db_session=db_session)
+    key = credentials.credentials.strip()
+    team = teams.cached_team(key, database=request.app.state.database_key)
+    if team is not None:
+        return team
+    return await run_in_threadpool(_authenticate_in_db, key, db_session, request.app.state.settings.auth_cache_ttl_s)
 
 
-TeamDep = Annotated[Team, Depends(get_team)]
+TeamDep = Annotated[TeamRef, Depends(get_team)]

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from acttail.errors import (
@@ -26,6 +27,7 @@ from acttail.store.errors import (
     InvalidStateError,
     NotFoundError,
 )
+from api.db_gate import PoolSaturatedError
 from api.dispatch import BrokerUnavailableError
 from api.plot_images import UndrawableError
 from api.ui.forms import FormError
@@ -52,6 +54,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     UndrawableError: 422,
     FormError: 422,
     BrokerUnavailableError: 503,
+    PoolSaturatedError: 503,
     ActTailError: 400,
 }
 
@@ -76,7 +79,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _acttail_error(_request: Request, exc: ActTailError) -> JSONResponse:
         status = status_for(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, PoolSaturatedError):
+            headers = {"Retry-After": str(exc.retry_after_s)}
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_timeout(_request: Request, _exc: PoolTimeoutError) -> JSONResponse:
+        # A checkout outside the gate (or a pool smaller than the gate) timed out: same answer.
+        saturated = PoolSaturatedError(app.state.settings.db_pool_timeout_s)
+        headers = {"Retry-After": str(saturated.retry_after_s)}
+        return JSONResponse({"detail": str(saturated)}, status_code=503, headers=headers)
 
     @app.exception_handler(DataError)
     async def _data_error(_request: Request, exc: DataError) -> JSONResponse:

@@ -6,6 +6,7 @@ the database (a SQLAlchemy URL or a path to a SQLite file).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -81,7 +82,17 @@ def serve(
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"ActTail API on {url} ({settings.executor} executor); API docs at {url}/docs")
     typer.echo(f"Dashboard: {url}/ui (log in with a team API key)")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    common: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "log_level": "info", "timeout_keep_alive": settings.api_keep_alive_s,
+    }  # fmt: skip
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    # Worker processes build their own app from the environment: hand the command line's overrides on.
+    os.environ["ACTTAIL_DATABASE_URL"] = settings.database_url
+    os.environ["ACTTAIL_EXECUTOR"] = settings.executor
+    typer.echo(f"{settings.api_workers} worker processes")
+    uvicorn.run("api.app:create_app", factory=True, workers=settings.api_workers, **common)
 
 
 @db_app.command("upgrade")

@@ -10,7 +10,8 @@ Engine and sessions (``acttail.store.db``)
 Schema (``acttail.store.migrate``; never ``create_all``)
     upgrade(url, "head"), downgrade(url, rev), current_revision(engine), head_revision()
 Teams and keys (``acttail.store.teams``)
-    create_team(name), create_api_key(team) -> plaintext shown once, authenticate(key) -> Team
+    create_team(name), create_api_key(team) -> plaintext shown once, authenticate(key, cache_ttl_s=) -> TeamRef
+    (verified keys cached per process for the TTL, ``acttail.store.key_cache``; revoke_api_key drops them)
 Models and ESD (``acttail.store.catalog``) - ESD runs are a cache shared by every team's jobs; a
 team sees a model (and reads its runs) only with its own job or a visible allocation/benchmark
     get_or_create_model(ModelDescription) -> Model (unique fingerprint)

@@ -36,6 +36,26 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def pool_options(
+    database_url: str, *, size: int, overflow: int, timeout_s: float, statement_timeout_s: float = 0.0
+) -> dict[str, Any]:
+    """``make_engine`` keyword arguments for a server process: a bounded pool that fails fast.
+
+    ``timeout_s`` is how long a checkout waits before raising (the API turns that into a 503);
+    on PostgreSQL ``statement_timeout_s`` also bounds every statement and any transaction left
+    idle, so no connection can be held by a forgotten transaction (0 leaves both unbounded).
+    An in-memory SQLite database keeps its single-connection pool.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return {}
+    options: dict[str, Any] = {"pool_size": size, "max_overflow": overflow, "pool_timeout": timeout_s}
+    if url.get_backend_name() == "postgresql" and statement_timeout_s > 0:
+        ms = int(statement_timeout_s * 1000)
+        options["connect_args"] = {"options": f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"}
+    return options
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -1,4 +1,4 @@
-"""Teams and API keys."""
+"""Teams and API keys; verified keys are cached briefly (``acttail.store.key_cache``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from acttail.store import keys
 from acttail.store.errors import AuthenticationError, ConflictError, NotFoundError
+from acttail.store.key_cache import VERIFIED_KEYS, TeamRef
 from acttail.store.orm import ApiKey, Team, utcnow
 from acttail.store.upsert import insert_ignore
 
@@ -42,22 +43,57 @@ def create_api_key(team: Team, *, db_session: Session, label: str = "") -> str:
     return new.plaintext
 
 
-def authenticate(plaintext: str, *, db_session: Session) -> Team:
-    """The team owning ``plaintext``; AuthenticationError for anything else (one message for all)."""
+def database_key(db_session: Session) -> str:
+    """Which database a session talks to, as the key cache's namespace."""
+    return str(db_session.get_bind().url)
+
+
+def cached_team(plaintext: str, *, database: str) -> TeamRef | None:
+    """The team of ``plaintext`` if this process verified it within the cache TTL, else None
+    (the caller then asks the database with :func:`authenticate`)."""
     prefix = keys.parse_prefix(plaintext)
-    row = None if prefix is None else db_session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
-    if row is None or row.revoked_at is not None or not keys.matches(plaintext, row.key_hash):
-        raise AuthenticationError("invalid or revoked API key")
-    return row.team
+    hit = None if prefix is None else VERIFIED_KEYS.get(database, prefix)
+    if hit is None or not keys.matches(plaintext, hit[1]):
+        return None
+    return hit[0]
 
 
-def team_of_key_prefix(prefix: str, *, db_session: Session) -> Team:
-    """The team of the unrevoked key with this lookup prefix (a dashboard session remembers only
-    the prefix of the key it was opened with, so revoking the key ends the session)."""
+def _key_row(prefix: str, *, db_session: Session) -> ApiKey:
     row = db_session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
     if row is None or row.revoked_at is not None:
         raise AuthenticationError("invalid or revoked API key")
-    return row.team
+    return row
+
+
+def authenticate(plaintext: str, *, db_session: Session, cache_ttl_s: float = 0.0) -> TeamRef:
+    """The team owning ``plaintext``; AuthenticationError for anything else (one message for all).
+    A verified key is remembered for ``cache_ttl_s`` seconds (0: not at all)."""
+    database = database_key(db_session)
+    team = cached_team(plaintext, database=database)
+    if team is not None:
+        return team
+    prefix = keys.parse_prefix(plaintext)
+    if prefix is None:
+        raise AuthenticationError("invalid or revoked API key")
+    row = _key_row(prefix, db_session=db_session)
+    if not keys.matches(plaintext, row.key_hash):
+        raise AuthenticationError("invalid or revoked API key")
+    team = TeamRef(id=row.team.id, name=row.team.name)
+    VERIFIED_KEYS.put(database, prefix, team, row.key_hash, cache_ttl_s)
+    return team
+
+
+def team_of_key_prefix(prefix: str, *, db_session: Session, cache_ttl_s: float = 0.0) -> TeamRef:
+    """The team of the unrevoked key with this lookup prefix (a dashboard session remembers only
+    the prefix of the key it was opened with, so revoking the key ends the session)."""
+    database = database_key(db_session)
+    hit = VERIFIED_KEYS.get(database, prefix)
+    if hit is not None:
+        return hit[0]
+    row = _key_row(prefix, db_session=db_session)
+    team = TeamRef(id=row.team.id, name=row.team.name)
+    VERIFIED_KEYS.put(database, prefix, team, row.key_hash, cache_ttl_s)
+    return team
 
 
 def revoke_api_key(prefix: str, *, db_session: Session) -> None:
@@ -66,3 +102,4 @@ def revoke_api_key(prefix: str, *, db_session: Session) -> None:
         raise NotFoundError(f"no API key with prefix {prefix!r}")
     row.revoked_at = utcnow()
     db_session.flush()
+    VERIFIED_KEYS.invalidate(prefix)

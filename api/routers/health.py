@@ -13,8 +13,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
-    """The process is up (no dependencies checked)."""
+async def healthz() -> Health:
+    """The process is up (no dependencies checked; async, so it needs neither a thread nor a connection)."""
     return Health(status="ok")
 
 

@@ -17,7 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.templating import Jinja2Templates
 
 from acttail import __version__
-from acttail.store.orm import Team
+from acttail.store.key_cache import TeamRef
 from api.ui.session import csrf_token
 
 UI = "/ui"
@@ -78,7 +78,7 @@ templates = Jinja2Templates(env=_environment())
 
 
 def page(
-    request: Request, name: str, context: dict[str, Any], *, team: Team | None = None, status: int = 200
+    request: Request, name: str, context: dict[str, Any], *, team: TeamRef | None = None, status: int = 200
 ) -> Response:
     """Render ``name`` with the common context (team, CSRF token, active nav entry)."""
     full = {"team": team, "csrf": csrf_token(request), "nav": "", "error": None, **context}

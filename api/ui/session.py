@@ -22,7 +22,7 @@ from acttail.errors import ActTailError
 from acttail.settings import Settings
 from acttail.store import keys, teams
 from acttail.store.errors import AuthenticationError
-from acttail.store.orm import Team
+from acttail.store.key_cache import TeamRef
 from api.deps import SessionDep
 
 COOKIE_NAME = "acttail_session"
@@ -74,7 +74,7 @@ def check_csrf(request: Request, submitted: str) -> None:
         raise CsrfError("the form's security token is missing or stale; reload the page and submit again")
 
 
-def log_in(request: Request, key: str, *, db_session: Session) -> Team:
+def log_in(request: Request, key: str, *, db_session: Session) -> TeamRef:
     """Check ``key`` and bind a fresh session to it (new CSRF token: no session fixation)."""
     team = teams.authenticate(key.strip(), db_session=db_session)
     prefix = keys.parse_prefix(key.strip())
@@ -87,13 +87,15 @@ def log_out(request: Request) -> None:
     request.session.clear()
 
 
-def session_team(request: Request, db_session: SessionDep) -> Team:
+def session_team(request: Request, db_session: SessionDep) -> TeamRef:
     """The team of the logged-in session, with its key still valid; else LoginRequired."""
     prefix, team_id = request.session.get("key_prefix"), request.session.get("team_id")
     if not prefix or team_id is None:
         raise LoginRequired("log in with your team's API key")
     try:
-        team = teams.team_of_key_prefix(str(prefix), db_session=db_session)
+        team = teams.team_of_key_prefix(
+            str(prefix), db_session=db_session, cache_ttl_s=request.app.state.settings.auth_cache_ttl_s
+        )
     except AuthenticationError:
         request.session.clear()
         raise LoginRequired("the API key of this session was revoked; log in again") from None
@@ -103,4 +105,4 @@ def session_team(request: Request, db_session: SessionDep) -> Team:
     return team
 
 
-UiTeamDep = Annotated[Team, Depends(session_team)]
+UiTeamDep = Annotated[TeamRef, Depends(session_team)]

@@ -195,13 +195,30 @@ def model_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def api(db_url: str, tmp_path: Path, model_root: Path) -> Iterator[Api]:
+def make_api(db_url: str, tmp_path: Path, model_root: Path) -> Iterator[Callable[..., Api]]:
+    """``make_api(**settings)`` -> an Api on the real app with those settings overridden (closed after the test)."""
+    from contextlib import ExitStack
+
     from fastapi.testclient import TestClient
 
     from acttail.settings import Settings
     from api.app import create_app
 
-    settings = Settings(home=tmp_path / "home", database_url=db_url, model_roots=[model_root], max_body_bytes=MAX_BODY)
-    dispatcher = RecordingDispatcher()
-    with TestClient(create_app(settings, dispatcher=dispatcher)) as client:
-        yield Api(client, dispatcher, settings)
+    with ExitStack() as stack:
+
+        def make(**overrides: object) -> Api:
+            values: dict[str, object] = {
+                "home": tmp_path / "home", "database_url": db_url, "model_roots": [model_root],
+                "max_body_bytes": MAX_BODY, **overrides,
+            }  # fmt: skip
+            settings = Settings(**values)  # type: ignore[arg-type]
+            dispatcher = RecordingDispatcher()
+            client = stack.enter_context(TestClient(create_app(settings, dispatcher=dispatcher)))
+            return Api(client, dispatcher, settings)
+
+        yield make
+
+
+@pytest.fixture
+def api(make_api: Callable[..., Api]) -> Api:
+    return make_api()
