@@ -45,7 +45,8 @@ def create_api_key(team: Team, *, db_session: Session, label: str = "") -> str:
 
 def database_key(db_session: Session) -> str:
     """Which database a session talks to, as the key cache's namespace."""
-    return str(db_session.get_bind().url)
+    bind = db_session.get_bind()
+    return str(bind.engine.url)
 
 
 def cached_team(plaintext: str, *, database: str) -> TeamRef | None:
