@@ -26,6 +26,7 @@ import numpy as np
 
 from acttail.errors import AllocationError
 from acttail.models.architectures import parse_projection_name
+from acttail.registry import check_target
 
 ALLOCATION_FORMAT = "acttail.allocation"
 ALLOCATION_VERSION = 1
@@ -148,9 +149,7 @@ def validate_allocation_document(doc: Any) -> Allocation:
     for key, kind in (("model_id", str), ("fingerprint", str), ("method", str)):
         if not isinstance(doc.get(key), kind):
             raise AllocationError(f"allocation document: {key!r} must be a string")
-    target = doc.get("target")
-    if not isinstance(target, int | float) or isinstance(target, bool) or not 0.0 <= target < 1.0:
-        raise AllocationError("allocation document: 'target' must be a number in [0, 1)")
+    target = check_target(doc.get("target"), "allocation document: 'target'", AllocationError)
     sparsities, counts = doc.get("sparsities"), doc.get("param_counts")
     if not isinstance(sparsities, Mapping) or not sparsities:
         raise AllocationError("allocation document: 'sparsities' must be a non-empty object")
@@ -266,8 +265,7 @@ def allocate(
     names = list(param_counts)
     if not names:
         raise AllocationError("no projections to allocate")
-    if not 0.0 <= target < 1.0:
-        raise AllocationError(f"target sparsity must be in [0, 1), got {target}")
+    check_target(target, error=AllocationError)
     weights = np.array([param_counts[n] for n in names], dtype=np.float64)
     if method == "uniform":
         values = np.full(len(names), float(target))

@@ -25,9 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 from acttail.allocate import Allocation, AllocationParams
 from acttail.errors import ActTailError
-from acttail.methods import DEFAULT_METHOD, NEEDS_MODEL
-from acttail.methods import METHODS as ALLOCATION_METHODS
-from acttail.sparsity import SparsityMode
+from acttail.registry import (
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_ESTIMATOR,
+    DEFAULT_MODE,
+    DEFAULT_RUN_METHODS,
+    ESTIMATORS,
+    METHODS,
+    SPARSITY_MODES,
+    check_target,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -39,10 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
-METHODS: tuple[str, ...] = tuple(ALLOCATION_METHODS)
-# The table shows the paper's rule against uniform, and the default method beside them.
-DEFAULT_METHODS: tuple[str, ...] = ("uniform", "acttail", DEFAULT_METHOD)
-ESTIMATORS: tuple[str, ...] = ("ks", "ks_peak", "hill")
 RESULT_FORMAT = "acttail.pipeline_result"
 RESULT_VERSION = 1
 
@@ -56,10 +59,10 @@ class PipelineConfig:
     """What to evaluate and under which protocol; stored verbatim in the result."""
 
     targets: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = DEFAULT_RUN_METHODS
     params: AllocationParams = field(default_factory=AllocationParams)
-    estimator: str = "ks"
-    mode: str = "topk"
+    estimator: str = DEFAULT_ESTIMATOR
+    mode: str = DEFAULT_MODE
     seqlen: int = 2048
     max_tokens: int | None = None
     tasks: tuple[str, ...] = ()
@@ -67,25 +70,24 @@ class PipelineConfig:
     include_dense: bool = True
     # WikiText-2 validation tokens (windows of ``seqlen``): threshold calibration, and the text
     # auto and teal-greedy choose on.
-    calibration_tokens: int = 16_384
+    calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
 
     @property
     def calibrated_methods(self) -> tuple[str, ...]:
         """The methods that run the model on calibration text to build their allocation."""
-        return tuple(m for m in self.methods if m in NEEDS_MODEL)
+        return tuple(m for m in self.methods if m in METHODS and METHODS[m].needs_model)
 
     def validate(self) -> None:
         """Every problem as one readable ActTailError, before any model is loaded."""
         for target in self.targets:
-            if not (isinstance(target, int | float) and math.isfinite(target) and 0.0 <= target < 1.0):
-                raise ActTailError(f"sparsity targets must be in [0, 1), got {target!r}")
+            check_target(target)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ActTailError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
         if self.estimator not in ESTIMATORS:
             raise ActTailError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
-        if self.mode not in tuple(SparsityMode):
-            raise ActTailError(f"unknown mode {self.mode!r}; valid: {', '.join(SparsityMode)}")
+        if self.mode not in SPARSITY_MODES:
+            raise ActTailError(f"unknown mode {self.mode!r}; valid: {', '.join(SPARSITY_MODES)}")
         if not 0.0 <= self.params.epsilon < 1.0:
             raise ActTailError(f"epsilon must be in [0, 1), got {self.params.epsilon}")
         if self.seqlen < 2:
@@ -129,7 +131,7 @@ class PipelineConfig:
                     "windows": "spread over the split",
                     "thresholds": "sequential",
                 }
-                if self.mode == SparsityMode.THRESHOLD
+                if self.mode == "threshold"
                 else None
             ),
             "method_calibration": (  # the text auto / teal-greedy chose on (their documents say more)
@@ -300,7 +302,7 @@ def evaluate_variants(
     share = (1.0 - start) / max(1, len(allocations))
     test_ids = tokenize_split(tokenizer, "test", config.max_tokens)
     calibration_ids = None
-    if config.mode == SparsityMode.THRESHOLD:
+    if config.mode == "threshold":
         # The whole split: calibrate_thresholds spreads its calibration_tokens over it, in windows of seqlen.
         calibration_ids = tokenize_split(tokenizer, "validation")
     results: list[VariantResult] = []

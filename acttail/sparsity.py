@@ -58,7 +58,13 @@ class RealisedSparsity:
 
 
 def keep_count(sparsity: float, d_in: int) -> int:
-    """k = round((1 - s) * d_in), clamped to [0, d_in]."""
+    """k = round((1 - s) * d_in), clamped to [0, d_in]: the channels TopK keeps at sparsity s.
+
+    The one count of the hooks, the greedy search and the decode kernels (Python's round, half to
+    even), so every path keeps the same number of channels.
+    """
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     return min(d_in, max(0, round((1.0 - sparsity) * d_in)))
 
 

@@ -18,13 +18,14 @@ from urllib.parse import urlparse
 from sqlalchemy.orm import Session, sessionmaker
 
 from acttail.errors import ActTailError
+from acttail.registry import RUN_JOB_TASK
 from acttail.settings import Settings
 from acttail.store import jobs
 from acttail.store.db import session_scope
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "acttail.run_job"
+TASK_NAME = RUN_JOB_TASK
 Runner = Callable[..., None]
 
 

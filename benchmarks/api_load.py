@@ -413,12 +413,12 @@ def main() -> None:
     if args.job_clients * args.jobs_per_client > 900:
         parser.error("at most 900 jobs (targets must stay unique below 0.91)")
 
-    from tests.integration.workers.tiny_model import build_tiny_llama
+    from tests.tiny_models import save_tiny_model
 
     host = machine()
     workdir = Path(tempfile.mkdtemp(prefix="acttail-load-"))
     model_root = workdir / "models"
-    build_tiny_llama(model_root / "tiny-llama")
+    save_tiny_model(model_root / "tiny-llama", tokenizer="wikitext")
     stack = Stack(workdir, model_root, args.api_workers)
     reads: list[dict[str, Any]] = []
     try:

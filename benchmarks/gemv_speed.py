@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine, load_average
 
 from acttail import kernels
+from acttail.sparsity import keep_count
 
 SHAPES = {  # (d_out, d_in)
     "smollm2 q/o 576x576": (576, 576),
@@ -94,7 +95,7 @@ def bench_shape(
     flush = _Flusher(flush_bytes, device)
     rows = []
     for s in SPARSITIES:
-        k = kernels.keep_count(d_in, s)
+        k = keep_count(s, d_in)
         sel = [kernels.select_topk(x, k) for x in xs]
         fns = {
             "dense": [lambda x=x: F.linear(x, w) for x in xs],

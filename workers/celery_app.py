@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
+from acttail.registry import RUN_JOB_TASK
+
 if TYPE_CHECKING:
     from acttail.settings import Settings
 
-TASK_NAME = "acttail.run_job"
+TASK_NAME = RUN_JOB_TASK
 QUEUES = ("cpu", "gpu")
 RESTORE_INTERVAL_S = 10  # how often a worker sweeps Redis for unacked messages past the visibility timeout
 

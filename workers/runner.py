@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy.exc
 
 from acttail.errors import ActTailError
+from acttail.registry import METHODS
 from acttail.store.db import session_scope
 from acttail.store.jobs import link_results, mark_failed, mark_running, mark_succeeded, update_progress
 from acttail.store.measurements import Measurement, perplexity_measurements, save_measurements, zeroshot_measurements
 from acttail.store.orm import JobStatus
-from acttail.store.requests import NEEDS_MODEL, JobRequest
+from acttail.store.requests import JobRequest
 from workers.locks import esd_lock
 
 try:  # raised inside a Celery task when the soft time limit passes; absent in embedded-only installs
@@ -346,7 +347,7 @@ def _allocation_stage(
     from acttail.methods import AlphaTable, build_allocations
     from acttail.store.results import save_allocation
 
-    calibrated = request.method in NEEDS_MODEL
+    calibrated = METHODS[request.method].needs_model
     start, stop = CALIBRATED_ALLOCATE_SPAN if calibrated else ALLOCATE_SPAN
     ctx.report("allocate", start)
     loaded = None

@@ -17,6 +17,17 @@ from rich.table import Table
 
 from acttail.allocate import Direction, Granularity
 from acttail.errors import ActTailError, AllocationError
+from acttail.registry import (
+    DEFAULT_CALIBRATION_SEQLEN,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_ESTIMATOR,
+    DEFAULT_METHOD,
+    ESTIMATORS,
+    METHODS,
+    TARGET_MAX,
+    TARGET_MIN,
+    method_spec,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,10 +38,7 @@ if TYPE_CHECKING:
 
 console = Console()
 
-ESTIMATORS = ("ks", "ks_peak", "hill")
-# The --method help without importing torch at startup (acttail.methods.METHODS is checked when the
-# command runs, and the help against it by tests/unit/test_allocate_cli.py).
-METHOD_HELP = "uniform | acttail | acttail-reverse | acttail-block | acttail-per-type | teal-greedy | auto"
+METHOD_HELP = " | ".join(METHODS)
 
 
 def _check_estimator(value: str) -> str:
@@ -41,7 +49,7 @@ def _check_estimator(value: str) -> str:
 
 ModelArg = Annotated[str, typer.Argument(help="Bundled alias (smollm2-135m, gemma3-270m), local path, or hub ID.")]
 EstimatorOpt = Annotated[
-    str, typer.Option("--estimator", "-e", help="x_min rule: ks | ks_peak | hill.", callback=_check_estimator)
+    str, typer.Option("--estimator", "-e", help=f"x_min rule: {' | '.join(ESTIMATORS)}.", callback=_check_estimator)
 ]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
 PlotOpt = Annotated[
@@ -129,7 +137,7 @@ def write_csv(report: ESDReport, path: Path) -> None:
 
 def alphas(
     model: ModelArg,
-    estimator: EstimatorOpt = "ks",
+    estimator: EstimatorOpt = DEFAULT_ESTIMATOR,
     revision: RevisionOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one row per projection as CSV.")] = None,
@@ -159,7 +167,9 @@ def alphas(
 
 def allocate_command(
     model: ModelArg,
-    sparsity: Annotated[float, typer.Option("--sparsity", "-s", min=0.0, max=0.99, help="Target mean sparsity.")],
+    sparsity: Annotated[
+        float, typer.Option("--sparsity", "-s", min=TARGET_MIN, max=TARGET_MAX, help="Target mean sparsity.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Allocation JSON document to write.")],
     method: Annotated[
         str,
@@ -169,7 +179,7 @@ def allocate_command(
             help=f"{METHOD_HELP}. auto (default) and teal-greedy load the model and run it on WikiText-2 "
             "validation text: minutes on a CPU for a 135M model.",
         ),
-    ] = "auto",
+    ] = DEFAULT_METHOD,
     epsilon: Annotated[
         float | None, typer.Option("--epsilon", min=0.0, max=0.99, help="ActTail methods: half-width of the alpha map.")
     ] = None,
@@ -181,16 +191,23 @@ def allocate_command(
     ] = None,
     calibration_tokens: Annotated[
         int | None,
-        typer.Option("--calibration-tokens", min=64, help="auto, teal-greedy: WikiText-2 validation tokens [8192]."),
+        typer.Option(
+            "--calibration-tokens",
+            min=64,
+            help=f"auto, teal-greedy: WikiText-2 validation tokens [{DEFAULT_CALIBRATION_TOKENS}].",
+        ),
     ] = None,
     calibration_seqlen: Annotated[
-        int | None, typer.Option("--calibration-seqlen", min=16, help="auto, teal-greedy: window length [512].")
+        int | None,
+        typer.Option(
+            "--calibration-seqlen", min=16, help=f"auto, teal-greedy: window length [{DEFAULT_CALIBRATION_SEQLEN}]."
+        ),
     ] = None,
     min_gain: Annotated[
         float | None,
         typer.Option("--min-gain", min=0.0, max=0.5, help="auto: keep uniform unless a candidate wins by this [0.01]."),
     ] = None,
-    estimator: EstimatorOpt = "ks",
+    estimator: EstimatorOpt = DEFAULT_ESTIMATOR,
     revision: RevisionOpt = None,
     alphas_json: Annotated[
         Path | None, typer.Option("--alphas", help="Reuse a report written by `acttail alphas --json`.")
@@ -204,16 +221,15 @@ def allocate_command(
     WikiText-2 validation text and keeps uniform unless another wins there by --min-gain, so it
     needs the model loaded; the alpha-only methods (uniform, acttail...) need just the alphas.
     """
-    from acttail.methods import METHODS, NEEDS_MODEL, method_knobs
+    from acttail.methods import method_knobs
 
-    if method not in METHODS:
-        raise AllocationError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    spec = method_spec(method)
     knobs = _method_knobs(
         method, method_knobs(method), epsilon=epsilon, direction=direction, granularity=granularity,
         calibration_tokens=calibration_tokens, calibration_seqlen=calibration_seqlen, min_gain=min_gain,
     )  # fmt: skip
     report = _load_or_compute(model, revision, estimator, alphas_json, progress=not quiet)
-    document = _build(model, revision, method, sparsity, report, knobs, needs_model=method in NEEDS_MODEL, quiet=quiet)
+    document = _build(model, revision, method, sparsity, report, knobs, needs_model=spec.needs_model, quiet=quiet)
     document.save(output)
     if "choice" in document.params:
         console.print(f"auto chose: {document.params['choice']['label']}", highlight=False)

@@ -15,11 +15,17 @@ from rich.console import Console
 from rich.table import Table
 
 from acttail.cli.esd_commands import (
-    ESTIMATORS,
     EstimatorOpt,
     ModelArg,
     RevisionOpt,
     _load_or_compute,
+)
+from acttail.registry import (
+    DEFAULT_CALIBRATION_SEQLEN,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    METHODS,
 )
 
 if TYPE_CHECKING:
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
     from acttail.methods import CalibrationSet
 
 console = Console()
-SEARCH_METHODS = ("auto", "teal-greedy")
+SEARCH_METHODS = tuple(name for name, spec in METHODS.items() if spec.needs_model)
 
 AlphasOpt = Annotated[
     Path | None,
@@ -60,7 +66,7 @@ def sensitivity(
     groups: Annotated[int, typer.Option("--groups", min=1, help="Layer groups per projection kind.")] = 3,
     max_tokens: TokensOpt = 4096,
     seqlen: SeqlenOpt = 512,
-    estimator: EstimatorOpt = "ks",
+    estimator: EstimatorOpt = DEFAULT_ESTIMATOR,
     all_estimators: Annotated[
         bool,
         typer.Option("--all-estimators", help="Correlate alpha of ks, ks_peak and hill."),
@@ -105,10 +111,10 @@ def allocate_search(
         typer.Option("--sparsity", "-s", min=0.0, max=0.99, help="Target mean sparsity."),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Allocation JSON document to write.")],
-    method: Annotated[str, typer.Option("--method", help="auto | teal-greedy.")] = "auto",
-    max_tokens: TokensOpt = 8192,
-    seqlen: SeqlenOpt = 512,
-    estimator: EstimatorOpt = "ks",
+    method: Annotated[str, typer.Option("--method", help=" | ".join(SEARCH_METHODS) + ".")] = "auto",
+    max_tokens: TokensOpt = DEFAULT_CALIBRATION_TOKENS,
+    seqlen: SeqlenOpt = DEFAULT_CALIBRATION_SEQLEN,
+    estimator: EstimatorOpt = DEFAULT_ESTIMATOR,
     alphas_json: AlphasOpt = None,
     revision: RevisionOpt = None,
 ) -> None:

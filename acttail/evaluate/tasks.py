@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from acttail.errors import ActTailError
+from acttail.registry import ZEROSHOT_TASKS
 
 
 class UnknownTaskError(ActTailError):
@@ -248,7 +249,9 @@ TASKS: dict[str, TaskSpec] = {
     )
 }
 
-ALL_TASKS: tuple[str, ...] = tuple(TASKS)
+ALL_TASKS: tuple[str, ...] = ZEROSHOT_TASKS
+if tuple(TASKS) != ZEROSHOT_TASKS:  # the names are the registry's; this module says how each is scored
+    raise ImportError(f"acttail.evaluate.tasks defines {tuple(TASKS)}, the registry names {ZEROSHOT_TASKS}")
 
 
 def get_task(name: str) -> TaskSpec:

@@ -24,24 +24,12 @@ from acttail.kernels import cpu, triton_gemv
 
 __all__ = [
     "backend_name",
-    "keep_count",
     "select_threshold",
     "select_topk",
     "sparse_gemv",
     "threshold_gemv",
     "topk_gemv",
 ]
-
-
-def keep_count(d_in: int, sparsity: float) -> int:
-    """k = round((1 - s) * d_in), clamped to [0, d_in]: the channels TopK keeps at sparsity s.
-
-    Python's round (half to even), the same count as ``acttail.sparsity.keep_count``, so the
-    kernel path and the reference masking keep the same number of channels.
-    """
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-    return max(0, min(d_in, round((1.0 - sparsity) * d_in)))
 
 
 def backend_name(device: torch.device | str, dtype: torch.dtype) -> str:

@@ -22,27 +22,27 @@ and the greedy trace between them; the CLI, the pipeline and the workers use it.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from acttail.allocate import (
-    Allocation,
-    AllocationParams,
-    Direction,
-    Granularity,
-    ModelIdent,
-    allocate,
-    model_ident,
-)
-from acttail.errors import AllocationError
+from acttail.allocate import Allocation
+from acttail.errors import ActTailError, AllocationError
+from acttail.methods.builders import BuildContext, greedy_knobs
 from acttail.methods.calibration import (
-    DEFAULT_CALIBRATION_SEQLEN,
-    DEFAULT_CALIBRATION_TOKENS,
     CalibrationSet,
     calibration_from_ids,
     calibration_nll,
     calibration_set,
+)
+from acttail.registry import (
+    DEFAULT_CALIBRATION_SEQLEN,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_METHOD,
+    METHODS,
+    MethodSpec,
+    method_spec,
 )
 
 if TYPE_CHECKING:
@@ -52,42 +52,9 @@ if TYPE_CHECKING:
 #: ``progress(stage, fraction)``: what the allocation is doing now, fraction of the whole build in [0, 1].
 Progress = Callable[[str, float], None]
 
-METHODS: dict[str, str] = {
-    "uniform": "every projection at the target (baseline)",
-    "acttail": "alpha mapped linearly into [1-eps, 1+eps], higher alpha sparser, per projection (ActTail/AlphaPruning)",
-    "acttail-reverse": "acttail with lower alpha sparser",
-    "acttail-block": "acttail with alpha averaged per transformer block (AlphaPruning's block-wise)",
-    "acttail-per-type": "acttail with alpha min-max normalised within each projection kind",
-    "teal-greedy": "TEAL's block-wise greedy search on calibration activations (needs the model)",
-    "auto": "best of uniform, an ActTail grid and TEAL-greedy by calibration perplexity (needs the model)",
-}
-DEFAULT_METHOD = "auto"
-#: Methods that run the model on calibration text (``build_allocation`` needs ``model=``).
-NEEDS_MODEL = frozenset({"teal-greedy", "auto"})
-
-_ALPHA_KNOBS = {"epsilon", "direction", "granularity", "s_min", "s_max"}
-_KNOBS: dict[str, set[str]] = {
-    "uniform": set(),
-    "acttail": _ALPHA_KNOBS,
-    "acttail-reverse": _ALPHA_KNOBS - {"direction"},
-    "acttail-block": _ALPHA_KNOBS - {"granularity"},
-    "acttail-per-type": _ALPHA_KNOBS,
-    "teal-greedy": {
-        "s_min",
-        "s_max",
-        "step",
-        "greedy_tokens",
-        "last_fraction",
-        "trace",
-    },
-    "auto": {"s_min", "s_max", "grid", "min_gain", "trace"},
-}
-_CALIBRATION_KNOBS = {"calibration_tokens", "calibration_seqlen"}
-
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
-    "NEEDS_MODEL",
     "AlphaReport",
     "AlphaTable",
     "CalibrationSet",
@@ -131,16 +98,16 @@ class AlphaTable:
         return dict(self.counts)
 
 
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise AllocationError(f"unknown allocation method {method!r}; valid: {', '.join(METHODS)}")
+def _spec(method: str) -> MethodSpec:
+    try:
+        return method_spec(method)
+    except ActTailError as exc:
+        raise AllocationError(str(exc)) from None
 
 
 def method_knobs(method: str) -> frozenset[str]:
-    """The keyword parameters ``build_allocation(method, ...)`` accepts (besides ``trace``'s reuse)."""
-    _check_method(method)
-    calibration = _CALIBRATION_KNOBS if method in NEEDS_MODEL else set()
-    return frozenset(_KNOBS[method] | calibration)
+    """The keyword parameters ``build_allocation(method, ...)`` accepts (``trace`` is internal reuse)."""
+    return _spec(method).accepted - {"trace"}
 
 
 def greedy_trace(
@@ -159,19 +126,6 @@ def greedy_trace(
     return _trace(model, calibration, max_target=max_target, **knobs)
 
 
-def _alpha_params(params: Mapping[str, Any], **forced: Any) -> AllocationParams:
-    values: dict[str, Any] = {k: params[k] for k in _ALPHA_KNOBS if k in params}
-    values.update(forced)
-    try:
-        if "direction" in values:
-            values["direction"] = Direction(values["direction"])
-        if "granularity" in values:
-            values["granularity"] = Granularity(values["granularity"])
-    except ValueError as exc:
-        raise AllocationError(str(exc)) from None
-    return AllocationParams(**values)
-
-
 def _calibration(
     calibration: CalibrationSet | None,
     tokenizer: PreTrainedTokenizerBase | None,
@@ -188,6 +142,11 @@ def _calibration(
     )
 
 
+def _builder(spec: MethodSpec) -> Callable[..., Allocation]:
+    module, _, function = spec.builder.partition(":")
+    return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+
+
 def build_allocation(
     method: str,
     *,
@@ -201,69 +160,30 @@ def build_allocation(
 ) -> Allocation:
     """Build the ``method`` allocation of ``report``'s model at parameter-weighted sparsity ``target``.
 
-    ``params`` are the method's knobs (see ``METHODS`` and each module); an unknown method or
-    knob raises AllocationError naming the valid ones. ``teal-greedy`` and ``auto`` need the
-    loaded ``model`` and calibration text (``calibration`` or a ``tokenizer`` to build the default
-    ``calibration_tokens`` x ``calibration_seqlen`` set from WikiText-2 validation).
+    ``params`` are the method's knobs (``acttail.registry.METHODS``); an unknown method or knob
+    raises AllocationError naming the valid ones. The methods that need the model (``teal-greedy``,
+    ``auto``) read the loaded ``model`` and calibration text (``calibration``, or a ``tokenizer`` to
+    build the default ``calibration_tokens`` x ``calibration_seqlen`` set from WikiText-2 validation).
     ``progress(stage, fraction)`` hears about the greedy search and every scored ``auto`` candidate.
     """
-    _check_method(method)
-    unknown = sorted(set(params) - _KNOBS[method] - _CALIBRATION_KNOBS)
+    spec = _spec(method)
+    unknown = sorted(set(params) - spec.accepted)
     if unknown:
         valid = sorted(method_knobs(method))
         raise AllocationError(
             f"{method}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}"
         )
-    ident = model_ident(report.model)
-    alphas, counts = report.alphas(), report.param_counts()
-    if method == "uniform":
-        return allocate(alphas, counts, target, method="uniform", **ident)
-    if method in {"acttail", "acttail-reverse", "acttail-block"}:
-        forced: dict[str, Any] = {}
-        if method == "acttail-reverse":
-            forced["direction"] = Direction.LOWER_ALPHA_SPARSER
-        if method == "acttail-block":
-            forced["granularity"] = Granularity.BLOCK
-        alloc = allocate(
-            alphas,
-            counts,
-            target,
-            method="acttail",
-            params=_alpha_params(params, **forced),
-            estimator=report.estimator,
-            **ident,
+    context = BuildContext()
+    if spec.needs_model:
+        if model is None:
+            raise AllocationError(f"{method} needs the loaded model (model=...)")
+        text = (
+            None
+            if calibration is None and tokenizer is None
+            else (lambda: _calibration(calibration, tokenizer, params))
         )
-        return alloc if method == "acttail" else _renamed(alloc, method)
-    if method == "acttail-per-type":
-        from acttail.methods.per_type import allocate_per_type
-
-        return allocate_per_type(
-            alphas,
-            counts,
-            target,
-            _alpha_params(params),
-            estimator=report.estimator,
-            **ident,
-        )
-    if model is None:
-        raise AllocationError(f"{method} needs the loaded model (model=...)")
-    if method == "teal-greedy":
-        return _teal_greedy(report, target, model, tokenizer, calibration, params, ident, progress)
-    from acttail.methods.auto import DEFAULT_GRID, DEFAULT_MIN_GAIN, auto_allocation
-
-    choice = auto_allocation(
-        report,
-        target,
-        model,
-        _calibration(calibration, tokenizer, params),
-        grid=params.get("grid", DEFAULT_GRID),
-        min_gain=float(params.get("min_gain", DEFAULT_MIN_GAIN)),
-        s_min=float(params.get("s_min", 0.0)),
-        s_max=float(params.get("s_max", 0.99)),
-        trace=params.get("trace"),
-        progress=progress,
-    )
-    return choice.allocation
+        context = BuildContext(model, text, progress)
+    return _builder(spec)(report, target, context, params)
 
 
 def build_allocations(
@@ -284,8 +204,7 @@ def build_allocations(
     of once per target). Each method receives the ``params`` it accepts (``method_knobs``); a knob
     that no requested method accepts raises AllocationError naming the valid ones.
     """
-    for method in methods:
-        _check_method(method)
+    specs = [_spec(method) for method in methods]
     accepted = frozenset().union(*(method_knobs(m) for m in methods)) | {"trace"}
     unknown = sorted(set(params) - accepted)
     if unknown:
@@ -295,7 +214,7 @@ def build_allocations(
         )
     if not targets:
         return []
-    calibrated = [m for m in methods if m in NEEDS_MODEL]
+    calibrated = [spec.name for spec in specs if spec.needs_model]
     steps = (1 if _needs_trace(calibrated, params) else 0) + len(calibrated) * len(targets)
     done = 0
 
@@ -315,14 +234,15 @@ def build_allocations(
                 calibration,
                 max_target=max(targets),
                 progress=lambda stage, f: report_(stage, f),
-                **_greedy_knobs(params),
+                **greedy_knobs(params),
+                **({"s_max": params["s_max"]} if "s_max" in params else {}),
             )
             done += 1
     out: list[Allocation] = []
     for target in targets:
         for method in methods:
             knobs = {k: v for k, v in params.items() if k in method_knobs(method) and k != "trace"}
-            if method not in NEEDS_MODEL:
+            if method not in calibrated:
                 out.append(build_allocation(method, report=report, target=target, **knobs))
                 continue
             report_(f"{method}@{target:g}")
@@ -355,53 +275,3 @@ def _needs_trace(methods: Sequence[str], params: Mapping[str, Any]) -> bool:
     from acttail.methods.auto import DEFAULT_GRID
 
     return any(c.method == "teal-greedy" for c in params.get("grid", DEFAULT_GRID))
-
-
-def _greedy_knobs(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``greedy_trace`` keywords from the registry's knob names."""
-    names = {"step": "step", "greedy_tokens": "max_tokens", "last_fraction": "last_fraction", "s_max": "s_max"}
-    return {names[k]: v for k, v in params.items() if k in names}
-
-
-def _renamed(alloc: Allocation, method: str) -> Allocation:
-    from dataclasses import replace
-
-    return replace(alloc, method=method)
-
-
-def _teal_greedy(
-    report: AlphaReport,
-    target: float,
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase | None,
-    calibration: CalibrationSet | None,
-    params: Mapping[str, Any],
-    ident: ModelIdent,
-    progress: Progress | None = None,
-) -> Allocation:
-    from acttail.methods.teal_greedy import (
-        DEFAULT_GREEDY_TOKENS,
-        DEFAULT_LAST_FRACTION,
-        DEFAULT_STEP,
-        allocation_from_trace,
-        greedy_trace,
-    )
-
-    bounds = AllocationParams(s_min=float(params.get("s_min", 0.0)), s_max=float(params.get("s_max", 0.99)))
-    trace = params.get("trace")
-    if trace is None or trace.max_target < target:
-        cal = _calibration(calibration, tokenizer, params)
-        trace = greedy_trace(
-            model,
-            cal,
-            max_target=max(target, 0.0),
-            step=float(params.get("step", DEFAULT_STEP)),
-            max_tokens=int(params.get("greedy_tokens", DEFAULT_GREEDY_TOKENS)),
-            last_fraction=float(params.get("last_fraction", DEFAULT_LAST_FRACTION)),
-            s_max=bounds.s_max,
-            progress=progress,
-        )
-        extra = {"calibration": cal.describe()}
-    else:  # a reused trace: record the text it was measured on when the caller says
-        extra = {} if calibration is None else {"calibration": calibration.describe()}
-    return allocation_from_trace(trace, report.param_counts(), target, bounds, extra_params=extra, **ident)

@@ -1,7 +1,9 @@
 """Calibration text for the data-driven allocation methods: WikiText-2 raw *validation*, never test.
 
-A ``CalibrationSet`` is the first ``max_tokens`` tokens of the validation split ("\\n\\n"-joined rows,
-tokenised once, the same string the perplexity protocol uses) cut into windows of ``seqlen``.
+A ``CalibrationSet`` is ``max_tokens // seqlen`` windows of ``seqlen`` tokens spread evenly over the
+validation split ("\\n\\n"-joined rows, tokenised once, the same string the perplexity protocol
+uses): ``acttail.sparsity.calibration_windows``, the one sampler of calibration text, shared with
+threshold calibration (its docstring says why spread beats the first N tokens).
 Everything that scores an allocation on it is deterministic for a fixed set: the same tokens,
 the same windows, no sampling. ``fingerprint`` (SHA-256 of the ids) goes into allocation
 documents so a choice can be traced back to the text it was made on.
@@ -19,13 +21,12 @@ from torch import nn
 
 from acttail.allocate import Allocation
 from acttail.errors import ActTailError
+from acttail.registry import DEFAULT_CALIBRATION_SEQLEN, DEFAULT_CALIBRATION_TOKENS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 CALIBRATION_SPLIT = "validation"
-DEFAULT_CALIBRATION_TOKENS = 8192
-DEFAULT_CALIBRATION_SEQLEN = 512
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,23 +72,27 @@ def calibration_set(
     seqlen: int = DEFAULT_CALIBRATION_SEQLEN,
     split: str = CALIBRATION_SPLIT,
 ) -> CalibrationSet:
-    """The first ``max_tokens`` (rounded down to whole windows) tokens of WikiText-2 raw validation."""
+    """``max_tokens // seqlen`` windows of ``seqlen`` tokens spread over WikiText-2 raw ``split``."""
     if split == "test":
         raise ActTailError("calibration must not use the WikiText-2 test split (it is the evaluation set)")
     if max_tokens < seqlen:
         raise ActTailError(f"calibration max_tokens {max_tokens} is smaller than one window of seqlen {seqlen}")
     from acttail.evaluate.perplexity import tokenize_split
 
-    ids = tokenize_split(tokenizer, split)
-    usable = (min(max_tokens, ids.numel()) // seqlen) * seqlen
-    return CalibrationSet(ids[:usable].clone(), seqlen, f"wikitext-2-raw-v1 {split}")
+    return calibration_from_ids(tokenize_split(tokenizer, split), seqlen, f"wikitext-2-raw-v1 {split}", max_tokens)
 
 
-def calibration_from_ids(token_ids: torch.Tensor, seqlen: int, source: str = "token ids") -> CalibrationSet:
-    """A calibration set from given ids (tests, or text other than WikiText-2)."""
+def calibration_from_ids(
+    token_ids: torch.Tensor, seqlen: int, source: str = "token ids", max_tokens: int | None = None
+) -> CalibrationSet:
+    """A calibration set of whole windows spread over the given ids (all of them: ``max_tokens=None``)."""
+    from acttail.sparsity import calibration_windows
+
     ids = token_ids.flatten()
-    usable = (ids.numel() // seqlen) * seqlen
-    return CalibrationSet(ids[:usable].clone(), seqlen, source)
+    if ids.numel() < seqlen:
+        raise ActTailError(f"calibration text has {ids.numel()} tokens, fewer than one window of seqlen {seqlen}")
+    windows = calibration_windows(ids, ids.numel() if max_tokens is None else max_tokens, seqlen)
+    return CalibrationSet(windows.flatten().clone(), seqlen, source)
 
 
 def calibration_nll(

@@ -5,13 +5,12 @@ a local path (a ``.gguf`` file or a Hugging Face directory with safetensors), or
 (``org/name``, optional revision). When ``model_roots`` is given (the service always gives it),
 local paths must resolve inside one of those directories: no ``..`` escapes, no symlinks out.
 
-Importing this package does not import torch (the API validates model IDs with it); the
-torch-bound classes of ``acttail.models.base`` load on first attribute access.
+Importing this package does not import torch (the torch-bound classes of ``acttail.models.base``
+load on first attribute access); the ID rules themselves live in ``acttail.registry``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from acttail.errors import ModelNotFoundError
 from acttail.models.architectures import ProjectionRef, ProjectionType, find_projections
 from acttail.models.bundled import BUNDLED
+from acttail.registry import MAX_MODEL_ID_LENGTH, inside_roots, is_hub_id, root_candidates
 
 if TYPE_CHECKING:
     from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
 
 __all__ = [
     "BUNDLED",
-    "HUB_ID_PATTERN",
     "ModelDescription",
     "ModelSource",
     "ProjectionInfo",
@@ -48,15 +47,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Hub repo IDs: "name" or "org/name"; letters, digits, "-", "_", "."; no "..", no leading "." or "-".
-HUB_ID_PATTERN = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-MAX_MODEL_ID_LENGTH = 512
-
-
-def is_hub_id(model_id: str) -> bool:
-    return bool(HUB_ID_PATTERN.match(model_id)) and ".." not in model_id and not model_id.endswith(".gguf")
-
-
 def resolve_local_path(model_id: str, model_roots: Sequence[Path] | None) -> Path | None:
     """The local path a model ID names, or None if it names none.
 
@@ -66,15 +56,11 @@ def resolve_local_path(model_id: str, model_roots: Sequence[Path] | None) -> Pat
     if model_roots is None:
         path = Path(model_id).expanduser()
         return path.resolve() if path.exists() else None
-    roots = [Path(root).resolve() for root in model_roots]
-    candidate = Path(model_id)
-    options = [candidate] if candidate.is_absolute() else [root / candidate for root in roots]
-    for option in options:
-        resolved = option.resolve()
-        if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+    for option in root_candidates(model_id, model_roots):
+        if not inside_roots(option, model_roots):
             raise ModelNotFoundError(f"model path {model_id!r} is outside the configured model roots")
-        if resolved.exists():
-            return resolved
+        if option.exists():
+            return option.resolve()
     return None
 
 
@@ -93,7 +79,7 @@ def resolve_model(
     path = resolve_local_path(model_id, model_roots)
     if path is not None:
         return _local_source(path, model_id)
-    if is_hub_id(model_id) and "/" in model_id:
+    if is_hub_id(model_id):
         from acttail.models.hub_source import resolve_hub_model
 
         return resolve_hub_model(model_id, revision)

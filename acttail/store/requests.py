@@ -13,39 +13,28 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from acttail.registry import (
+    DEFAULT_CALIBRATION_SEQLEN,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_ESTIMATOR,
+    DEFAULT_METHOD,
+    ESTIMATORS,
+    MAX_MODEL_ID_LENGTH,
+    METHODS,
+    TARGET_MAX,
+    TARGET_MIN,
+    ZEROSHOT_TASKS,
+    bundled_aliases,
+)
 from acttail.store.upsert import canonical_hash
 
-# Kept in step with acttail.models.bundled.BUNDLED, acttail.esd, acttail.evaluate.tasks and
-# acttail.methods (names, default, knobs, calibration defaults) by tests/integration/test_api_validation.py
-# (importing them here would pull torch into the API).
-BUNDLED_ALIASES = frozenset({"smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"})
-ESTIMATORS = ("ks", "ks_peak", "hill")
-ZEROSHOT_TASKS = ("arc_easy", "arc_challenge", "piqa", "winogrande", "boolq", "hellaswag", "lambada_openai")
-METHODS = ("uniform", "acttail", "acttail-reverse", "acttail-block", "acttail-per-type", "teal-greedy", "auto")
-DEFAULT_METHOD = "auto"  # never worse than uniform on its calibration text (docs/science.md)
-NEEDS_MODEL = frozenset({"teal-greedy", "auto"})  # the worker loads the model to build these
-DEFAULT_CALIBRATION_TOKENS = 8192
-DEFAULT_CALIBRATION_SEQLEN = 512
-
-_ALPHA = ("epsilon", "direction", "granularity", "s_min", "s_max")
-_CALIBRATION = ("calibration_tokens", "calibration_seqlen")
-#: Request fields each method uses, by their JobRequest names (``REGISTRY_NAMES`` maps the others).
-METHOD_FIELDS: dict[str, tuple[str, ...]] = {
-    "uniform": (),
-    "acttail": _ALPHA,
-    "acttail-reverse": tuple(k for k in _ALPHA if k != "direction"),
-    "acttail-block": tuple(k for k in _ALPHA if k != "granularity"),
-    "acttail-per-type": _ALPHA,
-    "teal-greedy": ("s_min", "s_max", *_CALIBRATION, "greedy_tokens", "greedy_step"),
-    "auto": ("s_min", "s_max", *_CALIBRATION, "min_gain"),
-}
-REGISTRY_NAMES = {"greedy_step": "step"}
+#: Request field -> registry knob, where the request names a knob differently.
+KNOB_NAMES = {"greedy_step": "step"}
 #: Optional knobs: None means the method's default; set for a method that ignores them, they are refused.
 OPTIONAL_KNOBS = ("calibration_tokens", "calibration_seqlen", "min_gain", "greedy_tokens", "greedy_step")
-MAX_MODEL_ID_LENGTH = 512
 REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 
-Target = Annotated[float, Field(ge=0.0, lt=1.0)]
+Target = Annotated[float, Field(ge=TARGET_MIN, le=TARGET_MAX)]
 
 
 class _Strict(BaseModel):
@@ -102,9 +91,9 @@ class JobRequest(_Strict):
 
     model_id: str = Field(min_length=1, max_length=MAX_MODEL_ID_LENGTH, examples=["smollm2-135m"])
     revision: str | None = Field(default=None, max_length=128)
-    estimator: Literal[ESTIMATORS] = "ks"  # type: ignore[valid-type]
+    estimator: Literal[ESTIMATORS] = DEFAULT_ESTIMATOR  # type: ignore[valid-type]
     targets: list[Target] = Field(default_factory=lambda: [0.5], min_length=1, max_length=32)
-    method: Literal[METHODS] = DEFAULT_METHOD  # type: ignore[valid-type]
+    method: Literal[tuple(METHODS)] = DEFAULT_METHOD  # type: ignore[valid-type]
     epsilon: float = Field(default=0.1, ge=0.0, lt=1.0)
     direction: Literal["higher_alpha_sparser", "lower_alpha_sparser"] = "higher_alpha_sparser"
     granularity: Literal["projection", "block"] = "projection"
@@ -138,7 +127,7 @@ class JobRequest(_Strict):
         value = value.strip()
         if not value or "\x00" in value or any(ch in value for ch in "\r\n\t"):
             raise ValueError("model_id must be a non-empty single-line string")
-        return value.lower() if value.lower() in BUNDLED_ALIASES else value
+        return value.lower() if value.lower() in bundled_aliases() else value
 
     @field_validator("revision")
     @classmethod
@@ -167,7 +156,7 @@ class JobRequest(_Strict):
                 raise ValueError(f"{name} does not apply to method {self.method!r} (only to {', '.join(users)})")
         tokens = self.calibration_tokens or DEFAULT_CALIBRATION_TOKENS
         seqlen = self.calibration_seqlen or DEFAULT_CALIBRATION_SEQLEN
-        if self.method in NEEDS_MODEL and tokens < seqlen:
+        if METHODS[self.method].needs_model and tokens < seqlen:
             raise ValueError(f"calibration_tokens ({tokens}) must be at least calibration_seqlen ({seqlen})")
         return self
 
@@ -177,9 +166,16 @@ class JobRequest(_Strict):
         for name in METHOD_FIELDS[self.method]:
             value = getattr(self, name)
             if value is not None:
-                out[REGISTRY_NAMES.get(name, name)] = value
+                out[KNOB_NAMES.get(name, name)] = value
         return out
 
     def request_hash(self) -> str:
         """sha256 of the canonical request: equal requests (after normalisation) hash equal."""
         return canonical_hash(self.model_dump(mode="json"))
+
+
+#: Request fields each method uses: the JobRequest fields that are knobs the method registered.
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    name: tuple(f for f in JobRequest.model_fields if KNOB_NAMES.get(f, f) in spec.accepted)
+    for name, spec in METHODS.items()
+}

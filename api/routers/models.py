@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
+from acttail.registry import ESTIMATORS
 from acttail.store import catalog
-from acttail.store.requests import ESTIMATORS
 from api.csv_export import Format, csv_response
 from api.deps import SessionDep, TeamDep
 from api.schemas import MAX_PAGE, AlphasOut, ModelOut, ProjectionOut

@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 
+from acttail.registry import ESTIMATORS
 from acttail.store import catalog, results
-from acttail.store.requests import ESTIMATORS
 from api.deps import SessionDep, TeamDep
 from api.image_cache import ImageCache
 from api.plot_images import ImageFormat, allocation_image, alphas_image, esd_image, sweep_image

@@ -9,7 +9,8 @@ from typing import Any
 import pydantic
 
 from acttail.errors import ActTailError
-from acttail.store.requests import DEFAULT_METHOD, ESTIMATORS, METHODS, JobRequest
+from acttail.registry import DEFAULT_METHOD, ESTIMATORS, method_names
+from acttail.store.requests import JobRequest
 
 DIRECTIONS = ("higher_alpha_sparser", "lower_alpha_sparser")
 LABELS = {
@@ -91,4 +92,4 @@ class JobForm:
             raise FormError(_message(exc)) from None
 
 
-CHOICES = {"estimators": ESTIMATORS, "methods": METHODS, "directions": DIRECTIONS}
+CHOICES = {"estimators": ESTIMATORS, "methods": method_names(), "directions": DIRECTIONS}

@@ -19,10 +19,10 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
 
 from acttail.errors import ActTailError
+from acttail.registry import DEFAULT_METHOD, ESTIMATORS
 from acttail.store import catalog, jobs, results
 from acttail.store.errors import AuthenticationError, NotFoundError
 from acttail.store.orm import Benchmark
-from acttail.store.requests import DEFAULT_METHOD, ESTIMATORS
 from api.deps import DispatcherDep, SessionDep, SettingsDep
 from api.errors import status_for, validation_message
 from api.submission import submit

@@ -247,7 +247,7 @@ def test_job_form_defaults_to_the_default_method(api: Api, two_teams: Any) -> No
 @pytest.mark.parametrize(
     ("changes", "status", "message"),
     [
-        ({"targets": "0.5, 1.5"}, 422, "Target sparsities: Input should be less than 1 (got 1.5)"),
+        ({"targets": "0.5, 1.5"}, 422, "Target sparsities: Input should be less than or equal to 0.99 (got 1.5)"),
         ({"targets": "half"}, 422, "Target sparsities: 'half' is not a number"),
         ({"targets": ""}, 422, "Target sparsities: enter at least one, e.g. 0.5, 0.7"),
         ({"epsilon": "abc"}, 422, "Epsilon: 'abc' is not a number"),

@@ -16,8 +16,8 @@ import pytest
 from acttail.cli import main
 from acttail.store import catalog, results, teams
 from acttail.store.db import make_engine, make_session_factory, session_scope
-from tests.conftest import save_tiny_model
 from tests.integration.conftest import RecordingDispatcher
+from tests.tiny_models import save_tiny_model
 
 pytestmark = pytest.mark.integration
 

@@ -108,7 +108,7 @@ def test_uniform_and_errors() -> None:
         allocate({}, counts, 0.7, method="magic")
     with pytest.raises(AllocationError, match="no alpha"):
         allocate({}, counts, 0.7)
-    with pytest.raises(AllocationError, match=r"target sparsity must be in \[0, 1\)"):
+    with pytest.raises(AllocationError, match=r"sparsity target must be in \[0, 0.99\]"):
         allocate({}, counts, 1.0, method="uniform")
     with pytest.raises(AllocationError, match="outside the clipping bounds"):
         budgeted_sparsities(np.ones(3), np.ones(3), 0.995)

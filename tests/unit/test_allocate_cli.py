@@ -13,7 +13,7 @@ from acttail.allocate import Allocation
 from acttail.cli import app, main
 from acttail.cli.esd_commands import METHOD_HELP
 from acttail.methods import METHODS
-from tests.conftest import save_tiny_model
+from tests.tiny_models import save_tiny_model
 
 runner = CliRunner()
 QUICK_CALIBRATION = ["--calibration-tokens", "256", "--calibration-seqlen", "64"]
@@ -72,7 +72,7 @@ def test_alpha_methods_need_no_model_load(model_dir: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "magic"], "unknown method 'magic'; valid: " + ", ".join(METHODS)),
+        (["--method", "magic"], "unknown allocation method 'magic'; valid: " + ", ".join(METHODS)),
         (["--method", "uniform", "--min-gain", "0.1"], "--min-gain does not apply to method 'uniform'"),
         (["--method", "acttail", "--calibration-tokens", "1024"], "--calibration-tokens does not apply"),
         (["--epsilon", "0.2"], "--epsilon does not apply to method 'auto'"),

@@ -5,7 +5,7 @@ from torch import nn
 
 from acttail.errors import UnsupportedArchitectureError
 from acttail.models.architectures import PROJECTION_ORDER, ProjectionType, find_projections, parse_projection_name
-from tests.conftest import build_tiny_model
+from tests.tiny_models import build_tiny_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma3"])

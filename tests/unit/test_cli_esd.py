@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from acttail.cli import app, main
-from tests.conftest import tiny_config
+from tests.tiny_models import tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 runner = CliRunner()

@@ -14,7 +14,7 @@ import torch
 from acttail.models import resolve_model
 from acttail.models.fingerprint import FILE_SAMPLE_BYTES, safetensors_fingerprint, safetensors_header, sample_spans
 from acttail.models.gguf_source import GGUFSource
-from tests.conftest import build_tiny_model
+from tests.tiny_models import build_tiny_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_gguf_file import write_gguf

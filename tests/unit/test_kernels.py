@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from acttail import kernels
 from acttail.kernels import cpu
+from acttail.sparsity import keep_count
 
 SPARSITIES = (0.0, 0.4, 0.5, 0.7, 0.8, 0.9)
 SHAPES = (
@@ -46,7 +47,7 @@ def test_compiled_kernel_builds_here() -> None:
 @pytest.mark.parametrize(("d_out", "d_in"), SHAPES)
 def test_topk_gemv_matches_dense_on_masked_input_fp32(d_out: int, d_in: int, sparsity: float) -> None:
     w, wt, x, bias = _case(d_out, d_in, seed=d_out * 31 + d_in)
-    k = kernels.keep_count(d_in, sparsity)
+    k = keep_count(sparsity, d_in)
     idx, vals = kernels.select_topk(x, k)
     assert idx.numel() == k
     expected_idx = torch.topk(x.abs(), k).indices.sort().values
@@ -65,7 +66,7 @@ def test_topk_gemv_matches_dense_on_masked_input_fp32(d_out: int, d_in: int, spa
 @pytest.mark.parametrize(("d_out", "d_in"), ((192, 576), (577, 129), (1536, 576)))
 def test_sparse_gemv_bf16_close_to_dense(d_out: int, d_in: int, sparsity: float) -> None:
     w, wt, x, bias = _case(d_out, d_in, seed=7, dtype=torch.bfloat16)
-    k = kernels.keep_count(d_in, sparsity)
+    k = keep_count(sparsity, d_in)
     idx, vals = kernels.select_topk(x, k)
     got = kernels.sparse_gemv(wt, idx, vals, bias)
     assert got.dtype == torch.bfloat16
@@ -177,12 +178,12 @@ def test_threads_split_outputs_without_overlap(monkeypatch: pytest.MonkeyPatch) 
     ),
 )
 def test_keep_count(d_in: int, sparsity: float, k: int) -> None:
-    assert kernels.keep_count(d_in, sparsity) == k
+    assert keep_count(sparsity, d_in) == k
 
 
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="sparsity"):
-        kernels.keep_count(10, 1.5)
+        keep_count(1.5, 10)
     with pytest.raises(ValueError, match="contiguous"):
         kernels.sparse_gemv(torch.randn(4, 6).t(), torch.tensor([0]), torch.tensor([1.0]))
     with pytest.raises(ValueError, match="equal length"):
@@ -200,7 +201,7 @@ def test_cuda_kernels_match_dense_on_masked_input(sparsity: float, dtype: torch.
         w, _, x, bias = _case(d_out, d_in, seed=11)
         w, x, bias = w.cuda().to(dtype), x.cuda().to(dtype), bias.cuda().to(dtype)
         wt = w.t().contiguous()
-        k = kernels.keep_count(d_in, sparsity)
+        k = keep_count(sparsity, d_in)
         idx, vals = kernels.select_topk(x, k)
         reference = _masked_reference(w.float(), x.float(), idx, bias.float())
         tol = (

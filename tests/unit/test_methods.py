@@ -24,7 +24,7 @@ from acttail.methods.per_type import per_type_normalised
 from acttail.methods.teal_greedy import greedy_trace
 from acttail.models.architectures import find_projections, parse_projection_name
 from acttail.models.base import ProjectionInfo
-from tests.conftest import tiny_config
+from tests.tiny_models import tiny_config
 
 TARGETS = (0.3, 0.5, 0.7, 0.9)
 

@@ -11,7 +11,7 @@ import torch
 from acttail.errors import MissingPackageError, ModelNotFoundError, ModelSourceError, UnsupportedArchitectureError
 from acttail.models import find_projections, resolve_model
 from acttail.models.bundled import BUNDLED, BundledModel, resolve_bundled
-from tests.conftest import build_tiny_model
+from tests.tiny_models import build_tiny_model
 
 
 def save_sharded(model: torch.nn.Module, directory: Path, shard: str = "40KB") -> Path:

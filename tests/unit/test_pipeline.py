@@ -7,35 +7,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from acttail.allocate import Allocation, allocate
 from acttail.cli import main
 from acttail.errors import ActTailError
 from acttail.pipeline import PipelineConfig, evaluate_allocation, run_pipeline
-from tests.conftest import byte_tokenizer
+from tests.tiny_models import save_tiny_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import transformers as tf
-
-    torch.manual_seed(0)
-    config = tf.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=512,
-    )
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    tf.LlamaForCausalLM(config).eval().save_pretrained(directory)
-    byte_tokenizer().save_pretrained(directory)
-    return directory
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), max_position_embeddings=512)
 
 
 QUICK = dict(seqlen=128, max_tokens=512)

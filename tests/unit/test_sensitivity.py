@@ -20,7 +20,7 @@ from acttail.sensitivity import (
     sensitivity_study,
     spearman,
 )
-from tests.conftest import build_tiny_model
+from tests.tiny_models import build_tiny_model
 
 
 @pytest.fixture(scope="module")

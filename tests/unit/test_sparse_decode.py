@@ -23,46 +23,22 @@ from acttail.evaluate.speed import SpeedResult, greedy_decode, measure_decode_sp
 from acttail.models.architectures import find_projections
 from acttail.sparse_decode import SparseDecodeLinear, enable_reference_decode, enable_sparse_decode
 from acttail.sparsity import apply_sparsity
+from tests.tiny_models import build_tiny_model
 
 NEW_TOKENS = 16
 
 
 def _tiny(arch: str) -> nn.Module:
-    from transformers import (
-        Gemma3ForCausalLM,
-        Gemma3TextConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
-
-    common = {
-        "vocab_size": 256,
-        "hidden_size": 64,
-        "intermediate_size": 176,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-    }
-    # Larger than HF's 0.02 so a random model's logits are not near-ties everywhere, small enough
-    # for Gemma3 that greedy decoding does not lock onto one repeated token (see module docstring).
-    common["initializer_range"] = 0.05 if arch == "gemma3" else 0.25
-    torch.manual_seed({"llama": 0, "qwen2": 1, "gemma3": 2}[arch])
-    if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    elif arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common))  # q/k/v carry a bias: exercises the bias path
-    else:
-        config = Gemma3TextConfig(
-            **common,
-            head_dim=16,
-            sliding_window=8,
-            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        )
-        model = Gemma3ForCausalLM(config)
-    return model.eval()
+    """Qwen2's q/k/v carry a bias: exercises the bias path."""
+    extra: dict[str, object] = {}
+    if arch == "gemma3":
+        extra = {"sliding_window": 8, "layer_types": ["sliding_attention", "sliding_attention", "full_attention"]}
+    # initializer_range larger than HF's 0.02 so a random model's logits are not near-ties everywhere, small
+    # enough for Gemma3 that greedy decoding does not lock onto one repeated token (see module docstring).
+    return build_tiny_model(
+        arch, {"llama": 0, "qwen2": 1, "gemma3": 2}[arch], intermediate_size=176, num_hidden_layers=3,
+        initializer_range=0.05 if arch == "gemma3" else 0.25, **extra,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gemma3"])

@@ -18,37 +18,20 @@ from acttail.sparsity import (
     threshold_sparsify,
     topk_sparsify,
 )
+from tests.tiny_models import build_tiny_model
 
 VOCAB = 97
 
 
-def tiny_model(arch: str, seed: int = 0) -> nn.Module:
-    """A 2-layer random causal LM of ``arch`` (fp32, eval mode)."""
-    import transformers as tf
+_EXTRA: dict[str, dict[str, object]] = {
+    "mistral": {"sliding_window": None},
+    "gemma3": {"sliding_window": 8, "final_logit_softcapping": 30.0},
+}
 
-    common = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=256,
-    )
-    configs = {
-        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, {}),
-        "mistral": (tf.MistralConfig, tf.MistralForCausalLM, {"sliding_window": None}),
-        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, {}),
-        "gemma3": (
-            tf.Gemma3TextConfig,
-            tf.Gemma3ForCausalLM,
-            {"head_dim": 16, "sliding_window": 8, "final_logit_softcapping": 30.0},
-        ),
-    }
-    config_cls, model_cls, extra = configs[arch]
-    torch.manual_seed(seed)
-    model = model_cls(config_cls(**common, **extra))
-    return model.float().eval()
+
+def tiny_model(arch: str, seed: int = 0) -> nn.Module:
+    """A 2-layer random causal LM of ``arch`` (fp32, eval mode) with a ``VOCAB``-token vocabulary."""
+    return build_tiny_model(arch, seed, vocab_size=VOCAB, **_EXTRA.get(arch, {}))
 
 
 def random_ids(n: int, seed: int = 1) -> torch.Tensor:

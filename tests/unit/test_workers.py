@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from acttail.errors import ModelNotFoundError
 from acttail.settings import Settings
-from tests.conftest import save_tiny_model
+from tests.tiny_models import save_tiny_model
 from workers.celery_app import celery_config, create_celery_app, visibility_timeout_for
 from workers.runner import ESD_SPAN, _parse_delay, failure_reason, run_job
 from workers.tasks import backoff_delay

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from acttail.errors import ActTailError
 from acttail.evaluate.tasks import ALL_TASKS, TASKS, Doc, TaskSpec, UnknownTaskError, get_task
@@ -20,6 +20,7 @@ from acttail.evaluate.zeroshot import (
     score_docs,
     task_metrics,
 )
+from tests.tiny_models import build_tiny_model
 
 OFFICIAL = {
     "arc_easy": 2376,
@@ -64,17 +65,10 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_llama(seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    return build_tiny_model(
+        "llama", seed, vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
         max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    )  # fmt: skip
 
 
 def constant_model(favoured: str | None, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
@@ -263,25 +257,11 @@ def test_packed_context_equals_separate_forward_passes(tokenizer: PreTrainedToke
 
 
 def test_packed_context_respects_gemma3_sliding_window(tokenizer: PreTrainedTokenizerFast) -> None:
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(1)
-    cfg = Gemma3TextConfig(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=3,
-        max_position_embeddings=64,
-        layer_types=["sliding_attention", "full_attention"],
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
-    model = Gemma3ForCausalLM(cfg).eval()
+    model = build_tiny_model(
+        "gemma3", 1, vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_attention_heads=2,
+        num_key_value_heads=1, sliding_window=3, max_position_embeddings=64,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=1, bos_token_id=0, eos_token_id=1,
+    )  # fmt: skip
     doc = Doc(("the cat sat on the mat",), (" a b c", " yes no yes no"), 0, (5, 13))
     scores = score_docs(model, tokenizer, [[doc]], progress=False, add_bos_token=False)[0][0]
     for j, cont in enumerate(doc.continuations):

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.integration.workers.support import REPO, WorkerProcess, worker_env
-from tests.integration.workers.tiny_model import build_tiny_llama
+from tests.tiny_models import save_tiny_model
 
 PG_ADMIN_URL = os.environ.get("ACTTAIL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ACTTAIL_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/5")
@@ -39,7 +39,7 @@ def _require(ok: bool, what: str) -> None:
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The configured model root, holding ``tiny-llama`` (seed 0)."""
     root = tmp_path_factory.mktemp("model-root")
-    build_tiny_llama(root / TINY_MODEL)
+    save_tiny_model(root / TINY_MODEL, tokenizer="wikitext")
     return root
 
 
@@ -50,7 +50,7 @@ def tiny_llama_id(model_root: Path) -> Callable[[int], str]:
     def build(seed: int) -> str:
         name = f"{TINY_MODEL}-{seed}"
         if not (model_root / name / "config.json").exists():
-            build_tiny_llama(model_root / name, seed=seed, tokenizer_from=model_root / TINY_MODEL)
+            save_tiny_model(model_root / name, seed=seed, tokenizer=model_root / TINY_MODEL)
         return name
 
     return build
