@@ -144,7 +144,7 @@ def _calibration(
 
 def _builder(spec: MethodSpec) -> Callable[..., Allocation]:
     module, _, function = spec.builder.partition(":")
-    return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), function)
 
 
 def build_allocation(

@@ -109,7 +109,9 @@ def teal_greedy(report: AlphaReport, target: float, context: BuildContext, param
         extra["calibration"] = calibration.describe()
     elif context.calibration is not None:  # a reused trace: record the text it was measured on
         extra["calibration"] = context.calibration().describe()
-    return allocation_from_trace(trace, report.param_counts(), target, bounds, extra_params=extra, **model_ident(report.model))
+    return allocation_from_trace(
+        trace, report.param_counts(), target, bounds, extra_params=extra, **model_ident(report.model)
+    )
 
 
 def auto(report: AlphaReport, target: float, context: BuildContext, params: Mapping[str, Any]) -> Allocation:

@@ -11,7 +11,7 @@ import torch
 from acttail.models import resolve_model
 from acttail.models.loading import input_device, resolve_placement
 from acttail.models.placement import Placement
-from tests.conftest import save_tiny_model
+from tests.tiny_models import save_tiny_model
 
 # Block 1 offloaded to disk, everything else in CPU RAM: a split accelerate has to execute with hooks.
 SPLIT_MAP = {
