@@ -7,9 +7,17 @@ stack traces are for bugs only.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import NoReturn
 
 import typer
+from typer import Abort
+
+try:  # typer >= 0.2x vendors click; older releases use the click package
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]  # same classes, other home
 from rich.console import Console
 
 from acttail.errors import ActTailError
@@ -35,11 +43,31 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit code 2: the contract for every error the user can act on."""
+    err_console.print(f"error: {' '.join(message.split())}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not sys.stderr.isatty():
+        # Hub downloads and transformers' weight loading draw tqdm bars; in a log they are noise
+        # around our own progress lines (and would be extra lines around a one-line error).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
     except ActTailError as exc:
-        err_console.print(f"error: {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc))
+    except UsageError as exc:  # typer's bad option values, missing arguments, unknown options
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `acttail`: the help is already printed
+            sys.exit(exc.exit_code)
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _fail(exc.format_message() + where)
+    except ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Abort:  # Ctrl-C at a prompt
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) from a command, else success

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from acttail.allocate import Direction, Granularity
+from acttail.cli.paths import output_dir, output_file
 from acttail.errors import ActTailError, AllocationError
 from acttail.registry import (
     DEFAULT_CALIBRATION_SEQLEN,
@@ -41,8 +42,8 @@ console = Console()
 METHOD_HELP = " | ".join(METHODS)
 
 
-def _check_estimator(value: str) -> str:
-    if value not in ESTIMATORS:
+def _check_estimator(value: str | None) -> str | None:
+    if value is not None and value not in ESTIMATORS:
         raise typer.BadParameter(f"unknown estimator {value!r}; valid: {', '.join(ESTIMATORS)}")
     return value
 
@@ -51,9 +52,18 @@ ModelArg = Annotated[str, typer.Argument(help="Bundled alias (smollm2-135m, gemm
 EstimatorOpt = Annotated[
     str, typer.Option("--estimator", "-e", help=f"x_min rule: {' | '.join(ESTIMATORS)}.", callback=_check_estimator)
 ]
+# Commands that also take --alphas FILE: unset means ks, or the file's estimator (a different one is refused).
+ReportEstimatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--estimator", "-e", help=f"x_min rule: {' | '.join(ESTIMATORS)} [{DEFAULT_ESTIMATOR}; with --alphas: the file's].",
+        callback=_check_estimator,
+    ),
+]  # fmt: skip
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
 PlotOpt = Annotated[
-    Path | None, typer.Option("--plot", help="Write the figures here as PNG and SVG (the folder is created).")
+    Path | None,
+    typer.Option("--plot", help="Write the figures here as PNG and SVG (the folder is created).", callback=output_dir),
 ]
 
 
@@ -139,8 +149,12 @@ def alphas(
     model: ModelArg,
     estimator: EstimatorOpt = DEFAULT_ESTIMATOR,
     revision: RevisionOpt = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one row per projection as CSV.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the full report as JSON.", callback=output_file)
+    ] = None,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Write one row per projection as CSV.", callback=output_file)
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No tables, no progress bar.")] = False,
     plot: PlotOpt = None,
     esd_projection: Annotated[
@@ -170,7 +184,9 @@ def allocate_command(
     sparsity: Annotated[
         float, typer.Option("--sparsity", "-s", min=TARGET_MIN, max=TARGET_MAX, help="Target mean sparsity.")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Allocation JSON document to write.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Allocation JSON document to write.", callback=output_file)
+    ],
     method: Annotated[
         str,
         typer.Option(
@@ -207,7 +223,7 @@ def allocate_command(
         float | None,
         typer.Option("--min-gain", min=0.0, max=0.5, help="auto: keep uniform unless a candidate wins by this [0.01]."),
     ] = None,
-    estimator: EstimatorOpt = DEFAULT_ESTIMATOR,
+    estimator: ReportEstimatorOpt = None,
     revision: RevisionOpt = None,
     alphas_json: Annotated[
         Path | None, typer.Option("--alphas", help="Reuse a report written by `acttail alphas --json`.")
@@ -270,8 +286,6 @@ def _build(
     from acttail.models import resolve_model
 
     source = resolve_model(model, revision)
-    if report.model.get("fingerprint") not in ("", None, source.describe().fingerprint):
-        raise AllocationError(f"--alphas was computed for another model than {model} (fingerprint differs)")
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                    TimeElapsedColumn(), console=console, transient=True, disable=quiet)  # fmt: skip
     shown: list[str] = []
@@ -294,16 +308,32 @@ def _build(
 
 
 def _load_or_compute(
-    model: str, revision: str | None, estimator: str, alphas_json: Path | None, progress: bool = True
+    model: str, revision: str | None, estimator: str | None, alphas_json: Path | None, progress: bool = True
 ) -> ESDReport:
+    """The alphas of ``model``: computed (``estimator`` or ks), or read from ``alphas_json``, which
+    must be this model's (same fingerprint) and, when ``estimator`` is given, that estimator's."""
     from acttail.esd import ESDReport
+    from acttail.models import resolve_model
 
     if alphas_json is None:
-        return compute_report(model, revision, estimator, progress=progress)[0]
+        return compute_report(model, revision, estimator or DEFAULT_ESTIMATOR, progress=progress)[0]
     try:
-        return ESDReport.from_dict(json.loads(alphas_json.read_text(encoding="utf-8")))
+        report = ESDReport.from_dict(json.loads(alphas_json.read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise typer.BadParameter(f"cannot read {alphas_json}: {exc}", param_hint="--alphas") from None
+    if estimator is not None and estimator != report.estimator:
+        raise ActTailError(
+            f"--estimator {estimator} differs from the estimator of --alphas {alphas_json} ({report.estimator}); "
+            "drop --estimator or recompute the alphas with it"
+        )
+    computed_for = report.model.get("fingerprint") or ""
+    fingerprint = resolve_model(model, revision).describe().fingerprint
+    if computed_for and computed_for != fingerprint:
+        raise ActTailError(
+            f"--alphas {alphas_json} was computed for another model ({report.model.get('model_id')!r}, "
+            f"fingerprint {computed_for[:16]}…), not {model!r} (fingerprint {fingerprint[:16]}…)"
+        )
+    return report
 
 
 def register(app: typer.Typer) -> None:

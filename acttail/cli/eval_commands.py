@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from acttail.cli.paths import output_file
 from acttail.cli.results_store import DbOpt, NoStoreOpt, ResultsStore, open_results_store, record_result
 from acttail.errors import ActTailError
 
@@ -37,7 +38,9 @@ MaxTokensOpt = Annotated[
     int | None, typer.Option("--max-tokens", help="Cap WikiText-2 test tokens (quick runs); default: full split.")
 ]
 ModeOpt = Annotated[str, typer.Option("--mode", help="topk (exact per token) | threshold (TEAL, calibrated).")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the full result document here.")]
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Write the full result document here.", callback=output_file)
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 NoDenseOpt = Annotated[bool, typer.Option("--no-dense", help="Skip the dense baseline.")]
 CalibOpt = Annotated[

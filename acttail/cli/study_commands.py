@@ -15,15 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from acttail.cli.esd_commands import (
-    EstimatorOpt,
     ModelArg,
+    ReportEstimatorOpt,
     RevisionOpt,
     _load_or_compute,
 )
+from acttail.cli.paths import output_file
 from acttail.registry import (
     DEFAULT_CALIBRATION_SEQLEN,
     DEFAULT_CALIBRATION_TOKENS,
-    DEFAULT_ESTIMATOR,
     ESTIMATORS,
     METHODS,
 )
@@ -66,14 +66,16 @@ def sensitivity(
     groups: Annotated[int, typer.Option("--groups", min=1, help="Layer groups per projection kind.")] = 3,
     max_tokens: TokensOpt = 4096,
     seqlen: SeqlenOpt = 512,
-    estimator: EstimatorOpt = DEFAULT_ESTIMATOR,
+    estimator: ReportEstimatorOpt = None,
     all_estimators: Annotated[
         bool,
         typer.Option("--all-estimators", help="Correlate alpha of ks, ks_peak and hill."),
     ] = False,
     alphas_json: AlphasOpt = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write the figure as PNG.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the figure as PNG.", callback=output_file)] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON.", callback=output_file)
+    ] = None,
     revision: RevisionOpt = None,
 ) -> None:
     """Sparsify one projection kind in one layer group at a time; rank-correlate the damage with alpha & co."""
@@ -81,7 +83,7 @@ def sensitivity(
 
     reports = [_load_or_compute(model, revision, estimator, alphas_json)]
     if all_estimators:
-        reports += [_load_or_compute(model, revision, e, None) for e in ESTIMATORS if e != estimator]
+        reports += [_load_or_compute(model, revision, e, None) for e in ESTIMATORS if e != reports[0].estimator]
     loaded, calibration = _calibration(model, revision, max_tokens, seqlen)
     result = sensitivity_study(loaded, calibration, reports, level=level, groups=groups, model_id=model)
     kinds, matrix = result.matrix("delta_nll")
@@ -110,11 +112,13 @@ def allocate_search(
         float,
         typer.Option("--sparsity", "-s", min=0.0, max=0.99, help="Target mean sparsity."),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Allocation JSON document to write.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Allocation JSON document to write.", callback=output_file)
+    ],
     method: Annotated[str, typer.Option("--method", help=" | ".join(SEARCH_METHODS) + ".")] = "auto",
     max_tokens: TokensOpt = DEFAULT_CALIBRATION_TOKENS,
     seqlen: SeqlenOpt = DEFAULT_CALIBRATION_SEQLEN,
-    estimator: EstimatorOpt = DEFAULT_ESTIMATOR,
+    estimator: ReportEstimatorOpt = None,
     alphas_json: AlphasOpt = None,
     revision: RevisionOpt = None,
 ) -> None:

@@ -84,3 +84,16 @@ class ModelSource(abc.ABC):
         (``acttail.models.loading``); ``None`` = ``Placement()`` = auto. ``dtype=``/``device=``
         are the pre-``Placement`` spelling of the same request.
         """
+
+
+def check_tokenizer_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: object) -> None:
+    """Refuse a tokenizer that can emit ids past the embedding (tokenizer files of another model):
+    otherwise the first forward pass fails with an IndexError deep inside torch.embedding."""
+    from acttail.errors import ModelSourceError
+
+    rows = int(model.get_input_embeddings().get_parameter("weight").shape[0])
+    if len(tokenizer) > rows:
+        raise ModelSourceError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only {rows} rows; "
+            "its tokenizer files belong to another model"
+        )

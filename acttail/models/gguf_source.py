@@ -21,7 +21,7 @@ from acttail.models.architectures import (
     projection_name,
     spec_for,
 )
-from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
+from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo, check_tokenizer_fits
 from acttail.models.fingerprint import read_spans, sample_spans, sha256_of_parts
 from acttail.models.gguf_file import GGUFFile, GGUFTensorInfo
 from acttail.models.loading import load_pretrained, resolve_placement
@@ -146,4 +146,5 @@ class GGUFSource(ModelSource):
         directory, filename = str(self.path.parent), self.path.name
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
         model = load_pretrained(AutoModelForCausalLM, directory, resolved, gguf_file=filename)
+        check_tokenizer_fits(model, tokenizer, self.path)
         return model, tokenizer

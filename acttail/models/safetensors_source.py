@@ -17,7 +17,7 @@ import torch
 
 from acttail.errors import ModelSourceError
 from acttail.models.architectures import ProjectionRef, projection_refs, spec_for
-from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo
+from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo, check_tokenizer_fits
 from acttail.models.fingerprint import safetensors_fingerprint
 from acttail.models.loading import load_pretrained, resolve_placement
 
@@ -168,6 +168,12 @@ class SafetensorsDirSource(ModelSource):
 
         resolved = resolve_placement(placement, dtype=dtype, device=device)
         self.files  # noqa: B018 - refuses pickle-only directories before transformers sees them
+        try:  # before the weights: a missing tokenizer should not cost a model load
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(self.directory), trust_remote_code=False, local_files_only=True
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelSourceError(f"{self.directory}: no usable tokenizer ({exc.__class__.__name__})") from None
         model = load_pretrained(
             AutoModelForCausalLM,
             str(self.directory),
@@ -176,10 +182,5 @@ class SafetensorsDirSource(ModelSource):
             trust_remote_code=False,
             local_files_only=True,
         )
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                str(self.directory), trust_remote_code=False, local_files_only=True
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelSourceError(f"{self.directory}: no usable tokenizer ({exc.__class__.__name__})") from None
+        check_tokenizer_fits(model, tokenizer, self.directory)
         return model, tokenizer
