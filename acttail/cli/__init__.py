@@ -12,13 +12,9 @@ import sys
 from typing import NoReturn
 
 import typer
-from typer import Abort
-
-try:  # typer >= 0.2x vendors click; older releases use the click package
-    from typer._click.exceptions import ClickException, UsageError
-except ImportError:  # pragma: no cover - depends on the installed typer
-    from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]  # same classes, other home
 from rich.console import Console
+from typer import Abort
+from typer._click.exceptions import ClickException, UsageError  # typer vendors click (pyproject: typer>=0.29)
 
 from acttail.errors import ActTailError
 

@@ -48,6 +48,7 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> SafetensorsD
         RevisionNotFoundError,
     )
 
+    network: tuple[type[Exception], ...] = (OfflineModeIsEnabled, HfHubHTTPError, OSError, *_transport_errors())
     try:
         if constants.HF_HUB_OFFLINE:  # the cache only; a snapshot folder is named by its commit sha
             directory = snapshot_download(
@@ -66,7 +67,7 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> SafetensorsD
         ) from None
     except LocalEntryNotFoundError:
         raise _unreachable(repo_id, "HF_HUB_OFFLINE=1 and it is not in the hub cache", offline=True) from None
-    except (OfflineModeIsEnabled, HfHubHTTPError, OSError, *_transport_errors()) as exc:
+    except network as exc:
         why = f"the Hugging Face hub is unreachable: {exc.__class__.__name__}"
         raise _unreachable(repo_id, why, offline=bool(constants.HF_HUB_OFFLINE)) from None
     return SafetensorsDirSource(
