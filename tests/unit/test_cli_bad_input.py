@@ -18,22 +18,17 @@ from pathlib import Path
 import pytest
 
 from acttail.cli import main
-from tests.conftest import byte_tokenizer, tiny_config
+from tests.tiny_models import save_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def save_model(directory: Path, *, vocab_size: int = 256, tokenizer: bool = True, seed: int = 0) -> Path:
-    """A one-block tiny Llama (7 projections) as safetensors, with or without the byte tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    config = tiny_config("llama")
-    config.num_hidden_layers, config.vocab_size = 1, vocab_size
-    torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    if tokenizer:
-        byte_tokenizer().save_pretrained(directory)
+    """A one-block tiny Llama (7 projections) as safetensors, with or without its byte tokenizer."""
+    save_tiny_model(directory, seed=seed, num_hidden_layers=1, vocab_size=vocab_size)
+    if not tokenizer:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (directory / name).unlink(missing_ok=True)
     return directory
 
 
