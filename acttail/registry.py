@@ -193,7 +193,7 @@ def bundled_aliases() -> tuple[str, ...]:
 
 
 #: Hub repo IDs: "org/name"; letters, digits, "-", "_", "."; no leading "." or "-".
-HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}\Z")
 MAX_MODEL_ID_LENGTH = 512
 
 

@@ -24,6 +24,7 @@ from api.dispatch import EmbeddedDispatcher, JobDispatcher, build_dispatcher
 from api.errors import install_error_handlers
 from api.image_cache import ImageCache
 from api.middleware import BodySizeLimit
+from api.openapi import install_openapi
 from api.routers import allocations, benchmarks, health, jobs, models, plots
 from api.ui.install import install_ui
 
@@ -82,5 +83,6 @@ def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | 
     for module in (health, jobs, models, allocations, benchmarks, plots):
         app.include_router(module.router)
     install_ui(app, settings)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

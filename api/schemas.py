@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, field_serializer
 
+from acttail.store.catalog import is_verified
 from acttail.store.orm import AllocationRow, Benchmark, EsdProjection, EsdRun, Job, Model
 from acttail.store.requests import JobRequest
 
@@ -161,7 +162,10 @@ class AlphasOut(BaseModel):
 class AllocationSummary(_Out):
     id: int
     url: str
-    model_id: str
+    model_id: str = Field(
+        description="the model's ID; for weights no job has loaded yet (model_verified false), the uploader's claim"
+    )
+    model_verified: bool = Field(description="false when only an upload names this fingerprint so far")
     fingerprint: str
     method: str
     target: float
@@ -173,10 +177,12 @@ class AllocationSummary(_Out):
 
     @classmethod
     def of(cls, row: AllocationRow, team_id: int) -> AllocationSummary:
+        verified = is_verified(row.model)
+        model_id = row.model.model_id if verified else str(row.document.get("model_id", ""))
         return cls(
-            id=row.id, url=f"/v1/allocations/{row.id}", model_id=row.model.model_id, fingerprint=row.model.fingerprint,
-            method=row.method, target=row.target, estimator=row.estimator, params=row.params, shared=row.shared,
-            own=row.team_id == team_id, created_at=row.created_at,
+            id=row.id, url=f"/v1/allocations/{row.id}", model_id=model_id, model_verified=verified,
+            fingerprint=row.model.fingerprint, method=row.method, target=row.target, estimator=row.estimator,
+            params=row.params, shared=row.shared, own=row.team_id == team_id, created_at=row.created_at,
         )  # fmt: skip
 
 

@@ -81,7 +81,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for spec in ARCHITECTURES.values() for t in spec.model_types)
 
 _NAME_RE = re.compile(
-    r"^(?P<prefix>.*layers)\.(?P<layer>\d+)\.(?P<suffix>self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)$"
+    r"^(?P<prefix>.*layers)\.(?P<layer>\d+)\.(?P<suffix>self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)\Z"
 )
 _SUFFIX_TO_TYPE = {suffix: kind for kind, suffix in _HF_SUFFIX.items()}
 

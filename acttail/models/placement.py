@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,2})$")
-MEMORY_PATTERN = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,2})\Z")
+MEMORY_PATTERN = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\Z")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Select, exists, insert, or_, select
+from sqlalchemy import Select, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from acttail.store.errors import NotFoundError
@@ -20,6 +20,7 @@ from acttail.store.orm import AllocationRow, Benchmark, EsdProjection, EsdRun, J
 from acttail.store.spectra import encode_eigenvalues
 from acttail.store.upsert import insert_ignore
 
+UNVERIFIED_SOURCE = "upload"  # a placeholder row: only uploads named these weights so far
 MODEL_FIELDS = ("model_id", "source", "revision", "fingerprint", "architecture", "num_layers", "projection_params")
 PROJECTION_FIELDS = (
     "name", "layer", "kind", "d_out", "d_in", "param_count", "alpha", "xmin", "ks_distance", "num_tail",
@@ -36,18 +37,54 @@ def _as_mapping(obj: Any) -> Mapping[str, Any]:
 
 
 def get_or_create_model(description: Any, *, db_session: Session) -> Model:
-    """The model row for a ModelDescription (or mapping with its fields); race-safe upsert on fingerprint."""
+    """The model row for a ModelDescription (or mapping with its fields); race-safe upsert on fingerprint.
+
+    The description comes from loading the weights, so it is the truth: a placeholder row an
+    upload created for these weights (``claim_model``) takes its facts now, while a row that
+    already describes real weights is never changed.
+    """
     data = _as_mapping(description)
     values = {name: data.get(name) for name in MODEL_FIELDS}
     if not values["fingerprint"]:
         raise ValueError("a model needs a non-empty fingerprint to be stored")
+    if values["source"] == UNVERIFIED_SOURCE:
+        raise ValueError(f"source {UNVERIFIED_SOURCE!r} is reserved for upload placeholders (claim_model)")
     values["architecture"] = values["architecture"] or ""
     values["num_layers"] = int(values["num_layers"] or 0)
     values["projection_params"] = int(values["projection_params"] or 0)
-    insert_ignore(db_session, Model.__table__, {**values, "created_at": utcnow()})
-    model = db_session.scalar(select(Model).where(Model.fingerprint == values["fingerprint"]))
+    if not insert_ignore(db_session, Model.__table__, {**values, "created_at": utcnow()}):
+        db_session.execute(
+            update(Model)
+            .where(Model.fingerprint == values["fingerprint"], Model.source == UNVERIFIED_SOURCE)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+    model = db_session.scalar(
+        select(Model).where(Model.fingerprint == values["fingerprint"]).execution_options(populate_existing=True)
+    )
     assert model is not None  # inserted above or by a concurrent writer whose commit we now see
     return model
+
+
+def claim_model(fingerprint: str, *, db_session: Session) -> Model:
+    """The row for ``fingerprint``, creating a placeholder that names nothing when no weights with
+    that fingerprint were ever loaded. An upload only *claims* which model its fingerprint is: the
+    claim stays in the uploader's document, never in this shared row, so no team can rename or
+    redefine a model another team's data or job refers to. The first job that loads the weights
+    fills the placeholder in (``get_or_create_model``)."""
+    placeholder = {
+        "model_id": fingerprint, "source": UNVERIFIED_SOURCE, "revision": None, "fingerprint": fingerprint,
+        "architecture": "", "num_layers": 0, "projection_params": 0, "created_at": utcnow(),
+    }  # fmt: skip
+    insert_ignore(db_session, Model.__table__, placeholder)
+    model = db_session.scalar(select(Model).where(Model.fingerprint == fingerprint))
+    assert model is not None
+    return model
+
+
+def is_verified(model: Model) -> bool:
+    """True when the row describes loaded weights, False for an upload's placeholder."""
+    return model.source != UNVERIFIED_SOURCE
 
 
 def get_model_by_fingerprint(fingerprint: str, *, db_session: Session) -> Model | None:

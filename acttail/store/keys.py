@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-KEY_PATTERN = re.compile(r"^act_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+KEY_PATTERN = re.compile(r"^act_([0-9a-f]{12})_([A-Za-z0-9_-]{43})\Z")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from acttail.store.upsert import canonical_hash
 KNOB_NAMES = {"greedy_step": "step"}
 #: Optional knobs: None means the method's default; set for a method that ignores them, they are refused.
 OPTIONAL_KNOBS = ("calibration_tokens", "calibration_seqlen", "min_gain", "greedy_tokens", "greedy_step")
-REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")
 
 Target = Annotated[float, Field(ge=TARGET_MIN, le=TARGET_MAX)]
 
@@ -124,8 +124,10 @@ class JobRequest(_Strict):
     @field_validator("model_id")
     @classmethod
     def _model_id_syntax(cls, value: str) -> str:
+        if "\x00" in value or any(ch in value for ch in "\r\n\t"):  # before strip(): "org/x\n" is refused
+            raise ValueError("model_id must be a non-empty single-line string")
         value = value.strip()
-        if not value or "\x00" in value or any(ch in value for ch in "\r\n\t"):
+        if not value:
             raise ValueError("model_id must be a non-empty single-line string")
         return value.lower() if value.lower() in bundled_aliases() else value
 

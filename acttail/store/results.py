@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from acttail.store.errors import NotFoundError
-from acttail.store.orm import AllocationRow, Benchmark, Model, utcnow
+from acttail.store.catalog import UNVERIFIED_SOURCE
+from acttail.store.errors import ConflictError, NotFoundError
+from acttail.store.orm import AllocationRow, Benchmark, Job, Model, utcnow
 from acttail.store.upsert import canonical_hash, insert_for, insert_ignore
 
 TARGET_TOLERANCE = 1e-9
@@ -65,10 +66,36 @@ def get_allocation(allocation_id: int, *, team_id: int, db_session: Session) -> 
     return row
 
 
-def _model_filter(stmt: Select[Any], model: str | None) -> Select[Any]:
+def delete_allocation(allocation_id: int, *, team_id: int, db_session: Session) -> None:
+    """Delete the team's own allocation. NotFoundError for any other (shared ones included);
+    ConflictError while a benchmark or one of the team's jobs refers to it (nothing else is lost)."""
+    row = db_session.scalar(
+        select(AllocationRow).where(AllocationRow.id == allocation_id, AllocationRow.team_id == team_id)
+    )
+    if row is None:
+        raise NotFoundError(f"no allocation {allocation_id} of yours")
+    measured = int(
+        db_session.scalar(select(func.count()).select_from(Benchmark).where(Benchmark.allocation_id == row.id)) or 0
+    )
+    if measured:
+        raise ConflictError(f"allocation {allocation_id} has {measured} benchmark result(s); it is kept")
+    jobs = db_session.scalars(select(Job).where(Job.team_id == team_id, Job.model_pk == row.model_pk))
+    referring = sorted(job.id for job in jobs if row.id in (job.allocation_ids or []))
+    if referring:
+        raise ConflictError(f"allocation {allocation_id} is a result of job {referring[0]}; it is kept")
+    db_session.delete(row)
+    db_session.flush()
+
+
+def _model_filter(stmt: Select[Any], model: str | None, *, claims: bool = False) -> Select[Any]:
+    """Rows of the model with this ID or fingerprint; with ``claims`` (allocations), also those
+    whose own document claims that ID for weights no job loaded yet (``catalog.claim_model``)."""
     if model is None:
         return stmt
-    return stmt.join(Model).where(or_(Model.model_id == model, Model.fingerprint == model))
+    named = [Model.model_id == model, Model.fingerprint == model]
+    if claims:
+        named.append(and_(Model.source == UNVERIFIED_SOURCE, AllocationRow.document["model_id"].as_string() == model))
+    return stmt.join(Model).where(or_(*named))
 
 
 def list_allocations(
@@ -82,7 +109,7 @@ def list_allocations(
     offset: int = 0,
 ) -> tuple[list[AllocationRow], int]:
     """Visible allocations, newest first, and the total count matching the filters."""
-    stmt = _model_filter(select(AllocationRow).where(visible_to(AllocationRow, team_id)), model)
+    stmt = _model_filter(select(AllocationRow).where(visible_to(AllocationRow, team_id)), model, claims=True)
     if target is not None:
         stmt = stmt.where(func.abs(AllocationRow.target - target) < TARGET_TOLERANCE)
     if method is not None:

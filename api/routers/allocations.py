@@ -1,23 +1,36 @@
-"""/v1/allocations: list, fetch the exact document the CLI writes, upload one computed elsewhere."""
+"""/v1/allocations: list, fetch the exact document the CLI writes, upload one computed elsewhere, delete an upload.
+
+An upload is bounded (``api.json_bounds``) before anything is stored, and it only *claims* which
+model its fingerprint belongs to: the shared ``models`` row comes from loading the weights, never
+from an upload (``catalog.claim_model``). For weights already loaded, the allocation must cover
+exactly their projections, with their parameter counts.
+"""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, status
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.orm import Session
 
 from acttail.errors import AllocationError
 from acttail.store import catalog, results
+from acttail.store.orm import Model
 from api.csv_export import Format, csv_response
 from api.deps import SessionDep, TeamDep
+from api.json_bounds import DocumentBoundsError, check_json_bounds
 from api.schemas import MAX_ID, MAX_PAGE, AllocationCreated, AllocationSummary, Page
 
 router = APIRouter(prefix="/v1/allocations", tags=["allocations"])
 
-MAX_PROJECTIONS = 100_000
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
+MAX_PROJECTIONS = 10_000  # a 1000-layer model has 7000
+MAX_DEPTH = 16  # the documents acttail writes nest 5 deep (auto's params.grid)
+MAX_VALUES = 4 * MAX_PROJECTIONS + 10_000
+MAX_STRING = 4096
+MAX_PARAM_COUNT = 10**13
+MAX_PROJECTION_NAME = 256  # esd_projections.name
+_NAME_LIMITS = (("model_id", 512), ("fingerprint", 128), ("method", 32), ("estimator", 32), ("created_at", 64))
 
 
 @router.get("", response_model=Page[AllocationSummary])
@@ -59,15 +72,43 @@ def get_allocation(
 
 
 def _check_limits(doc: dict[str, Any]) -> None:
-    for key, limit in (("model_id", 512), ("fingerprint", 128), ("method", 32), ("estimator", 32)):
+    """Bounds first, before any recursive code (hashing, validation, serialisation) sees the document."""
+    try:
+        check_json_bounds(doc, what="allocation document", max_depth=MAX_DEPTH, max_nodes=MAX_VALUES,
+                          max_string=MAX_STRING)  # fmt: skip
+    except DocumentBoundsError as exc:
+        raise AllocationError(str(exc)) from None
+    for key, limit in _NAME_LIMITS:
         value = doc.get(key)
         if isinstance(value, str) and len(value) > limit:
             raise AllocationError(f"allocation document: {key!r} is longer than {limit} characters")
     sparsities = doc.get("sparsities")
-    if isinstance(sparsities, dict) and len(sparsities) > MAX_PROJECTIONS:
-        raise AllocationError(f"allocation document: more than {MAX_PROJECTIONS} projections")
+    if isinstance(sparsities, dict):
+        if len(sparsities) > MAX_PROJECTIONS:
+            raise AllocationError(f"allocation document: more than {MAX_PROJECTIONS} projections")
+        if any(len(name) > MAX_PROJECTION_NAME for name in sparsities):
+            raise AllocationError(f"allocation document: a projection name is longer than {MAX_PROJECTION_NAME}")
+    counts = doc.get("param_counts")
+    if isinstance(counts, dict) and any(isinstance(c, int) and c > MAX_PARAM_COUNT for c in counts.values()):
+        raise AllocationError(f"allocation document: a param_count exceeds {MAX_PARAM_COUNT}")
     if not doc.get("fingerprint"):
         raise AllocationError("allocation document: 'fingerprint' must be non-empty to be stored")
+
+
+def _check_against_weights(allocation: Any, model: Model, db_session: Session) -> None:
+    """An allocation for loaded weights names exactly their projections, with their sizes."""
+    runs = catalog.list_esd_runs(model, db_session=db_session)
+    if not runs:
+        return
+    known = {p.name: p.param_count for p in catalog.get_esd_run_by_id(runs[0].id, db_session=db_session).projections}
+    if set(allocation.param_counts) != set(known):
+        raise AllocationError(
+            f"allocation document: its {len(allocation.param_counts)} projections are not the {len(known)} of the "
+            f"model with this fingerprint ({model.model_id})"
+        )
+    wrong = sorted(name for name, count in allocation.param_counts.items() if known[name] != count)
+    if wrong:
+        raise AllocationError(f"allocation document: param_count of {wrong[0]} is not the model's {known[wrong[0]]}")
 
 
 @router.post(
@@ -90,18 +131,11 @@ def upload_allocation(
 
     _check_limits(document)
     allocation = Allocation.from_dict(document)
-    layers = [int(m.group(1)) for name in allocation.sparsities if (m := _LAYER.search(name))]
     model = catalog.get_model_by_fingerprint(allocation.fingerprint, db_session=db_session)
-    if model is None:
-        model = catalog.get_or_create_model(
-            {
-                "model_id": allocation.model_id, "source": "upload", "revision": None,
-                "fingerprint": allocation.fingerprint, "architecture": "",
-                "num_layers": max(layers) + 1 if layers else 0,
-                "projection_params": sum(allocation.param_counts.values()),
-            },
-            db_session=db_session,
-        )  # fmt: skip
+    if model is not None and catalog.is_verified(model):
+        _check_against_weights(allocation, model, db_session)
+    else:
+        model = catalog.claim_model(allocation.fingerprint, db_session=db_session)
     row, created = results.save_allocation(
         allocation, model=model, team_id=team.id, shared=shared, db_session=db_session
     )
@@ -110,3 +144,18 @@ def upload_allocation(
     if not created:
         response.status_code = status.HTTP_200_OK
     return AllocationCreated(id=row.id, url=f"/v1/allocations/{row.id}", created=created)
+
+
+@router.delete(
+    "/{allocation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "a job or benchmark refers to it"}},
+)
+def delete_allocation(
+    allocation_id: Annotated[int, Path(ge=1, le=MAX_ID)], team: TeamDep, db_session: SessionDep
+) -> Response:
+    """Delete one of the caller's own allocations (an upload); another team's, shared or not, is 404.
+    Refused (409) while a job or benchmark result refers to it, so deleting never loses anything else."""
+    results.delete_allocation(allocation_id, team_id=team.id, db_session=db_session)
+    db_session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -46,7 +46,14 @@ def test_allocation_upload_round_trip(api: Api, team: tuple[int, str]) -> None:
     assert listed.json()["total"] == 1 and item["id"] == created.json()["id"] and item["own"] is True
     assert item["params"]["epsilon"] == 0.1
     assert api.client.get("/v1/allocations?target=0.61&model=org/uploaded", headers=api.auth(key)).json()["total"] == 0
-    assert any(m["model_id"] == "org/uploaded" for m in api.client.get("/v1/models", headers=api.auth(key)).json())
+    assert item["model_id"] == "org/uploaded" and item["model_verified"] is False  # the uploader's claim
+    # ... which names nothing shared: the model row of weights no job loaded is a placeholder
+    models = api.client.get("/v1/models", headers=api.auth(key)).json()
+    assert {"model_id": doc["fingerprint"], "source": "upload", "num_layers": 0} in [
+        {k: m[k] for k in ("model_id", "source", "num_layers")}
+        for m in models
+        if m["fingerprint"] == doc["fingerprint"]
+    ]
 
 
 @pytest.mark.parametrize(
