@@ -40,6 +40,14 @@ def _error_statuses(path: str, operation: dict[str, Any]) -> dict[str, str]:
     return statuses
 
 
+def _add_csv(operation: dict[str, Any]) -> None:
+    """``?format=csv`` answers 200 with ``text/csv`` (``api.csv_export``): declare it next to JSON."""
+    formats = [p for p in operation.get("parameters", []) if p.get("in") == "query" and p.get("name") == "format"]
+    ok = operation.get("responses", {}).get("200")
+    if formats and ok is not None:
+        ok.setdefault("content", {})["text/csv"] = {"schema": {"type": "string"}}
+
+
 def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
 
@@ -52,6 +60,7 @@ def describe_errors(schema: dict[str, Any]) -> dict[str, Any]:
     components["Error"] = Error.model_json_schema()
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
+            _add_csv(operation)
             responses = operation.setdefault("responses", {})
             for status, reason in _error_statuses(path, operation).items():
                 responses.setdefault(status, {"description": reason})

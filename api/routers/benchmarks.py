@@ -15,7 +15,11 @@ from api.schemas import MAX_ID, MAX_PAGE, BenchmarkOut, Page
 router = APIRouter(prefix="/v1/benchmarks", tags=["benchmarks"])
 
 
-@router.get("", response_model=Page[BenchmarkOut])
+@router.get(
+    "",
+    response_model=Page[BenchmarkOut],
+    responses={404: {"description": "the job or allocation filtered on is not visible"}},
+)
 def list_benchmarks(
     team: TeamDep,
     db_session: SessionDep,
