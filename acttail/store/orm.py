@@ -260,3 +260,6 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     dispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    # Read with the job in one query (LEFT OUTER JOIN): every job view shows its model.
+    model: Mapped[Model | None] = relationship(lazy="joined", viewonly=True)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 from sqlalchemy.orm import Session
 
 from acttail.store import jobs
-from acttail.store.orm import Job, JobStatus, Model
+from acttail.store.orm import Job, JobStatus
 from acttail.store.requests import JobRequest
 from api.deps import DispatcherDep, SessionDep, SettingsDep, TeamDep
 from api.schemas import MAX_PAGE, JobCreated, JobOut, Page
@@ -26,8 +26,7 @@ StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 def _out(job: Job, db_session: Session) -> JobOut:
-    model = db_session.get(Model, job.model_pk) if job.model_pk is not None else None
-    return JobOut.of(job, model)
+    return JobOut.of(job, job.model)
 
 
 @router.post(
