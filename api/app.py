@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | 
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = session_factory
+    app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")  # same pool
     app.state.database_key = str(engine.url)
     app.state.db_gate = DbGate(settings.db_pool_size, settings.db_pool_timeout_s)
     app.state.head_revision = migrate.head_revision()

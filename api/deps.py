@@ -4,7 +4,8 @@ A request holds a database connection only while its handler runs: the session i
 the pool gate (``api.db_gate``) and closed as soon as the handler and its serialisation return
 (``scope="function"``), on the event loop, so giving the connection back never waits for a free
 thread. Authentication reads the per-process verified-key cache first and asks the database only
-on a miss, in a transaction of its own that ends before the handler starts.
+on a miss, in a transaction of its own that ends before the handler starts. Reads (GET, HEAD)
+run without a transaction at all (``read_engine``: autocommit on the same pool).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from acttail.store.key_cache import TeamRef
 from api.db_gate import DbGate
 from api.dispatch import JobDispatcher
 
+READ_METHODS = frozenset({"GET", "HEAD"})
 _bearer = HTTPBearer(auto_error=False, description="An API key from `acttail admin create-key TEAM`.")
 
 
@@ -36,7 +38,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     gate: DbGate = request.app.state.db_gate
     await gate.acquire()
     try:
-        session: Session = request.app.state.session_factory()
+        # GET and HEAD never write: their statements autocommit one by one, so a read costs no
+        # BEGIN/ROLLBACK round trips and its connection is never "idle in transaction".
+        bind = request.app.state.read_engine if request.method in READ_METHODS else request.app.state.engine
+        session: Session = request.app.state.session_factory(bind=bind)
         try:
             yield session
         finally:
