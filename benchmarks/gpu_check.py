@@ -215,7 +215,7 @@ def gemv_fraction(shapes: dict[str, int], device: torch.device, dtype: torch.dty
 
 def decode(model: Any, new_tokens: int, repeats: int) -> dict[str, Any]:
     from acttail.evaluate.speed import measure_decode_speed
-    from tests.conftest import byte_tokenizer  # offline byte-level BPE: any prompt encodes
+    from tests.tiny_models import byte_tokenizer  # offline byte-level BPE: any prompt encodes
 
     result = measure_decode_speed(
         model, byte_tokenizer(), SPARSITY, new_tokens=new_tokens, warmup_tokens=4, repeats=repeats

@@ -32,7 +32,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +44,7 @@ from benchmarks._machine import describe_machine, load_average
 
 DTYPES = ("float32", "bfloat16")
 BF16_TOLERANCE = 0.01  # the issue's bar: bf16 perplexity within 1% of fp32
+SAVE: Callable[[dict[str, Any]], None] | None = None  # set by main(): writes the .json and .md
 
 
 def log(msg: str) -> None:
@@ -70,8 +71,11 @@ def _reset_peak() -> bool:
 
 
 @contextmanager
-def stage(record: list[dict[str, Any]], name: str, **extra: Any) -> Iterator[dict[str, Any]]:
-    """Time one stage and record its peak RSS; the yielded dict takes the stage's own numbers."""
+def stage(doc: dict[str, Any], name: str, **extra: Any) -> Iterator[dict[str, Any]]:
+    """Time one stage and record its peak RSS; the yielded dict takes the stage's own numbers.
+
+    The document is saved after every stage (``SAVE``), so an interrupted run keeps what it measured.
+    """
     _release_memory()
     reset = _reset_peak()
     row: dict[str, Any] = {"stage": name, **extra, "rss_start_mib": round(_status_mib("VmRSS"), 1)}
@@ -82,8 +86,10 @@ def stage(record: list[dict[str, Any]], name: str, **extra: Any) -> Iterator[dic
     row["peak_rss_mib"] = round(_status_mib("VmHWM"), 1)
     row["peak_scope"] = "stage" if reset else "process so far (clear_refs unavailable)"
     row["load_average_end"] = [round(x, 2) for x in load_average()]
-    record.append(row)
+    doc["stages"].append(row)
     log(f"{name}: {row['wall_s']} s, peak RSS {row['peak_rss_mib']:.0f} MiB")
+    if SAVE is not None:
+        SAVE(doc)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,11 +118,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "stages": stages,
         "variants": [],
     }
-    with stage(stages, "resolve + sha256 check"):
+    with stage(doc, "resolve + sha256 check"):
         source = resolve_model(args.model)
         description = source.describe().as_dict()
     doc["description"] = description
-    with stage(stages, "alphas (ESD, fp32 from the GGUF, streamed)") as row:
+    with stage(doc, "alphas (ESD, fp32 from the GGUF, streamed)") as row:
         report = analyze_source(source, estimator=config.estimator, progress=False)
         alphas = report.alphas()
         row["projections"] = len(alphas)
@@ -127,11 +133,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         evaluate_cast(args, doc, source, report, config, allocations)
     else:
         for dtype in args.dtypes:
-            with stage(stages, f"load {dtype}", dtype=dtype):
+            with stage(doc, f"load {dtype}", dtype=dtype):
                 lm, tokenizer = source.load_causal_lm(Placement(device="cpu", dtype=dtype))
                 assert next(lm.parameters()).dtype == getattr(torch, dtype)
             if args.auto and not any(a.method == "auto" for a in allocations):
-                with stage(stages, f"auto allocation (calibration, {dtype})", dtype=dtype):
+                with stage(doc, f"auto allocation (calibration, {dtype})", dtype=dtype):
                     allocations += build_allocations(report, replace(config, methods=("auto",)), lm, tokenizer)
             for alloc in [None, *allocations]:
                 evaluate_one(args, doc, {dtype: lm}, tokenizer, alloc, config)
@@ -157,7 +163,7 @@ def evaluate_one(
     for dtype, lm in models.items():
         if alloc is not None:
             alloc.check_matches(doc["description"]["fingerprint"], [ref.name for ref, _ in find_projections(lm)])
-        with stage(doc["stages"], f"{label} {dtype}", dtype=dtype) as row:
+        with stage(doc, f"{label} {dtype}", dtype=dtype) as row:
             (variant,) = evaluate_variants(lm, tokenizer, [alloc], config)
             row["ppl"] = variant.ppl
         doc["variants"].append(
@@ -171,7 +177,8 @@ def evaluate_one(
                 "peak_rss_mib": row["peak_rss_mib"],
             }
         )
-        args.checkpoint(doc)
+        if SAVE is not None:
+            SAVE(doc)
 
 
 def evaluate_cast(
@@ -187,15 +194,15 @@ def evaluate_cast(
     from acttail.models.placement import Placement
     from acttail.pipeline import build_allocations
 
-    with stage(doc["stages"], "load float32", dtype="float32"):
+    with stage(doc, "load float32", dtype="float32"):
         lm, tokenizer = source.load_causal_lm(Placement(device="cpu", dtype="float32"))
     if args.auto:
-        with stage(doc["stages"], "auto allocation (calibration, float32)", dtype="float32"):
+        with stage(doc, "auto allocation (calibration, float32)", dtype="float32"):
             allocations += build_allocations(report, replace(config, methods=("auto",)), lm, tokenizer)
     for alloc in [None, *allocations]:
         evaluate_one(args, doc, {"float32": lm}, tokenizer, alloc, config)
     if "bfloat16" in args.dtypes:
-        with stage(doc["stages"], "cast to bfloat16 in place", dtype="bfloat16"):
+        with stage(doc, "cast to bfloat16 in place", dtype="bfloat16"):
             lm.to(torch.bfloat16)
         for alloc in [None, *allocations]:
             evaluate_one(args, doc, {"bfloat16": lm}, tokenizer, alloc, config)
@@ -236,8 +243,12 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
             f"Token budget: {proto['max_tokens']} test tokens, seqlen {proto['seqlen']} "
             f"({proto['max_tokens'] // proto['seqlen']} windows); targets {doc['protocol']['targets']}; "
             f"methods {', '.join(doc['protocol']['methods'])}. {doc['description']['num_layers']} blocks, "
-            f"{doc['alphas']['count']} projections, {doc['description']['projection_params'] / 1e6:.0f} M "
-            f"projection parameters; mean alpha {doc['alphas']['mean']:.3f}.",
+            f"{doc['description']['projection_params'] / 1e6:.0f} M projection parameters"
+            + (
+                f"; mean alpha {doc['alphas']['mean']:.3f} over {doc['alphas']['count']} projections."
+                if "alphas" in doc
+                else "."
+            ),
             "",
             f"Machine: {machine['cpu_model']}, {machine['cpus']} CPUs, torch {machine['torch']} "
             f"({machine['torch_threads']} threads); load average at start "
@@ -318,7 +329,8 @@ def main() -> None:
         json_path.write_text(json.dumps({"format": "acttail.scale_real", "runs": runs}, indent=1) + "\n")
         md_path.write_text(render(runs))
 
-    args.checkpoint = checkpoint
+    global SAVE
+    SAVE = checkpoint
     from acttail.errors import ActTailError
 
     try:
