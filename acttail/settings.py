@@ -20,6 +20,10 @@ ACTTAIL_DB_MAX_OVERFLOW        extra connections for readiness probes and embedd
 ACTTAIL_DB_POOL_TIMEOUT_S      a request waits this long for a connection, then gets 503 + Retry-After (default 2)
 ACTTAIL_DB_STATEMENT_TIMEOUT_S PostgreSQL statement and idle-in-transaction timeout of API connections (default 30)
 ACTTAIL_AUTH_CACHE_TTL_S       how long a verified API key is trusted without asking the database (default 5; 0 = off)
+ACTTAIL_JOB_HEARTBEAT_S        how often a running job's worker beats ``jobs.heartbeat_at``
+ACTTAIL_JOB_STALE_AFTER_S      a running job without a beat, or a queued one the broker lost, for this long is dead
+ACTTAIL_REAPER_INTERVAL_S      how often the API looks for dead jobs (0: never)
+ACTTAIL_JOB_MAX_ATTEMPTS       dispatches of a job before the reaper gives up and fails it
 =============================  ==================================================================
 """
 
@@ -62,6 +66,13 @@ class Settings(BaseSettings):
     session_secret: SecretStr | None = Field(
         default=None, min_length=32, description="Signs dashboard session cookies; unset: $ACTTAIL_HOME/session_secret."
     )
+    # Liveness of jobs (api.reaper): stale after several missed beats, and at most 2 minutes by default.
+    job_heartbeat_s: float = Field(default=15.0, ge=0.1, le=600, description="Heartbeat period of a running job.")
+    job_stale_after_s: float = Field(
+        default=90.0, ge=1, le=3600, description="No heartbeat (running) or not in the broker (queued) this long: dead."
+    )
+    reaper_interval_s: float = Field(default=15.0, ge=0, le=3600, description="Reaper period in the API; 0 disables.")
+    job_max_attempts: int = Field(default=3, ge=1, le=100, description="Dispatches before a dead job is failed.")
     session_https_only: bool = Field(default=False, description="Send the dashboard cookie over HTTPS only.")
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (celery executor only).")
     api_keep_alive_s: float = Field(
@@ -122,6 +133,8 @@ class Settings(BaseSettings):
             raise ValueError("api_workers > 1 needs the celery executor: embedded jobs run inside the one API process")
         if self.task_hard_time_limit_s <= self.task_soft_time_limit_s:
             raise ValueError("task_hard_time_limit_s must exceed task_soft_time_limit_s")
+        if self.job_stale_after_s < 2 * self.job_heartbeat_s:
+            raise ValueError("job_stale_after_s must be at least twice job_heartbeat_s (one late beat is not death)")
         return self
 
     @property

@@ -1,12 +1,14 @@
 """FastAPI app factory: ``uvicorn --factory api.app:create_app``.
 
 Startup: migrate the database to head (``auto_migrate``), build the dispatcher (celery or
-embedded), and in embedded mode create a default team on first start and resume jobs a previous
-process left unfinished.
+embedded), in embedded mode create a default team on first start and resume jobs a previous
+process left unfinished, and start the reaper (``api.reaper``) that re-enqueues dead jobs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +27,7 @@ from api.errors import install_error_handlers
 from api.image_cache import ImageCache
 from api.middleware import BodySizeLimit
 from api.openapi import install_openapi
+from api.reaper import Reaper
 from api.routers import allocations, benchmarks, health, jobs, models, plots
 from api.ui.install import install_ui
 
@@ -65,9 +68,16 @@ def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | 
             resumed = active.resume()
             if resumed:
                 log.info("resumed %d unfinished job(s)", len(resumed))
+        reaper = None
+        if settings.reaper_interval_s > 0:
+            reaper = asyncio.create_task(Reaper(session_factory, active, settings).run(settings.reaper_interval_s))
         try:
             yield
         finally:
+            if reaper is not None:
+                reaper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reaper
             active.close()
             engine.dispose()
 

@@ -3,23 +3,25 @@
 ``CeleryDispatcher`` sends the task *by name* ("acttail.run_job") through a bare Celery client,
 so the API imports neither the task bodies nor torch. ``EmbeddedDispatcher`` runs
 ``workers.runner.run_job`` on a thread pool inside the API process (``acttail serve``: SQLite,
-no Redis). Either way the job row, not the broker, holds the job's state.
+no Redis). Either way the job row, not the broker, holds the job's state; ``pending()`` tells the
+reaper (``api.reaper``) which jobs the executor still holds, so it can tell a lost queued job.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 from urllib.parse import urlparse
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from acttail.errors import ActTailError
 from acttail.registry import RUN_JOB_TASK
-from acttail.settings import Settings
+from acttail.settings import Queue, Settings
 from acttail.store import jobs
 from acttail.store.db import session_scope
 
@@ -39,6 +41,10 @@ class JobDispatcher(Protocol):
 
     def check(self) -> None:
         """Raise BrokerUnavailableError unless jobs can be enqueued now (``/readyz``)."""
+
+    def pending(self, reserved_within_s: float) -> set[str] | None:
+        """IDs of the jobs the executor holds (waiting, or reserved within ``reserved_within_s``);
+        None when it cannot tell. BrokerUnavailableError when the broker does not answer."""
 
     def close(self) -> None:
         """Release connections and threads at shutdown."""
@@ -93,6 +99,22 @@ class CeleryDispatcher:
     def check(self) -> None:
         ping_broker(self.broker_url, self.timeout_s)
 
+    def pending(self, reserved_within_s: float) -> set[str] | None:
+        """What the Redis broker holds (``api.broker_queue``); None for other transports."""
+        if urlparse(self.broker_url).scheme not in ("redis", "rediss", "unix"):
+            return None
+        import redis
+
+        from api.broker_queue import held_job_ids
+
+        client = redis.Redis.from_url(self.broker_url, socket_connect_timeout=self.timeout_s, socket_timeout=10)
+        try:
+            return held_job_ids(client, get_args(Queue), TASK_NAME, reserved_within_s=reserved_within_s)
+        except redis.RedisError as exc:
+            raise BrokerUnavailableError(f"message broker unreachable ({type(exc).__name__}: {exc})") from None
+        finally:
+            client.close()
+
     def close(self) -> None:
         self.app.close()
 
@@ -114,6 +136,10 @@ class EmbeddedDispatcher:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="acttail-job")
         self._lock = threading.Lock()
         self._closed = False
+        self._held: set[str] = set()  # dispatched and not yet returned from the runner
+        fields = Settings.model_fields
+        self.heartbeat_s = settings.job_heartbeat_s if settings else float(fields["job_heartbeat_s"].default)
+        self.stale_after_s = settings.job_stale_after_s if settings else float(fields["job_stale_after_s"].default)
 
     def _resolve_runner(self) -> Runner:
         if self.runner is None:
@@ -124,13 +150,24 @@ class EmbeddedDispatcher:
 
     def _run(self, job_id: str) -> None:
         try:
+            self._run_claimed(job_id)
+        finally:
+            with self._lock:
+                self._held.discard(job_id)
+
+    def _run_claimed(self, job_id: str) -> None:
+        try:
             runner = self._resolve_runner()
         except ImportError as exc:
             log.error("job %s: embedded worker unavailable: %s", job_id, exc)
             self._fail(job_id, f"embedded worker unavailable: {exc}")
             return
+        from workers.heartbeat import Heartbeat  # torch-free, like the store it writes to
+
+        claim = jobs.Claim(uuid.uuid4().hex, self.stale_after_s)
         try:
-            runner(job_id, session_factory=self.session_factory, settings=self.settings)
+            with Heartbeat(self.session_factory, job_id, claim.token, self.heartbeat_s):
+                runner(job_id, session_factory=self.session_factory, settings=self.settings, claim=claim)
         except Exception as exc:  # run_job records its own failures; this is the last line of defence
             log.exception("job %s: runner raised", job_id)
             self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
@@ -143,11 +180,16 @@ class EmbeddedDispatcher:
         with self._lock:
             if self._closed:
                 raise BrokerUnavailableError("the embedded worker is shutting down")
+            self._held.add(job_id)
             self.pool.submit(self._run, job_id)
 
     def check(self) -> None:
         if self._closed:
             raise BrokerUnavailableError("the embedded worker is shutting down")
+
+    def pending(self, reserved_within_s: float) -> set[str] | None:
+        with self._lock:
+            return set(self._held)
 
     def resume(self) -> list[str]:
         """Re-dispatch jobs a previous process left queued or running (after a crash or restart)."""

@@ -49,6 +49,7 @@ class JobCreated(BaseModel):
     url: str
     status: str
     created: bool = Field(description="false when an identical running job or the Idempotency-Key matched")
+    restarted: bool = Field(False, description="true when the matched job was dead (failed or stranded) and runs again")
 
 
 class JobLinks(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sqlalchemy.orm import Session
 
 from acttail.settings import Settings
@@ -9,7 +11,14 @@ from acttail.store import jobs
 from acttail.store.orm import Job
 from acttail.store.requests import JobRequest
 from api.dispatch import BrokerUnavailableError, JobDispatcher
+from api.reaper import restart_if_dead
 from api.validation import check_model_id
+
+
+class Submitted(NamedTuple):
+    job: Job
+    created: bool  # a new job row
+    restarted: bool = False  # the request's existing job was dead and runs again
 
 
 def submit(
@@ -20,9 +29,10 @@ def submit(
     settings: Settings,
     dispatcher: JobDispatcher,
     idempotency_key: str | None = None,
-) -> tuple[Job, bool]:
-    """Store and enqueue the job; returns (job, created). A duplicate (same request while one is
-    queued or running, or a repeated Idempotency-Key) returns the existing job, not enqueued again.
+) -> Submitted:
+    """Store and enqueue the job. A duplicate (same request while one is queued or running, or a
+    repeated Idempotency-Key) returns the existing job, not enqueued again, unless that job is
+    dead (failed, or stranded: ``acttail.store.jobs``): then it is restarted.
 
     If the broker is down the new row is deleted again and BrokerUnavailableError propagates
     (503): nothing was queued, the client retries later.
@@ -38,11 +48,13 @@ def submit(
         db_session=db_session,
     )
     db_session.commit()  # the worker must see the row before it gets the message
-    if created:
-        try:
-            dispatcher.dispatch(job.id, job.queue)
-        except BrokerUnavailableError:
-            jobs.delete_job(job.id, db_session=db_session)
-            db_session.commit()
-            raise
-    return job, created
+    if not created:
+        restarted = restart_if_dead(job, db_session=db_session, dispatcher=dispatcher, settings=settings)
+        return Submitted(jobs.get_job(job.id, db_session=db_session) if restarted else job, False, restarted)
+    try:
+        dispatcher.dispatch(job.id, job.queue)
+    except BrokerUnavailableError:
+        jobs.delete_job(job.id, db_session=db_session)
+        db_session.commit()
+        raise
+    return Submitted(job, True)

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from acttail.allocate import Allocation
     from acttail.models.base import ModelDescription, ModelSource
     from acttail.settings import Settings
+    from acttail.store.jobs import Claim
     from acttail.store.orm import Model
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,12 @@ def run_job(
     session_factory: sessionmaker[Session],
     progress: ProgressCallback | None = None,
     settings: Settings | None = None,
+    claim: Claim | None = None,
 ) -> None:
     """Run job ``job_id`` to a final state (see the module docstring for stages and failures).
+
+    ``claim`` names the delivery (``acttail.store.jobs.mark_running``: a job another live delivery
+    runs is skipped).
 
     ``progress(stage, fraction)`` is called after every report written to the job row.
     ``settings`` supplies ``model_roots`` (local model IDs must live under them); built from the
@@ -146,9 +151,9 @@ def run_job(
     """
     log = _JobLog(logger, {"job_id": job_id})
     with session_scope(session_factory) as db:
-        job = mark_running(job_id, db_session=db)
+        job = mark_running(job_id, db_session=db, claim=claim)
         if job is None:
-            log.info("not runnable (unknown, finished or cancelled); skipping")
+            log.info("not runnable (unknown, finished, cancelled or run by another worker); skipping")
             return
         team_id, shared, raw_request, attempt = job.team_id, job.shared, dict(job.request), job.attempts
     log.info("started (attempt %d)", attempt)

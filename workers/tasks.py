@@ -1,6 +1,7 @@
 """The Celery task: a thin shell around ``workers.runner.run_job``.
 
-It receives a job ID (never an object), runs the job against the database named in settings, and
+It receives a job ID (never an object), claims the job under its task ID and keeps a heartbeat on
+the job row while it runs (``workers.heartbeat``), runs the job against the database named in settings, and
 retries with exponential backoff only when the error is transient (``runner.TRANSIENT_ERRORS``:
 the database or network blinked). Everything else the runner already recorded as the job's
 failure reason. The task returns nothing and never waits on another task's result.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
@@ -78,11 +80,17 @@ class JobTask(Task):
 )
 def run_job_task(self: Task, job_id: str) -> None:
     """Run job ``job_id``; its state and results are in the database, not in a task result."""
+    from acttail.store.jobs import Claim
+    from workers.heartbeat import Heartbeat
     from workers.runner import TRANSIENT_ERRORS, run_job
 
     settings = _settings_of(self)
+    factory = session_factory_for(settings)
+    # The task ID names this delivery: a redelivery or retry of the same message keeps it.
+    claim = Claim(str(self.request.id or uuid.uuid4()), settings.job_stale_after_s)
     try:
-        run_job(job_id, session_factory=session_factory_for(settings), settings=settings)
+        with Heartbeat(factory, job_id, claim.token, settings.job_heartbeat_s):
+            run_job(job_id, session_factory=factory, settings=settings, claim=claim)
     except TRANSIENT_ERRORS as exc:
         retries: int = self.request.retries
         if retries >= MAX_RETRIES:

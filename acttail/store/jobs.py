@@ -10,16 +10,32 @@ finishing worker has exactly one winner::
 ``active_key`` equals ``request_hash`` while a job is queued or running and is NULL afterwards;
 a unique (team_id, active_key) constraint makes "identical request while one is running returns
 the running job" race-free.
+
+Liveness (``api.reaper``, ``workers.heartbeat``). A worker claims a job with a :class:`Claim`
+(its delivery's ID) and beats ``heartbeat_at`` while it runs. A job is **dead** when it is
+
+* ``failed``;
+* ``running`` and its last beat (else its start) is older than ``job_stale_after_s``: the process
+  running it died (a SIGKILLed worker, a lost machine);
+* ``queued``, handed to the broker more than ``job_stale_after_s`` ago, and the broker no longer
+  holds its message (Redis restarted without persistence, or was flushed).
+
+The reaper re-enqueues dead running and queued jobs (``requeue_dead``; after
+``job_max_attempts`` dispatches it fails them instead, ``give_up``); resubmitting the request of
+a dead job, failed ones included, restarts it with a fresh budget. Every such transition is a
+compare-and-set on the state the caller saw, so several API processes never enqueue one job twice.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from acttail.store.errors import ConflictError, IdempotencyKeyReusedError, InvalidStateError, NotFoundError
@@ -62,6 +78,8 @@ def create_job(
         "benchmark_ids": [],
         "created_at": utcnow(),
         "updated_at": utcnow(),
+        "dispatched_at": utcnow(),  # the caller hands it to the broker right after the commit
+        "dispatches": 1,
     }
     if insert_ignore(db_session, Job.__table__, values):
         return get_job(job_id, db_session=db_session), True
@@ -124,19 +142,122 @@ def _transition(job_id: str, allowed: Iterable[JobStatus], values: dict[str, Any
     return bool(result.rowcount)
 
 
-def mark_running(job_id: str, *, db_session: Session) -> Job | None:
-    """Claim the job for execution; None when it must not run (cancelled, finished, or unknown).
+@dataclass(frozen=True)
+class Claim:
+    """Who runs a job: a delivery's ID (the Celery task ID, the same across redeliveries and retries
+    of one message; a new one for every dispatch) and how long its heartbeat may be silent."""
 
-    A job already ``running`` is claimed again: that is a redelivery after a worker died
-    (acks_late), and the attempt counter says so.
+    token: str
+    stale_after_s: float
+
+
+def mark_running(job_id: str, *, db_session: Session, claim: Claim | None = None) -> Job | None:
+    """Claim the job for execution; None when it must not run (cancelled, finished, unknown, or
+    another live delivery runs it).
+
+    A queued job is always claimed. A ``running`` one is claimed again by the same delivery (a dead
+    pool child's message redelivered, a Celery retry) or when its heartbeat is stale (its worker
+    died); a second message for a job another worker is running (a reaper or broker duplicate) is
+    refused. The attempt counter counts claims. Without ``claim`` any active job is claimed.
     """
-    ok = _transition(
-        job_id,
-        ACTIVE,
-        {"status": JobStatus.RUNNING, "stage": "starting", "started_at": utcnow(), "attempts": Job.attempts + 1},
-        db_session=db_session,
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": JobStatus.RUNNING, "stage": "starting", "started_at": now, "attempts": Job.attempts + 1,
+        "heartbeat_at": now, "claimed_by": None if claim is None else claim.token[:64],
+    }  # fmt: skip
+    condition: ColumnElement[bool] = Job.status.in_([str(s) for s in ACTIVE])
+    if claim is not None:
+        stale = now - timedelta(seconds=claim.stale_after_s)
+        condition = or_(
+            Job.status == JobStatus.QUEUED,
+            and_(Job.status == JobStatus.RUNNING, or_(Job.claimed_by == claim.token[:64], _last_beat() < stale)),
+        )
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, condition)
+        .values(**values, updated_at=now)
+        .execution_options(synchronize_session=False)
     )
+    ok = bool(db_session.execute(stmt).rowcount)
     return get_job(job_id, db_session=db_session) if ok else None
+
+
+def beat(job_id: str, token: str, *, db_session: Session) -> bool:
+    """Record that the delivery ``token`` still runs the job; False once it no longer owns it."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.claimed_by == token[:64])
+        .values(heartbeat_at=utcnow(), updated_at=Job.updated_at)  # a beat is not a change of state
+        .execution_options(synchronize_session=False)
+    )
+    return bool(db_session.execute(stmt).rowcount)
+
+
+def _last_beat() -> ColumnElement[Any]:
+    return func.coalesce(Job.heartbeat_at, Job.started_at, Job.updated_at)
+
+
+def _dead(status: str, stale_before: datetime) -> ColumnElement[bool]:
+    """The SQL form of "dead" for a job in ``status`` (the broker check of queued jobs is the caller's)."""
+    if status == JobStatus.RUNNING:
+        return and_(Job.status == JobStatus.RUNNING, _last_beat() < stale_before)
+    if status == JobStatus.QUEUED:
+        return and_(Job.status == JobStatus.QUEUED, func.coalesce(Job.dispatched_at, Job.created_at) < stale_before)
+    if status == JobStatus.FAILED:
+        return Job.status == JobStatus.FAILED
+    raise ValueError(f"a {status} job is never dead")
+
+
+def stale_before(stale_after_s: float, now: datetime | None = None) -> datetime:
+    return (now or utcnow()) - timedelta(seconds=stale_after_s)
+
+
+def dead_candidates(status: JobStatus, *, stale_before: datetime, db_session: Session, limit: int = 100) -> list[Job]:
+    """Running jobs without a recent heartbeat, or queued jobs dispatched before ``stale_before``
+    (dead unless the broker still holds them), oldest first."""
+    stmt = select(Job).where(_dead(status, stale_before)).order_by(Job.updated_at, Job.id).limit(limit)
+    return list(db_session.scalars(stmt.execution_options(populate_existing=True)))
+
+
+def requeue_dead(job: Job, *, stale_before: datetime, db_session: Session, fresh_budget: bool = False) -> bool:
+    """Put a dead job back to ``queued`` for one more dispatch; False if it is no longer as seen.
+
+    Compare-and-set on (status, dispatches) as seen plus the dead predicate, so of several API
+    processes exactly one wins and publishes. ``fresh_budget`` (a user's resubmission) restarts the
+    dispatch count at 1; the reaper adds one. False also when reviving a failed job would collide
+    with an identical active job (unique active key).
+    """
+    values: dict[str, Any] = {
+        "status": JobStatus.QUEUED, "stage": "requeued", "progress": 0.0, "error": None, "finished_at": None,
+        "active_key": job.request_hash, "claimed_by": None, "heartbeat_at": None, "dispatched_at": utcnow(),
+        "dispatches": 1 if fresh_budget else Job.dispatches + 1, "updated_at": utcnow(),
+    }  # fmt: skip
+    stmt = (
+        update(Job)
+        .where(Job.id == job.id, Job.dispatches == job.dispatches, _dead(job.status, stale_before))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    try:
+        with db_session.begin_nested():
+            return bool(db_session.execute(stmt).rowcount)
+    except IntegrityError:  # an identical request is queued or running already
+        return False
+
+
+def give_up(job: Job, reason: str, *, stale_before: datetime, db_session: Session) -> bool:
+    """Fail a dead job that used up its dispatches (compare-and-set like :func:`requeue_dead`)."""
+    values = {
+        "status": JobStatus.FAILED, "stage": "failed", "error": reason[:10_000], "finished_at": utcnow(),
+        "active_key": None, "updated_at": utcnow(),
+    }  # fmt: skip
+    stmt = (
+        update(Job)
+        .where(Job.id == job.id, Job.dispatches == job.dispatches, _dead(job.status, stale_before))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(db_session.execute(stmt).rowcount)
 
 
 def update_progress(job_id: str, stage: str, progress: float, *, db_session: Session) -> JobStatus:

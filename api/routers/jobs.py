@@ -33,7 +33,7 @@ def _out(job: Job, db_session: Session) -> JobOut:
     "",
     response_model=JobCreated,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={200: {"model": JobCreated, "description": "duplicate of a queued/running job or a replayed key"},
+    responses={200: {"model": JobCreated, "description": "duplicate of a live queued/running job or a replayed key"},
                422: {"description": "invalid request"}, 503: {"description": "broker unavailable"}},
 )  # fmt: skip
 def submit_job(
@@ -46,16 +46,17 @@ def submit_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobCreated:
     """Queue a job (202). An identical request while one is queued or running, or a repeated
-    Idempotency-Key, returns the existing job (200). If the broker is down the job is removed
-    again and the answer is 503: nothing was queued, retry later."""
-    job, created = submit(
+    Idempotency-Key, returns the existing job (200), unless that job is dead (failed, or stranded:
+    its worker died or the broker lost it): then that job is restarted (202, ``restarted``). If
+    the broker is down a new job is removed again and the answer is 503: retry later."""
+    job, created, restarted = submit(
         request, team_id=team.id, db_session=db_session, settings=settings, dispatcher=dispatcher,
         idempotency_key=idempotency_key,
     )  # fmt: skip
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if not created:
+    if not (created or restarted):
         response.status_code = status.HTTP_200_OK
-    return JobCreated(id=job.id, url=f"/v1/jobs/{job.id}", status=job.status, created=created)
+    return JobCreated(id=job.id, url=f"/v1/jobs/{job.id}", status=job.status, created=created, restarted=restarted)
 
 
 @router.get("", response_model=Page[JobOut])

@@ -165,8 +165,8 @@ def submit_job_form(
         direction=direction, perplexity=bool(perplexity), seqlen=seqlen, max_tokens=max_tokens, shared=bool(shared),
     )  # fmt: skip
     try:
-        job, _ = submit(form.to_request(), team_id=team.id, db_session=db_session, settings=settings,
-                        dispatcher=dispatcher)  # fmt: skip
+        job = submit(form.to_request(), team_id=team.id, db_session=db_session, settings=settings,
+                     dispatcher=dispatcher).job  # fmt: skip
     except ActTailError as exc:
         context = {"form": form.values(), **CHOICES, "nav": "new", "error": str(exc)}
         return page(request, "job_new.html", context, team=team, status=status_for(exc))

@@ -148,10 +148,12 @@ def allocation_document(fingerprint: str, target: float = 0.5, model_id: str = "
 
 
 class RecordingDispatcher:
-    """A JobDispatcher that records what it was asked to enqueue; ``down`` simulates a dead broker."""
+    """A JobDispatcher that records what it was asked to enqueue; ``down`` simulates a dead broker,
+    ``held`` what it still holds (``held.clear()``: a flushed Redis)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.held: set[str] = set()
         self.down = False
 
     def dispatch(self, job_id: str, queue: str) -> None:
@@ -160,6 +162,11 @@ class RecordingDispatcher:
         if self.down:
             raise BrokerUnavailableError("message broker unreachable (test)")
         self.sent.append((job_id, queue))
+        self.held.add(job_id)
+
+    def pending(self, reserved_within_s: float) -> set[str] | None:
+        self.check()
+        return set(self.held)
 
     def check(self) -> None:
         from api.dispatch import BrokerUnavailableError

@@ -26,10 +26,12 @@ from api.dispatch import EmbeddedDispatcher
 pytestmark = pytest.mark.integration
 
 
-def stage_runner(job_id: str, *, session_factory: sessionmaker[Session], settings: Any = None) -> None:
+def stage_runner(
+    job_id: str, *, session_factory: sessionmaker[Session], settings: Any = None, claim: Any = None
+) -> None:
     """What run_job does to the row: claim, report stages, finish."""
     with session_scope(session_factory) as session:
-        if jobs.mark_running(job_id, db_session=session) is None:
+        if jobs.mark_running(job_id, db_session=session, claim=claim) is None:
             return
     for stage, fraction in (("esd", 0.3), ("allocate", 0.6)):
         with session_scope(session_factory) as session:
@@ -98,7 +100,7 @@ def test_runner_crash_marks_job_failed(home: Path) -> None:
 def test_unfinished_jobs_resume_on_restart(home: Path) -> None:
     gate = threading.Event()
 
-    def blocked_runner(job_id: str, *, session_factory: sessionmaker[Session], settings: Any = None) -> None:
+    def blocked_runner(job_id: str, *, session_factory: sessionmaker[Session], **_: Any) -> None:
         with session_scope(session_factory) as session:
             jobs.mark_running(job_id, db_session=session)
         gate.wait(10)  # the "process" dies while the job is running
