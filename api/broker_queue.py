@@ -3,10 +3,11 @@
 The reaper (``api.reaper``) asks this before it re-publishes a queued job: a queued job whose
 message is in neither place was lost (Redis restarted without persistence, or was flushed).
 It reads kombu's Redis layout: one list per queue (``cpu``; ``cpu\\x06\\x16<n>`` for priorities)
-and the ``unacked`` hash of delivered but unacknowledged messages, indexed by delivery time in
-``unacked_index``. A reservation older than ``reserved_within_s`` does not count: a live worker
-starts what it reserves at once (prefetch 1), so such a message belongs to a dead worker and
-would only come back after the visibility timeout. Messages are parsed as JSON, never unpickled.
+and the ``unacked`` hash of messages delivered to a worker and not yet acknowledged. Every
+reservation counts, however old: a worker may hold one behind its running job (after it
+reconnected, its prefetch window starts afresh), so age does not tell a dead holder from a busy
+one; a message a worker reserved and died on returns after the visibility timeout. Messages are
+parsed as JSON, never unpickled.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 from collections.abc import Iterable
 from typing import Any
 
 PRIORITY_SEP = "\x06\x16"  # kombu.transport.redis.Channel.sep
 PRIORITY_STEPS = (3, 6, 9)  # kombu's steps besides 0 (which is the plain queue name)
-UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
+UNACKED = "unacked"
 
 
 def job_id_of(raw: bytes | str, task_name: str) -> str | None:
@@ -40,20 +40,12 @@ def job_id_of(raw: bytes | str, task_name: str) -> str | None:
         return None
 
 
-def held_job_ids(
-    client: Any, queues: Iterable[str], task_name: str, *, reserved_within_s: float, now: float | None = None
-) -> set[str]:
-    """Job IDs with a message waiting in ``queues`` or reserved within the last ``reserved_within_s``."""
-    held: set[str] = set()
+def held_job_ids(client: Any, queues: Iterable[str], task_name: str) -> set[str]:
+    """Job IDs with a message waiting in ``queues`` or reserved by a worker."""
     names = [name for queue in queues for name in (queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS))]
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.lrange(name, 0, -1)
-    for items in pipe.execute():
-        held.update(job for job in (job_id_of(item, task_name) for item in items) if job)
-    since = (time.time() if now is None else now) - reserved_within_s
-    tags = client.zrangebyscore(UNACKED_INDEX, since, "+inf")
-    if tags:
-        values = client.hmget(UNACKED, tags)
-        held.update(job for job in (job_id_of(v, task_name) for v in values if v is not None) if job)
-    return held
+    pipe.hvals(UNACKED)
+    held = (job_id_of(item, task_name) for items in pipe.execute() for item in items)
+    return {job for job in held if job}

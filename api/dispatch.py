@@ -28,6 +28,7 @@ from acttail.store.db import session_scope
 log = logging.getLogger(__name__)
 
 TASK_NAME = RUN_JOB_TASK
+PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
 Runner = Callable[..., None]
 
 
@@ -42,9 +43,9 @@ class JobDispatcher(Protocol):
     def check(self) -> None:
         """Raise BrokerUnavailableError unless jobs can be enqueued now (``/readyz``)."""
 
-    def pending(self, reserved_within_s: float) -> set[str] | None:
-        """IDs of the jobs the executor holds (waiting, or reserved within ``reserved_within_s``);
-        None when it cannot tell. BrokerUnavailableError when the broker does not answer."""
+    def pending(self) -> set[str] | None:
+        """IDs of the jobs the executor holds (waiting, or reserved by a worker); None when it
+        cannot tell. BrokerUnavailableError when the broker does not answer."""
 
     def close(self) -> None:
         """Release connections and threads at shutdown."""
@@ -91,15 +92,15 @@ class CeleryDispatcher:
     def dispatch(self, job_id: str, queue: str) -> None:
         # Ping first: kombu's publish path can block for a long time when Redis is down.
         ping_broker(self.broker_url, self.timeout_s)
-        try:
-            self.app.send_task(TASK_NAME, args=[job_id], queue=queue, retry=False)
+        try:  # one immediate retry: the broker answered the ping, so a failure is a pooled link it dropped
+            self.app.send_task(TASK_NAME, args=[job_id], queue=queue, retry=True, retry_policy=PUBLISH_RETRY)
         except Exception as exc:  # kombu/redis raise several unrelated classes for "broker gone"
             raise BrokerUnavailableError(f"could not enqueue job: {type(exc).__name__}: {exc}") from None
 
     def check(self) -> None:
         ping_broker(self.broker_url, self.timeout_s)
 
-    def pending(self, reserved_within_s: float) -> set[str] | None:
+    def pending(self) -> set[str] | None:
         """What the Redis broker holds (``api.broker_queue``); None for other transports."""
         if urlparse(self.broker_url).scheme not in ("redis", "rediss", "unix"):
             return None
@@ -109,7 +110,7 @@ class CeleryDispatcher:
 
         client = redis.Redis.from_url(self.broker_url, socket_connect_timeout=self.timeout_s, socket_timeout=10)
         try:
-            return held_job_ids(client, get_args(Queue), TASK_NAME, reserved_within_s=reserved_within_s)
+            return held_job_ids(client, get_args(Queue), TASK_NAME)
         except redis.RedisError as exc:
             raise BrokerUnavailableError(f"message broker unreachable ({type(exc).__name__}: {exc})") from None
         finally:
@@ -187,7 +188,7 @@ class EmbeddedDispatcher:
         if self._closed:
             raise BrokerUnavailableError("the embedded worker is shutting down")
 
-    def pending(self, reserved_within_s: float) -> set[str] | None:
+    def pending(self) -> set[str] | None:
         with self._lock:
             return set(self._held)
 

@@ -60,7 +60,7 @@ def broker_lost(dispatcher: JobDispatcher, queued: list[Job], settings: Settings
         for attempt in range(2):
             if attempt:
                 time.sleep(confirm_delay_s)
-            held = dispatcher.pending(settings.job_stale_after_s)
+            held = dispatcher.pending()
             if held is None:
                 return []
             missing = [job for job in missing if job.id not in held]
@@ -115,7 +115,9 @@ class Reaper:
                 return  # another sweep, a worker or a user got there first
         log.warning("job %s was %s and dead; requeued (dispatch %d)", job.id, job.status, job.dispatches + 1)
         done.requeued.append(job.id)
-        publish(self.dispatcher, job)
+        if not publish(self.dispatcher, job):
+            with session_scope(self.session_factory) as db:
+                jobs.uncount_dispatch(job.id, job.dispatches + 1, db_session=db)
 
     async def run(self, interval_s: float) -> None:
         """Sweep every ``interval_s`` until cancelled (the app's lifespan); a failed sweep is logged."""
@@ -137,7 +139,7 @@ def restart_if_dead(job: Job, *, db_session: Session, dispatcher: JobDispatcher,
         return False
     if job.status == JobStatus.QUEUED:
         try:
-            held = dispatcher.pending(settings.job_stale_after_s)
+            held = dispatcher.pending()
         except BrokerUnavailableError:
             return False
         if held is None or job.id in held:

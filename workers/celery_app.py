@@ -9,7 +9,8 @@ Reliability, following Celery's guidance for long, idempotent tasks:
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: the message is acknowledged only after the
   job ran; a worker killed mid-job (OOM killer, SIGKILL, lost machine) leaves it unacknowledged,
   and it is delivered again. A dead pool child is rejected and requeued at once; a dead worker's
-  unacked message comes back after the Redis ``visibility_timeout``.
+  unacked message comes back only after the Redis ``visibility_timeout``, so the API's reaper
+  (``api.reaper``) re-enqueues its job as soon as the job's heartbeat goes stale.
 * ``worker_prefetch_multiplier = 1``: a worker reserves one job at a time, so a second job never
   waits behind a 30-minute ESD run on a busy worker while another worker idles.
 * soft / hard time limits from settings; the Redis ``visibility_timeout`` is set *above* the hard

@@ -245,6 +245,18 @@ def requeue_dead(job: Job, *, stale_before: datetime, db_session: Session, fresh
         return False
 
 
+def uncount_dispatch(job_id: str, dispatches: int, *, db_session: Session) -> bool:
+    """The broker refused the message of dispatch number ``dispatches``: it does not count against
+    the budget (the job stays queued, and the reaper publishes it once the broker is back)."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.dispatches == dispatches, Job.dispatches > 1)
+        .values(dispatches=Job.dispatches - 1)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(db_session.execute(stmt).rowcount)
+
+
 def give_up(job: Job, reason: str, *, stale_before: datetime, db_session: Session) -> bool:
     """Fail a dead job that used up its dispatches (compare-and-set like :func:`requeue_dead`)."""
     values = {

@@ -164,7 +164,7 @@ class RecordingDispatcher:
         self.sent.append((job_id, queue))
         self.held.add(job_id)
 
-    def pending(self, reserved_within_s: float) -> set[str] | None:
+    def pending(self) -> set[str] | None:
         self.check()
         return set(self.held)
 
@@ -216,7 +216,9 @@ def make_api(db_url: str, tmp_path: Path, model_root: Path) -> Iterator[Callable
         def make(**overrides: object) -> Api:
             values: dict[str, object] = {
                 "home": tmp_path / "home", "database_url": db_url, "model_roots": [model_root],
-                "max_body_bytes": MAX_BODY, **overrides,
+                "max_body_bytes": MAX_BODY,
+                # No reaper: tests share one PostgreSQL database, and tests/integration/test_reaper.py runs its own.
+                "reaper_interval_s": 0, **overrides,
             }  # fmt: skip
             settings = Settings(**values)  # type: ignore[arg-type]
             dispatcher = RecordingDispatcher()

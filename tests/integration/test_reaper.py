@@ -62,6 +62,12 @@ def _job(session_factory: sessionmaker[Session], job_id: str) -> Job:
         return jobs.get_job(job_id, db_session=db)
 
 
+def _swept(reaper: Reaper, *own: str) -> tuple[list[str], list[str]]:
+    """(requeued, failed) of one sweep, among this test's jobs (the PostgreSQL database is shared)."""
+    done = reaper.sweep()
+    return [j for j in done.requeued if j in own], [j for j in done.failed if j in own]
+
+
 def _claim(session_factory: sessionmaker[Session], job_id: str, token: str) -> Job | None:
     with session_scope(session_factory) as db:
         return jobs.mark_running(job_id, db_session=db, claim=jobs.Claim(token, STALE_S))
@@ -110,7 +116,7 @@ def test_reaper_requeues_a_silent_running_job_once_across_processes(
     def sweep() -> list[str]:
         with lock:
             reaper = next(reapers)
-        return reaper.sweep().requeued
+        return _swept(reaper, silent, alive)[0]
 
     try:
         requeued = race(sweep, threads=4)
@@ -140,8 +146,7 @@ def test_reaper_gives_up_after_max_attempts(
     for attempt in (1, 2):
         assert _claim(session_factory, job_id, f"worker-{attempt}") is not None
         _age(session_factory, job_id, STALE_S + 1)
-        done = reaper.sweep()
-        assert (done.requeued, done.failed) == (([job_id], []) if attempt == 1 else ([], [job_id]))
+        assert _swept(reaper, job_id) == (([job_id], []) if attempt == 1 else ([], [job_id]))
     job = _job(session_factory, job_id)
     assert (job.status, job.active_key, job.attempts, job.dispatches) == ("failed", None, 2, 2)
     assert job.error == (
@@ -160,17 +165,37 @@ def test_reaper_republishes_a_queued_job_the_broker_lost(
     for job_id in (waiting, lost):
         _age(session_factory, job_id, STALE_S + 1)  # queued for a long time (a busy queue)
     reaper = Reaper(session_factory, dispatcher, _settings(tmp_path, db_url), confirm_delay_s=0.01)
-    assert reaper.sweep().requeued == []  # both still in the broker: long waits are not death
+    assert _swept(reaper, waiting, lost) == ([], [])  # both still in the broker: long waits are not death
     dispatcher.held.discard(lost)  # e.g. Redis restarted without persistence
     dispatcher.down = True
-    assert reaper.sweep().requeued == []  # cannot tell while the broker is down: nothing changes
+    assert _swept(reaper, waiting, lost) == ([], [])  # cannot tell while the broker is down: nothing changes
     dispatcher.down = False
-    assert reaper.sweep().requeued == [lost]
-    assert reaper.sweep().requeued == []  # re-published: in the broker again, and dispatched just now
+    assert _swept(reaper, waiting, lost) == ([lost], [])
+    assert _swept(reaper, waiting, lost) == ([], [])  # re-published: in the broker again, and dispatched just now
     job = _job(session_factory, lost)
     assert (job.status, job.dispatches, job.attempts) == ("queued", 2, 0)
     assert [job_id for job_id, _ in dispatcher.sent].count(lost) == 2
     assert _job(session_factory, waiting).dispatches == 1
+
+
+def test_a_refused_publish_does_not_count_as_an_attempt(
+    tmp_path: Path, db_url: str, session_factory: sessionmaker[Session], make_team: Callable[[], tuple[int, str]]
+) -> None:
+    """The worker died while Redis was down too: the job is requeued, its message refused; once
+    the broker is back the reaper publishes it, and only that dispatch is counted."""
+    team_id, _ = make_team()
+    dispatcher = RecordingDispatcher()
+    job_id = _new_job(session_factory, team_id, dispatcher)
+    assert _claim(session_factory, job_id, "worker-1") is not None
+    _age(session_factory, job_id, STALE_S + 1)
+    dispatcher.down, dispatcher.held = True, set()
+    reaper = Reaper(session_factory, dispatcher, _settings(tmp_path, db_url, job_max_attempts=2), confirm_delay_s=0.01)
+    assert _swept(reaper, job_id) == ([job_id], [])
+    assert (_job(session_factory, job_id).status, _job(session_factory, job_id).dispatches) == ("queued", 1)
+    dispatcher.down = False
+    _age(session_factory, job_id, STALE_S + 1)
+    assert _swept(reaper, job_id) == ([job_id], [])  # lost from the broker's point of view: never arrived
+    assert (_job(session_factory, job_id).dispatches, dispatcher.sent.count((job_id, "cpu"))) == (2, 2)
 
 
 def test_resubmitting_a_dead_job_restarts_it(
@@ -255,13 +280,13 @@ def test_embedded_heartbeat_keeps_a_long_silent_stage_alive(tmp_path: Path) -> N
         beat_after = wait_for(
             lambda: (job := _job(factory, job_id)).heartbeat_at != first_beat and job.heartbeat_at, 10, "a beat"
         )
-        assert dispatcher.pending(1.0) == {job_id}
+        assert dispatcher.pending() == {job_id}
         wait_for(lambda: _job(factory, job_id).heartbeat_at != beat_after, 10, "a second beat")
         threading.Event().wait(1.5)  # longer than the stale bound, with the reaper sweeping every 0.2 s
         job = _job(factory, job_id)
         assert (job.status, job.attempts, job.dispatches, job.claimed_by) == ("running", 1, 1, claims[0])
         release.set()
         wait_for(lambda: _job(factory, job_id).status == JobStatus.SUCCEEDED, 10, "the job to finish")
-        assert dispatcher.pending(1.0) == set()
+        assert dispatcher.pending() == set()
     engine.dispose()
     assert len(claims) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -156,3 +157,33 @@ def result_counts(session_factory: Any, model_id: str) -> dict[str, int]:
             "allocations": count(select(AllocationRow.id).where(AllocationRow.model_pk.in_(model_pks))),
             "benchmarks": count(select(Benchmark.id).where(Benchmark.model_pk.in_(model_pks))),
         }
+
+
+class PrivateRedis:
+    """A redis-server on its own port, so stopping it leaves the shared one alone."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port, self.directory, self.proc = port, directory, None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(self.ping, 10, f"redis-server on port {self.port}")
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

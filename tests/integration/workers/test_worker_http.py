@@ -12,8 +12,6 @@ alphas, the allocation document and the benchmarks back.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.integration.workers.support import wait_for
+from tests.integration.workers.support import PrivateRedis, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -137,36 +135,6 @@ def test_http_job_embedded_on_sqlite(
         job = _poll(client, response.json()["id"], headers)
         _check_results(client, headers, job, model_id)
         assert client.get("/readyz").status_code == 200  # no broker needed
-
-
-class PrivateRedis:
-    """A redis-server on its own port, so stopping it leaves the shared one alone."""
-
-    def __init__(self, port: int, directory: Path) -> None:
-        self.port, self.directory, self.proc = port, directory, None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(self.ping, 10, f"redis-server on port {self.port}")
-
-    def ping(self) -> bool:
-        import redis
-
-        try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
-        except redis.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture
