@@ -85,3 +85,28 @@ def test_dispatcher_fails_fast() -> None:
         dispatcher.dispatch("job-id", "cpu")
     assert time.perf_counter() - start < 5
     dispatcher.close()
+
+
+def test_pending_sees_waiting_and_reserved_messages(redis_db: redis.Redis) -> None:
+    """What the reaper asks before re-publishing a queued job: kombu's queue lists and its unacked
+    hash, read with a real consumer holding one message unacknowledged."""
+    dispatcher = CeleryDispatcher(REDIS_URL, timeout_s=1.0)
+    try:
+        for job_id, queue in (("job-waiting", "gpu"), ("job-reserved", "cpu")):
+            dispatcher.dispatch(job_id, queue)
+        assert dispatcher.pending() == {"job-waiting", "job-reserved"}
+        with dispatcher.app.connection_for_read() as connection:
+            consumer = connection.SimpleQueue("cpu")
+            message = consumer.get(timeout=5)  # delivered, not acknowledged: in the "unacked" hash
+            assert redis_db.llen("cpu") == 0 and redis_db.hlen("unacked") == 1
+            assert dispatcher.pending() == {"job-waiting", "job-reserved"}
+            message.ack()
+            consumer.close()
+        assert dispatcher.pending() == {"job-waiting"}
+        redis_db.flushdb()  # what a restart without persistence leaves
+        assert dispatcher.pending() == set()
+    finally:
+        dispatcher.close()
+    assert CeleryDispatcher("memory://", timeout_s=1.0).pending() is None  # cannot tell: the reaper leaves queued jobs
+    with pytest.raises(BrokerUnavailableError):
+        CeleryDispatcher(closed_port_url(), timeout_s=0.5).pending()
