@@ -137,6 +137,11 @@ def _transition(job_id: str, allowed: Iterable[JobStatus], values: dict[str, Any
         .values(**values, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    return _changed(db_session, stmt)
+
+
+def _changed(db_session: Session, stmt: Any) -> bool:
+    """Execute an UPDATE; True if it changed a row (the compare-and-set won)."""
     result = db_session.execute(stmt)
     assert isinstance(result, CursorResult)  # an UPDATE always yields one; only it carries rowcount
     return bool(result.rowcount)
@@ -178,7 +183,7 @@ def mark_running(job_id: str, *, db_session: Session, claim: Claim | None = None
         .values(**values, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    ok = bool(db_session.execute(stmt).rowcount)
+    ok = _changed(db_session, stmt)
     return get_job(job_id, db_session=db_session) if ok else None
 
 
@@ -190,7 +195,7 @@ def beat(job_id: str, token: str, *, db_session: Session) -> bool:
         .values(heartbeat_at=utcnow(), updated_at=Job.updated_at)  # a beat is not a change of state
         .execution_options(synchronize_session=False)
     )
-    return bool(db_session.execute(stmt).rowcount)
+    return _changed(db_session, stmt)
 
 
 def _last_beat() -> ColumnElement[Any]:
@@ -232,17 +237,22 @@ def requeue_dead(job: Job, *, stale_before: datetime, db_session: Session, fresh
         "active_key": job.request_hash, "claimed_by": None, "heartbeat_at": None, "dispatched_at": utcnow(),
         "dispatches": 1 if fresh_budget else Job.dispatches + 1, "updated_at": utcnow(),
     }  # fmt: skip
+    try:
+        with db_session.begin_nested():
+            return _settle_dead(job, values, stale_before=stale_before, db_session=db_session)
+    except IntegrityError:  # an identical request is queued or running already
+        return False
+
+
+def _settle_dead(job: Job, values: dict[str, Any], *, stale_before: datetime, db_session: Session) -> bool:
+    """Compare-and-set a dead job: still as seen (status, dispatches) and still dead."""
     stmt = (
         update(Job)
         .where(Job.id == job.id, Job.dispatches == job.dispatches, _dead(job.status, stale_before))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    try:
-        with db_session.begin_nested():
-            return bool(db_session.execute(stmt).rowcount)
-    except IntegrityError:  # an identical request is queued or running already
-        return False
+    return _changed(db_session, stmt)
 
 
 def uncount_dispatch(job_id: str, dispatches: int, *, db_session: Session) -> bool:
@@ -254,22 +264,16 @@ def uncount_dispatch(job_id: str, dispatches: int, *, db_session: Session) -> bo
         .values(dispatches=Job.dispatches - 1)
         .execution_options(synchronize_session=False)
     )
-    return bool(db_session.execute(stmt).rowcount)
+    return _changed(db_session, stmt)
 
 
 def give_up(job: Job, reason: str, *, stale_before: datetime, db_session: Session) -> bool:
     """Fail a dead job that used up its dispatches (compare-and-set like :func:`requeue_dead`)."""
-    values = {
+    values: dict[str, Any] = {
         "status": JobStatus.FAILED, "stage": "failed", "error": reason[:10_000], "finished_at": utcnow(),
         "active_key": None, "updated_at": utcnow(),
     }  # fmt: skip
-    stmt = (
-        update(Job)
-        .where(Job.id == job.id, Job.dispatches == job.dispatches, _dead(job.status, stale_before))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(db_session.execute(stmt).rowcount)
+    return _settle_dead(job, values, stale_before=stale_before, db_session=db_session)
 
 
 def update_progress(job_id: str, stage: str, progress: float, *, db_session: Session) -> JobStatus:

@@ -287,6 +287,6 @@ def test_embedded_heartbeat_keeps_a_long_silent_stage_alive(tmp_path: Path) -> N
         assert (job.status, job.attempts, job.dispatches, job.claimed_by) == ("running", 1, 1, claims[0])
         release.set()
         wait_for(lambda: _job(factory, job_id).status == JobStatus.SUCCEEDED, 10, "the job to finish")
-        assert dispatcher.pending() == set()
+        wait_for(lambda: dispatcher.pending() == set(), 10, "the executor to let go of the job")
     engine.dispose()
     assert len(claims) == 1

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.workers.support import REPO, WorkerProcess, worker_env
+from tests.integration.workers.support import REPO, PrivateRedis, WorkerProcess, worker_env
 from tests.tiny_models import save_tiny_model
 
 PG_ADMIN_URL = os.environ.get("ACTTAIL_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -151,3 +151,19 @@ def team(session_factory: Any) -> tuple[int, str]:
         row = create_team(f"workers-{uuid.uuid4().hex[:6]}", db_session=db)
         key = create_api_key(row, db_session=db, label="tests")
         return row.id, key
+
+
+@pytest.fixture
+def private_redis_at(tmp_path: Path) -> Iterator[Callable[[int], PrivateRedis]]:
+    """``private_redis_at(port)`` → a started redis-server of the test's own (no persistence), stopped after it."""
+    servers: list[PrivateRedis] = []
+
+    def start(port: int) -> PrivateRedis:
+        server = PrivateRedis(port, tmp_path)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

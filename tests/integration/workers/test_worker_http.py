@@ -13,7 +13,7 @@ alphas, the allocation document and the benchmarks back.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +138,8 @@ def test_http_job_embedded_on_sqlite(
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(OUTAGE_PORT, tmp_path)
-    server.start()
-    yield server
-    server.stop()
+def private_redis(private_redis_at: Callable[[int], PrivateRedis]) -> PrivateRedis:
+    return private_redis_at(OUTAGE_PORT)
 
 
 def test_redis_outage_answers_503_then_recovers(

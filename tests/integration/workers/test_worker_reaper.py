@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from acttail.registry import RUN_JOB_TASK
 from api.broker_queue import job_id_of
 from tests.integration.workers.support import PrivateRedis, child_pids, job_row, result_counts, wait_for, wait_job
 
@@ -40,11 +41,8 @@ SLACK_S = 10.0  # a loaded 2-core CI machine: the reaper's thread and the databa
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(PORT, tmp_path)
-    server.start()
-    yield server
-    server.stop()
+def own_redis(private_redis_at: Callable[[int], PrivateRedis]) -> PrivateRedis:
+    return private_redis_at(PORT)
 
 
 @pytest.fixture
@@ -118,7 +116,7 @@ def test_sigkilled_main_process_job_is_reaped_and_finishes_once(
     time.sleep(1.0)
     client = _broker()
     try:  # the dead worker's message is still unacknowledged: without the reaper the job would wait for it
-        assert [job_id_of(raw, "acttail.run_job") for raw in client.hvals("unacked")] == [job_id]
+        assert [job_id_of(raw, RUN_JOB_TASK) for raw in client.hvals("unacked")] == [job_id]
         assert client.llen("cpu") == 0
     finally:
         client.close()
