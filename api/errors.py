@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -83,6 +83,16 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, PoolSaturatedError):
             headers = {"Retry-After": str(exc.retry_after_s)}
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if not exc.connection_invalidated:  # a bug or a broken database: the generic 500
+            log.error("database error", exc_info=exc)
+            return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+        # The server dropped the connection (restart, failover): SQLAlchemy has invalidated the
+        # pool, so a retry gets a fresh connection.
+        return JSONResponse({"detail": "the database connection was lost; retry"}, status_code=503,
+                            headers={"Retry-After": "1"})  # fmt: skip
 
     @app.exception_handler(PoolTimeoutError)
     async def _pool_timeout(_request: Request, _exc: PoolTimeoutError) -> JSONResponse:

@@ -6,17 +6,19 @@ Real app, real PostgreSQL and SQLite (``db_url``); the pool and cache sizes come
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from acttail.store import key_cache, teams
-from acttail.store.db import session_scope
-from tests.integration.conftest import Api
+from acttail.store.db import make_engine, make_session_factory, session_scope
+from tests.integration.conftest import Api, RecordingDispatcher
 
 
 @contextmanager
@@ -145,3 +147,34 @@ def test_more_than_one_api_worker_needs_the_celery_executor() -> None:
     with pytest.raises(ValidationError, match="api_workers > 1 needs the celery executor"):
         Settings(api_workers=2, executor="embedded")
     assert Settings(api_workers=2, executor="celery").api_workers == 2
+
+
+def test_a_connection_the_server_dropped_costs_one_503_then_the_pool_recovers(
+    pg_session_url: str, tmp_path: Path
+) -> None:
+    """The API pool does not pre-ping (a round trip per request): when PostgreSQL drops its
+    connections (restart, failover), the request that finds out answers 503, the next ones 200."""
+    import psycopg
+    from fastapi.testclient import TestClient
+
+    from acttail.settings import Settings
+    from api.app import create_app
+
+    engine = make_engine(pg_session_url)
+    with session_scope(make_session_factory(engine)) as session:
+        team = teams.create_team(f"drop-{uuid.uuid4().hex[:8]}", db_session=session)
+        key = teams.create_api_key(team, db_session=session)
+    engine.dispose()
+    settings = Settings(home=tmp_path, database_url=pg_session_url, auth_cache_ttl_s=60)
+    with TestClient(create_app(settings, dispatcher=RecordingDispatcher())) as client:
+        assert client.get("/v1/jobs", headers=Api.auth(key)).status_code == 200
+        dbname = client.app.state.engine.url.database
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (dbname,)
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        dropped = client.get("/v1/jobs", headers=Api.auth(key))
+        assert dropped.status_code == 503 and dropped.headers["Retry-After"] == "1"
+        assert dropped.json() == {"detail": "the database connection was lost; retry"}
+        assert [client.get("/v1/jobs", headers=Api.auth(key)).status_code for _ in range(3)] == [200] * 3
