@@ -120,13 +120,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with stage(doc, "resolve + sha256 check"):
         source = resolve_model(args.model)
-        description = source.describe().as_dict()
-    doc["description"] = description
+        doc["description"] = source.describe().as_dict()
     with stage(doc, "alphas (ESD, fp32 from the GGUF, streamed)") as row:
         report = analyze_source(source, estimator=config.estimator, progress=False)
         alphas = report.alphas()
         row["projections"] = len(alphas)
-    doc["alphas"] = {"count": len(alphas), "mean": sum(alphas.values()) / len(alphas), "values": alphas}
+        doc["alphas"] = {"count": len(alphas), "mean": sum(alphas.values()) / len(alphas), "values": alphas}
     static = replace(config, methods=tuple(m for m in methods if m != "auto"))
     allocations = build_allocations(report, static)
     if args.cast_bf16:
