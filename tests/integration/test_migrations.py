@@ -184,3 +184,32 @@ def test_job_liveness_revision_backfills_and_downgrades(empty_url: str) -> None:
     migrate.upgrade(empty_url)
     assert _job_columns(empty_url) >= LIVENESS_COLUMNS
     engine.dispose()
+
+
+def test_upload_placeholder_revision_neutralises_upload_claims_only(empty_url: str) -> None:
+    """20261201_0004: a models row an upload created stops carrying the uploader's claim; rows
+    from loaded weights are untouched."""
+    migrate.upgrade(empty_url, "20261201_0003")
+    engine = make_engine(empty_url)
+    insert = text(
+        "INSERT INTO models (model_id, source, revision, fingerprint, architecture, num_layers, projection_params, "
+        "created_at) VALUES (:m, :s, :r, :f, :a, :n, :p, CURRENT_TIMESTAMP)"
+    )
+    with engine.begin() as connection:
+        connection.execute(insert, {"m": "evil/renamed", "s": "upload", "r": "main", "f": "fp-claim", "a": "",
+                                    "n": 1, "p": 1})  # fmt: skip
+        connection.execute(insert, {"m": "org/real", "s": "hub", "r": "main", "f": "fp-real", "a": "llama",
+                                    "n": 2, "p": 16384})  # fmt: skip
+    migrate.upgrade(empty_url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT fingerprint, model_id, source, revision, num_layers, projection_params FROM models "
+                 "ORDER BY fingerprint")
+        ).all()  # fmt: skip
+    assert [tuple(r) for r in rows] == [
+        ("fp-claim", "fp-claim", "upload", None, 0, 0),
+        ("fp-real", "org/real", "hub", "main", 2, 16384),
+    ]
+    migrate.downgrade(empty_url, "20261201_0003")  # keeps the placeholders
+    migrate.upgrade(empty_url)
+    engine.dispose()
