@@ -71,6 +71,8 @@ class JobOut(_Out):
     queue: str
     shared: bool
     attempts: int
+    dispatches: int = Field(description="times the job was handed to the broker (the reaper adds one per recovery)")
+    heartbeat_at: datetime | None = Field(description="last heartbeat of the worker running it")
     request: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -93,6 +95,7 @@ class JobOut(_Out):
         return cls(
             id=job.id, url=f"/v1/jobs/{job.id}", status=job.status, stage=job.stage, progress=job.progress,
             error=job.error, model_id=job.model_id, queue=job.queue, shared=job.shared, attempts=job.attempts,
+            dispatches=job.dispatches, heartbeat_at=job.heartbeat_at,
             request=job.request, created_at=job.created_at, started_at=job.started_at,
             finished_at=job.finished_at, allocation_ids=list(job.allocation_ids or []),
             benchmark_ids=list(job.benchmark_ids or []), links=links,

@@ -210,6 +210,8 @@ def test_resubmitting_a_dead_job_restarts_it(
     job_id = first.json()["id"]
     assert _claim(session_factory, job_id, "worker-1") is not None
 
+    shown = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(key)).json()
+    assert (shown["status"], shown["dispatches"], shown["heartbeat_at"] is not None) == ("running", 1, True)
     live = api.client.post("/v1/jobs", json=body, headers=headers)
     assert (live.status_code, live.json()["created"], live.json()["restarted"]) == (200, False, False)
     _age(session_factory, job_id, api.settings.job_stale_after_s + 1)  # its worker died
