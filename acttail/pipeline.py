@@ -30,8 +30,10 @@ from acttail.registry import (
     DEFAULT_ESTIMATOR,
     DEFAULT_MODE,
     DEFAULT_RUN_METHODS,
+    DEFAULT_SCORING,
     ESTIMATORS,
     METHODS,
+    SCORINGS,
     SPARSITY_MODES,
     check_target,
 )
@@ -63,6 +65,8 @@ class PipelineConfig:
     params: AllocationParams = field(default_factory=AllocationParams)
     estimator: str = DEFAULT_ESTIMATOR
     mode: str = DEFAULT_MODE
+    # Which entries survive (acttail.scoring): |x| (ActTail, TEAL) or WINA's |x| * ||W[:, j]||.
+    scoring: str = DEFAULT_SCORING
     seqlen: int = 2048
     max_tokens: int | None = None
     tasks: tuple[str, ...] = ()
@@ -88,6 +92,8 @@ class PipelineConfig:
             raise ActTailError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
         if self.mode not in SPARSITY_MODES:
             raise ActTailError(f"unknown mode {self.mode!r}; valid: {', '.join(SPARSITY_MODES)}")
+        if self.scoring not in SCORINGS:
+            raise ActTailError(f"unknown scoring {self.scoring!r}; valid: {', '.join(SCORINGS)}")
         if not 0.0 <= self.params.epsilon < 1.0:
             raise ActTailError(f"epsilon must be in [0, 1), got {self.params.epsilon}")
         if self.seqlen < 2:
@@ -114,6 +120,7 @@ class PipelineConfig:
             "params": {k: str(v) if hasattr(v, "value") else v for k, v in vars(self.params).items()},
             "estimator": self.estimator,
             "mode": self.mode,
+            "scoring": self.scoring,
             "perplexity": {
                 "dataset": "wikitext-2-raw-v1",
                 "split": "test",
@@ -319,8 +326,11 @@ def evaluate_variants(
                 token_ids=calibration_ids,
                 max_tokens=config.calibration_tokens,
                 seqlen=config.seqlen,
+                scoring=config.scoring,
             )
-        handle = None if alloc is None else apply_sparsity(model, alloc, config.mode, thresholds)
+        handle = (
+            None if alloc is None else apply_sparsity(model, alloc, config.mode, thresholds, scoring=config.scoring)
+        )
         try:
             weight = 0.5 if config.tasks else 1.0
 

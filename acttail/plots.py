@@ -582,6 +582,46 @@ def plot_sweep(rows: Iterable[Mapping[str, Any]], *, title: str | None = None) -
     return fig
 
 
+@_locked
+def plot_gain_scaling(points: Iterable[Mapping[str, Any]], *, title: str | None = None) -> Figure:
+    """Perplexity gain against uniform (%, + = better) vs model size (projection parameters, log x).
+
+    Each point: ``series`` (e.g. "best method"), ``params`` (> 0), ``gain_pct`` and optional
+    ``se_pct`` (drawn as an error bar) and ``label`` (annotated beside the point).
+    """
+    series: dict[str, list[tuple[float, float, float | None, str | None]]] = {}
+    for i, p in enumerate(points):
+        params = _number(p.get("params"), f"scaling point {i}: params")
+        if params <= 0:
+            raise PlotError(f"scaling point {i}: params must be positive")
+        gain = _number(p.get("gain_pct"), f"scaling point {i}: gain_pct")
+        se = p.get("se_pct")
+        series.setdefault(str(p.get("series") or ""), []).append(
+            (params, gain, None if se is None else float(se), p.get("label"))
+        )
+    if not series:
+        raise PlotError("no scaling points to plot")
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    colors = _method_colors(series)
+    for name in _method_order(series):
+        pts = sorted(series[name])
+        ax.errorbar(
+            [x for x, *_ in pts], [g for _, g, _, _ in pts], yerr=[se or 0.0 for *_, se, _ in pts],
+            marker="o", markersize=5, linewidth=1.6, capsize=3, color=colors[name], label=name,
+        )  # fmt: skip
+        for x, g, _, label in pts:
+            if label:
+                ax.annotate(str(label), (x, g), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0.0, color="#555555", linestyle="--", linewidth=1.0)
+    ax.set_xscale("log")
+    ax.set_xlabel("projection parameters (log scale)")
+    ax.set_ylabel("perplexity gain vs uniform TopK (%)")
+    ax.set_title(title or "gain against uniform vs model size")
+    ax.legend(loc="best")
+    return fig
+
+
 def _plain_log_ticks(ax: Any) -> None:
     """Log y axis labelled 10, 20, 50, 100 … instead of 2×10¹ (perplexities read as plain numbers)."""
     ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))

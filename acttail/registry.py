@@ -29,6 +29,9 @@ DEFAULT_ESTIMATOR = "ks"
 
 SPARSITY_MODES: tuple[str, ...] = ("topk", "threshold")
 DEFAULT_MODE = "topk"
+#: Which entries a sparsified projection keeps (acttail.scoring): |x|, or WINA's |x| * ||W[:, j]||.
+SCORINGS: tuple[str, ...] = ("magnitude", "wina")
+DEFAULT_SCORING = "magnitude"
 
 # --------------------------------------------------------------------------------------------
 # Sparsity targets: the parameter-weighted mean sparsity an allocation must meet.
@@ -132,6 +135,13 @@ register_method(
     {"s_min", "s_max", "grid", "min_gain"},
     builder=f"{_B}:auto",
     needs_model=True,
+)
+
+register_method(
+    "htsr-spectral",
+    "calibration-free: projections with concentrated spectra (low stable rank / alpha) sparser (methods/spectral.py)",
+    {"metric", "epsilon", "s_min", "s_max"},
+    builder="acttail.methods.spectral:build",
 )
 
 #: Never worse than uniform on its calibration text; the paper's rule lost to uniform on the small

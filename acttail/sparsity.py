@@ -31,6 +31,7 @@ from torch import nn
 from acttail.allocate import Allocation
 from acttail.errors import AllocationError
 from acttail.models.architectures import find_projections
+from acttail.scoring import DEFAULT_SCORING, Scoring, channel_scale, scores
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
@@ -68,18 +69,19 @@ def keep_count(sparsity: float, d_in: int) -> int:
     return min(d_in, max(0, round((1.0 - sparsity) * d_in)))
 
 
-def topk_sparsify(x: torch.Tensor, k: int) -> torch.Tensor:
+def topk_sparsify(x: torch.Tensor, k: int, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the k largest-|x| entries along the last dim of x ``[..., d_in]``, zero the rest.
 
     Exactly k entries per row survive (``topk`` indices are distinct). The smaller of the kept
-    or dropped sets is selected, which costs the same either way.
+    or dropped sets is selected, which costs the same either way. ``scale`` ``[d_in]`` ranks by
+    |x| * scale instead (``acttail.scoring``: WINA's column norms).
     """
     d_in = x.shape[-1]
     if k >= d_in:
         return x
     if k <= 0:
         return torch.zeros_like(x)
-    magnitude = x.abs()
+    magnitude = scores(x, scale)
     if k <= d_in - k:
         keep = magnitude.topk(k, dim=-1, sorted=False).indices
         mask = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, keep, True)
@@ -88,23 +90,35 @@ def topk_sparsify(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.scatter(-1, drop, 0.0)
 
 
-def threshold_sparsify(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Zero every entry with |x| <= threshold (TEAL's magnitude pruning of activations)."""
-    return x.masked_fill(x.abs() <= threshold, 0.0)
+def threshold_sparsify(x: torch.Tensor, threshold: float, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero every entry with |x| <= threshold (TEAL's magnitude pruning), or |x| * scale <= threshold."""
+    return x.masked_fill(scores(x, scale) <= threshold, 0.0)
 
 
 class _ProjectionHook:
     """The forward pre-hook of one Linear: sparsify its input and count zeros."""
 
-    def __init__(self, name: str, mode: SparsityMode, k: int = 0, threshold: float = 0.0, track: bool = True):
+    def __init__(
+        self,
+        name: str,
+        mode: SparsityMode,
+        k: int = 0,
+        threshold: float = 0.0,
+        track: bool = True,
+        scale: torch.Tensor | None = None,
+    ):
         self.name, self.mode, self.k, self.threshold, self.track = name, mode, k, threshold, track
+        self.scale = scale
         self.zeros = 0
         self.elements = 0
         self.tokens = 0
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]  # [..., d_in]
-        out = topk_sparsify(x, self.k) if self.mode is SparsityMode.TOPK else threshold_sparsify(x, self.threshold)
+        if self.mode is SparsityMode.TOPK:
+            out = topk_sparsify(x, self.k, self.scale)
+        else:
+            out = threshold_sparsify(x, self.threshold, self.scale)
         if self.track:
             self.zeros += int((out == 0).sum())
             self.elements += out.numel()
@@ -210,12 +224,15 @@ def apply_sparsity(
     thresholds: Mapping[str, float] | None = None,
     *,
     track: bool = True,
+    scoring: Scoring | str = DEFAULT_SCORING,
 ) -> SparsityHandle:
     """Sparsify the inputs of every projection of ``model`` in place; undo with the returned handle.
 
     ``sparsities`` maps projection module paths to s_i in [0, 1) (an ``Allocation`` or a single
     float for uniform also work). ``threshold`` mode needs ``thresholds`` from
-    ``calibrate_thresholds`` (``{name: t_i}``). ``track=False`` skips zero counting (slightly faster).
+    ``calibrate_thresholds`` (``{name: t_i}``, calibrated with the same ``scoring``). ``scoring``
+    chooses which entries survive (``acttail.scoring``: |x|, or WINA's |x| * column norm).
+    ``track=False`` skips zero counting (slightly faster).
     """
     mode = SparsityMode(mode)
     projections = find_projections(model)
@@ -228,11 +245,12 @@ def apply_sparsity(
         s = smap[ref.name]
         if s == 0.0:
             continue  # no hook at all: bit-for-bit dense
+        scale = channel_scale(linear, scoring)
         if mode is SparsityMode.TOPK:
-            hook = _ProjectionHook(ref.name, mode, k=keep_count(s, linear.in_features), track=track)
+            hook = _ProjectionHook(ref.name, mode, k=keep_count(s, linear.in_features), track=track, scale=scale)
         else:
             assert thresholds is not None
-            hook = _ProjectionHook(ref.name, mode, threshold=float(thresholds[ref.name]), track=track)
+            hook = _ProjectionHook(ref.name, mode, threshold=float(thresholds[ref.name]), track=track, scale=scale)
         hooks[ref.name] = hook
         handles.append(linear.register_forward_pre_hook(hook))
     counts = {ref.name: linear.weight.numel() for ref, linear in projections}
@@ -269,9 +287,9 @@ def calibration_windows(token_ids: torch.Tensor, max_tokens: int, seqlen: int) -
     return torch.stack([ids[start : start + seqlen] for start in starts])
 
 
-def magnitude_quantile(x: torch.Tensor, q: float) -> float:
-    """The q-quantile of |x| over all entries: the k-th smallest |x_j|, k = ceil(q * numel), or 0 for q <= 0."""
-    magnitude = x.detach().abs().flatten().float()
+def magnitude_quantile(x: torch.Tensor, q: float, scale: torch.Tensor | None = None) -> float:
+    """The q-quantile of |x| (or |x| * scale) over all entries: the k-th smallest, k = ceil(q * numel); 0 for q <= 0."""
+    magnitude = scores(x.detach(), scale).flatten().float()
     k = min(magnitude.numel(), math.ceil(q * magnitude.numel()))
     return 0.0 if k <= 0 else float(magnitude.kthvalue(k).values)
 
@@ -284,15 +302,15 @@ class _CalibrationHook:
     every later projection is calibrated on what it will see at evaluation time.
     """
 
-    def __init__(self, sparsity: float, apply: bool) -> None:
-        self.sparsity, self.apply = sparsity, apply
+    def __init__(self, sparsity: float, apply: bool, scale: torch.Tensor | None = None) -> None:
+        self.sparsity, self.apply, self.scale = sparsity, apply, scale
         self.threshold: float | None = None
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         x = args[0]  # [windows, seqlen, d_in]
         if self.threshold is None:
-            self.threshold = magnitude_quantile(x, self.sparsity)
-        return (threshold_sparsify(x, self.threshold), *args[1:]) if self.apply else None
+            self.threshold = magnitude_quantile(x, self.sparsity, self.scale)
+        return (threshold_sparsify(x, self.threshold, self.scale), *args[1:]) if self.apply else None
 
 
 def calibrate_thresholds(
@@ -305,6 +323,7 @@ def calibrate_thresholds(
     max_tokens: int = 16_384,
     seqlen: int = 2048,
     sequential: bool = True,
+    scoring: Scoring | str = DEFAULT_SCORING,
 ) -> dict[str, float]:
     """Per-projection magnitude thresholds t_i = Quantile_{s_i}(|x_i|) over calibration tokens.
 
@@ -319,7 +338,8 @@ def calibrate_thresholds(
     so each t_i is measured on inputs already thresholded upstream (exact in-sample sparsity
     s_i for every projection; dense-measured thresholds overshoot downstream). ``False``: TEAL's
     calibration, every t_i from dense activations. Memory: activations of ``max_tokens`` tokens at
-    once. Projections with s_i = 0 get threshold 0 (and no hook when applied).
+    once. Projections with s_i = 0 get threshold 0 (and no hook when applied). ``scoring``: the
+    thresholds are quantiles of the scores the evaluation compares (|x|, or WINA's |x| * ||W_j||).
     """
     projections = find_projections(model)
     smap = sparsity_map(sparsities, [ref.name for ref, _ in projections])
@@ -329,7 +349,12 @@ def calibrate_thresholds(
         text = texts if isinstance(texts, str) else "\n\n".join(texts)
         token_ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
     windows = calibration_windows(token_ids, max_tokens, seqlen)  # [n, seqlen]
-    hooks = {name: _CalibrationHook(s, sequential) for name, s in smap.items() if s > 0}
+    modules = {ref.name: lin for ref, lin in projections}
+    hooks = {
+        name: _CalibrationHook(s, sequential, channel_scale(modules[name], scoring))
+        for name, s in smap.items()
+        if s > 0
+    }
     handles = [lin.register_forward_pre_hook(hooks[ref.name]) for ref, lin in projections if ref.name in hooks]
     try:
         with torch.inference_mode():

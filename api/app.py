@@ -28,7 +28,7 @@ from api.image_cache import ImageCache
 from api.middleware import BodySizeLimit
 from api.openapi import install_openapi
 from api.reaper import Reaper
-from api.routers import allocations, benchmarks, health, jobs, models, plots
+from api.routers import allocations, benchmarks, health, jobs, leaderboard, models, plots
 from api.ui.install import install_ui
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: JobDispatcher | 
     app.state.head_revision = migrate.head_revision()
     app.state.image_cache = ImageCache()
     install_error_handlers(app)
-    for module in (health, jobs, models, allocations, benchmarks, plots):
+    for module in (health, jobs, models, allocations, benchmarks, plots, leaderboard):
         app.include_router(module.router)
     install_ui(app, settings)
     install_openapi(app)

@@ -50,6 +50,9 @@ class PerplexityResult:
     split: str
     corpus_tokens: int  # length of the tokenised split before windowing
     max_tokens: int | None
+    # Mean NLL of each window, in order: two runs on the same windows compare with a paired SE
+    # (``acttail.evaluate.paired``).
+    window_nlls: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +137,7 @@ def evaluate_perplexity(
         raise ActTailError(f"{usable} tokens do not fill one window of seqlen {seqlen}; lower --seqlen")
     device = next(model.parameters()).device
     total_nll, scored = 0.0, 0
+    per_window: list[float] = []
     bar = _progress_bar(windows, f"perplexity ({split}, seqlen {seqlen})") if progress else None
     with torch.inference_mode():
         for w in range(windows):
@@ -141,6 +145,7 @@ def evaluate_perplexity(
             nll, count = window_nll(model, window)
             total_nll += nll
             scored += count
+            per_window.append(nll / count)
             if bar is not None:
                 bar.set_postfix(ppl=f"{math.exp(total_nll / scored):.3f}", refresh=False)
                 bar.update(1)
@@ -159,6 +164,7 @@ def evaluate_perplexity(
         split=split,
         corpus_tokens=int(token_ids.numel()),
         max_tokens=max_tokens,
+        window_nlls=tuple(per_window),
     )
 
 

@@ -45,6 +45,21 @@ def perplexity_measurements(
     return [Measurement("perplexity", "ppl", float(result["ppl"]), settings)]
 
 
+#: Benchmark kind of the per-window NLL rows beside a ``perplexity/ppl`` row.
+WINDOW_KIND = "perplexity_window"
+
+
+def window_measurements(ppl: Measurement, window_nlls: Iterable[float]) -> list[Measurement]:
+    """One ``perplexity_window/nll/<w>`` row per window, with the settings of the ``ppl`` row they make up.
+
+    Two rows on the same windows then compare with a paired standard error
+    (``acttail.evaluate.paired``) straight from the database.
+    """
+    return [
+        Measurement(WINDOW_KIND, f"nll/{w:04d}", float(nll), dict(ppl.settings)) for w, nll in enumerate(window_nlls)
+    ]
+
+
 def zeroshot_measurements(
     report: Mapping[str, Any], *, mode: str, extra: Mapping[str, Any] | None = None
 ) -> list[Measurement]:

@@ -17,7 +17,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from acttail.store.catalog import get_or_create_model, save_esd_run
-from acttail.store.measurements import Measurement, perplexity_measurements, save_measurements, zeroshot_measurements
+from acttail.store.measurements import (
+    Measurement,
+    perplexity_measurements,
+    save_measurements,
+    window_measurements,
+    zeroshot_measurements,
+)
 from acttail.store.results import save_allocation
 
 #: A dense measurement does not depend on the sparsity mode. The workers label dense rows
@@ -40,12 +46,21 @@ def variant_measurements(variant: Mapping[str, Any], protocol: Mapping[str, Any]
     dense = variant.get("allocation") is None
     mode = DENSE_MODE if dense else str(protocol["mode"])
     calibration = None if dense else protocol.get("calibration")
-    extra = {"calibration": calibration} if calibration else None  # threshold mode: what the thresholds saw
+    extra: dict[str, Any] = (
+        {"calibration": calibration} if calibration else {}
+    )  # threshold mode: what the thresholds saw
+    scoring = protocol.get("scoring", "magnitude")
+    if not dense and scoring != "magnitude":  # magnitude rows keep the settings they always had
+        extra["scoring"] = scoring
+    if protocol.get("suite"):  # a named benchmark suite (benchmarks/leaderboard.py) keeps its rows apart
+        extra["suite"] = protocol["suite"]
     out: list[Measurement] = []
     if variant.get("perplexity"):
-        out += perplexity_measurements(variant["perplexity"], mode=mode, extra=extra)
+        out += perplexity_measurements(variant["perplexity"], mode=mode, extra=extra or None)
+        if protocol.get("window_rows"):  # per-window NLLs, for paired standard errors between rows
+            out += window_measurements(out[-1], variant["perplexity"].get("window_nlls") or ())
     if variant.get("zeroshot"):
-        out += zeroshot_measurements(variant["zeroshot"], mode=mode, extra=extra)
+        out += zeroshot_measurements(variant["zeroshot"], mode=mode, extra=extra or None)
     return out
 
 

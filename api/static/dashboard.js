@@ -87,7 +87,48 @@ function watchEsdSelector(select) {
   });
 }
 
+// Sortable tables (the leaderboard): a header click sorts by that column, a second click reverses.
+// Numeric columns (th[data-sort="num"]) sort by each cell's data-value; empty values sort last.
+function makeSortable(table) {
+  const headers = [...table.querySelectorAll("thead th")];
+  headers.forEach((th, column) => {
+    if (!th.dataset.sort) return;
+    th.tabIndex = 0;
+    th.classList.add("sort-header");
+    const sort = () => {
+      const ascending = th.getAttribute("aria-sort") !== "ascending";
+      headers.forEach((h) => h.removeAttribute("aria-sort"));
+      th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+      const numeric = th.dataset.sort === "num";
+      const key = (row) => {
+        const cell = row.children[column];
+        if (!numeric) return cell.textContent.trim();
+        const raw = cell.dataset.value;
+        return raw === undefined || raw === "" ? null : Number(raw);
+      };
+      const body = table.tBodies[0];
+      const rows = [...body.rows];
+      rows.sort((a, b) => {
+        const x = key(a);
+        const y = key(b);
+        if (x === null || y === null) return x === y ? 0 : x === null ? 1 : -1;
+        const order = numeric ? x - y : String(x).localeCompare(String(y));
+        return ascending ? order : -order;
+      });
+      rows.forEach((row) => body.appendChild(row));
+    };
+    th.addEventListener("click", sort);
+    th.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        sort();
+      }
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("table.sortable").forEach(makeSortable);
   const list = document.querySelector("table#jobs[data-poll]");
   if (list) watchJobList(list);
   const job = document.querySelector("section#job[data-poll]");

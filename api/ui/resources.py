@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
@@ -17,6 +17,7 @@ from acttail.store import catalog, jobs, results
 from acttail.store.orm import Job, Model
 from api.deps import SessionDep
 from api.plot_images import ImageFormat, allocation_image, alphas_image, esd_image, sweep_image
+from api.routers import leaderboard
 from api.routers.plots import Estimator, ImageCacheDep
 from api.schemas import MAX_ID
 from api.ui.render import UI
@@ -26,6 +27,9 @@ router = APIRouter(prefix=UI, include_in_schema=False)
 IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", max_length=4096)]
 Fingerprint = Annotated[str, Path(min_length=1, max_length=128)]
 AllocationId = Annotated[int, Path(ge=1, le=MAX_ID)]
+LbModel = Annotated[str, Query(max_length=512)]
+LbMode = leaderboard.Mode
+LbScoring = leaderboard.Scoring
 
 
 def job_status(job: Job, db_session: Session) -> dict[str, Any]:
@@ -85,6 +89,23 @@ def heatmap_image_for_team(
 ) -> Response:  # fmt: skip
     row = results.get_allocation(allocation_id, team_id=team.id, db_session=db_session)
     return allocation_image(row, fmt, cache=cache, if_none_match=if_none_match)
+
+
+@router.get("/plots/leaderboard/sweep.{fmt}")
+def leaderboard_sweep_for_team(
+    fmt: ImageFormat, team: UiTeamDep, db_session: SessionDep, cache: ImageCacheDep, model: LbModel,
+    mode: LbMode = "topk", scoring: LbScoring = "magnitude", if_none_match: IfNoneMatch = None,
+) -> Response:  # fmt: skip
+    return leaderboard.sweep_response(team.id, db_session, cache, model=model, mode=mode, scoring=scoring, fmt=fmt,
+                                      if_none_match=if_none_match)  # fmt: skip
+
+
+@router.get("/plots/leaderboard/scaling.{fmt}")
+def leaderboard_scaling_for_team(
+    fmt: ImageFormat, team: UiTeamDep, db_session: SessionDep, cache: ImageCacheDep,
+    target: leaderboard.TargetValue = 0.5, if_none_match: IfNoneMatch = None,
+) -> Response:  # fmt: skip
+    return leaderboard.scaling_response(team.id, db_session, cache, target=target, fmt=fmt, if_none_match=if_none_match)
 
 
 @router.get("/allocations/{allocation_id}.json")

@@ -134,6 +134,34 @@ def model_page(
     return page(request, "model.html", context, team=team)
 
 
+@router.get(f"{UI}/leaderboard")
+def leaderboard_page(
+    request: Request, team: UiTeamDep, db_session: SessionDep,
+    model: Annotated[str | None, Query(max_length=512)] = None,
+    target: Annotated[str | None, Query(max_length=16)] = None,
+) -> Response:  # fmt: skip
+    """The stored leaderboard, filterable by model and target; empty select values mean "all"."""
+    from acttail.store.leaderboard import leaderboard_table
+
+    model = model or None
+    try:
+        value = float(target) if target else None
+    except ValueError:
+        raise ActTailError(f"target must be a number in [0, 1), got {target!r}") from None
+    if value is not None and not 0.0 <= value < 1.0:
+        raise ActTailError(f"target must be a number in [0, 1), got {target!r}")
+    everything = leaderboard_table(db_session, team_id=team.id)
+    table = leaderboard_table(db_session, team_id=team.id, model=model, target=value)
+    targets = sorted({r["target"] for r in everything["rows"] if r["method"] != "dense"})
+    shown_models = [m["model_id"] for m in everything["models"] if model is None or m["model_id"] == model]
+    context = {
+        "rows": table["rows"], "models": everything["models"], "model": model, "target": value, "targets": targets,
+        "shown_models": shown_models if table["rows"] else [],
+        "shown_targets": [value] if value is not None else targets, "nav": "leaderboard",
+    }  # fmt: skip
+    return page(request, "leaderboard.html", context, team=team)
+
+
 @router.get(UI + "/allocations/{allocation_id:int}")
 def allocation_page(request: Request, allocation_id: int, team: UiTeamDep, db_session: SessionDep) -> Response:
     row = results.get_allocation(allocation_id, team_id=team.id, db_session=db_session)

@@ -1,0 +1,335 @@
+"""The leaderboard: every allocation method x scoring rule x sparsity mode, side by side, in the results DB.
+
+For each model and target (default 30/50/70%) it evaluates uniform, the paper's rule (``acttail``),
+``acttail-reverse``, ``acttail-per-type``, ``teal-greedy``, ``auto`` and the calibration-free
+``htsr-spectral``, each with |x| and WINA scoring (``acttail.scoring``), in TopK and threshold mode,
+plus CATS (``acttail.cats``) where its budget is reachable, and the dense model: WikiText-2 *test*
+perplexity with per-window NLLs (paired standard errors against uniform TopK |x|), through the
+project's own pipeline functions (``acttail.methods.build_allocations``,
+``acttail.pipeline.evaluate_variants``, ``acttail.store.pipeline_results.save_pipeline_result``).
+
+Every cell is stored as soon as it is measured, as benchmark rows with settings ``suite:
+leaderboard``; a rerun reads what is stored and measures only what is missing, so the grid runs
+in parts (``--models``, ``--targets``, ``--methods``, ``--modes``, ``--scorings`` select one).
+Calibrated methods (auto, teal-greedy), thresholds and CATS see WikiText-2 *validation* only.
+
+    nice -n 10 .venv/bin/python benchmarks/leaderboard.py run --models smollm2-135m --test-tokens 2048
+    nice -n 10 .venv/bin/python benchmarks/leaderboard.py zeroshot --models smollm2-135m --limit 100
+    .venv/bin/python benchmarks/leaderboard.py report     # leaderboard.md / .json / plots from the DB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from acttail.esd import ESDReport, analyze_source
+from acttail.models import resolve_model
+
+ESD_CACHE = Path("/tmp/acttail_study")
+SUITE = "leaderboard"
+METHODS = ("uniform", "acttail", "acttail-reverse", "acttail-per-type", "teal-greedy", "auto", "htsr-spectral")
+ALPHA_ONLY = ("uniform", "acttail", "acttail-reverse", "acttail-per-type", "htsr-spectral")
+# Cheapest and most asked-for first, so a run cut short still leaves the main comparison.
+COMBOS = (("topk", "magnitude"), ("topk", "wina"), ("threshold", "magnitude"), ("threshold", "wina"))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load_esd_report(alias: str, estimator: str = "ks", cache: Path = ESD_CACHE) -> ESDReport:
+    """The model's ESD report (every projection's spectral statistics), computed once and cached as JSON."""
+    path = cache / f"esd_{alias.replace('/', '_')}_{estimator}.json"
+    if path.exists():
+        return ESDReport.from_dict(json.loads(path.read_text()))
+    report = analyze_source(resolve_model(alias), estimator, progress=False)
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict()))
+    return report
+
+
+def _cell(method: str, target: float, mode: str, scoring: str) -> tuple[str, float, str, str]:
+    return (method, round(target, 4), mode, scoring)
+
+
+class Store:
+    """The results DB as the leaderboard sees it: which cells exist, and writing new ones."""
+
+    def __init__(self, db: str | None) -> None:
+        from acttail.cli.results_store import open_results_store
+
+        self.store = open_results_store(db, command="leaderboard")
+        log(f"results database {self.store.shown_url}")
+
+    def session(self) -> Any:
+        from acttail.store.db import session_scope
+
+        return session_scope(self.store.session_factory)
+
+    def done(self, fingerprint: str, seqlen: int, max_tokens: int) -> dict[tuple[str, float, str, str], Any]:
+        """Stored leaderboard cells of the model under this protocol -> their allocation (None = dense)."""
+        from acttail.allocate import Allocation
+        from acttail.store.leaderboard import suite_rows
+
+        out: dict[tuple[str, float, str, str], Any] = {}
+        with self.session() as db:
+            for row in suite_rows(db, team_id=self.store.team_id, fingerprint=fingerprint, suite=SUITE):
+                s = row.settings
+                if s.get("seqlen") != seqlen or s.get("max_tokens") != max_tokens:
+                    continue
+                alloc = None if row.allocation is None else Allocation.from_dict(row.allocation.document)
+                method = "dense" if alloc is None else alloc.method
+                target = 0.0 if alloc is None else alloc.target
+                out[_cell(method, target, s["mode"], s.get("scoring", "magnitude"))] = alloc
+        return out
+
+    def save(self, document: dict[str, Any], esd: ESDReport | None = None) -> None:
+        from acttail.store.pipeline_results import save_pipeline_result
+
+        with self.session() as db:
+            save_pipeline_result(document, team_id=self.store.team_id, db_session=db, esd_report=esd,
+                                 meta={"origin": "benchmarks/leaderboard.py"})  # fmt: skip
+
+
+def _document(description: dict[str, Any], config: Any, variants: Sequence[Any], began: float) -> dict[str, Any]:
+    from acttail.pipeline import PipelineResult, library_versions
+
+    result = PipelineResult(
+        model=description, config=config, variants=tuple(variants), alphas=None,
+        versions={**library_versions(), "device": "cpu"}, elapsed_s=time.perf_counter() - began,
+    )  # fmt: skip
+    doc = result.to_dict()
+    doc["protocol"].update(suite=SUITE, window_rows=True)
+    return doc
+
+
+def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
+    import torch
+
+    from acttail.methods import build_allocations, calibration_set, greedy_trace
+    from acttail.pipeline import PipelineConfig, evaluate_variants
+
+    began = time.perf_counter()
+    source = resolve_model(alias)
+    description = source.describe().as_dict()
+    report = load_esd_report(alias)
+    test_tokens = args.test_tokens_for.get(alias, args.test_tokens)
+    cal_tokens = args.cal_tokens_for.get(alias, args.cal_tokens)
+    done = store.done(description["fingerprint"], args.seqlen, test_tokens)
+    log(f"{alias}: {len(done)} cells stored; test {test_tokens} tokens, calibration {cal_tokens}, seqlen {args.seqlen}")
+    targets = [t for t in args.targets]
+    combos = [(m, s) for m, s in COMBOS if m in args.modes and s in args.scorings]
+    wanted = [_cell(m, t, mode, sc) for mode, sc in combos for m in args.methods for t in targets]
+    missing = [c for c in wanted if c not in done]
+    need_dense = _cell("dense", 0.0, "topk", "magnitude") not in done
+    need_cats = args.cats and "threshold" in args.modes
+    if not missing and not need_dense and not need_cats:
+        log(f"{alias}: nothing to do")
+        return
+    lm, tokenizer = source.load_causal_lm()
+    torch.set_num_threads(args.threads)
+    # The allocations: stored ones are reused (same document, same allocation row).
+    allocations: dict[tuple[str, float], Any] = {}
+    for (method, target, _m, _s), alloc in done.items():
+        if alloc is not None:
+            allocations[(method, target)] = alloc
+    config0 = PipelineConfig(targets=tuple(targets), methods=(), seqlen=args.seqlen, max_tokens=test_tokens,
+                             calibration_tokens=cal_tokens)  # fmt: skip
+
+    measured: dict[tuple[Any, ...], Any] = {}  # identical sparsities (auto = teal-greedy) are measured once
+
+    def evaluate(allocs: list[Any], mode: str, scoring: str) -> None:
+        config = replace(config0, mode=mode, scoring=scoring)
+        for alloc in allocs:
+            key = _cell(
+                "dense" if alloc is None else alloc.method, 0.0 if alloc is None else alloc.target, mode, scoring
+            )
+            if key in done:
+                continue
+            t0 = time.perf_counter()
+            same = None if alloc is None else (tuple(round(v, 9) for v in alloc.sparsities.values()), mode, scoring)
+            if same in measured:
+                variants = (
+                    replace(
+                        measured[same], allocation=alloc, method=alloc.method, label=f"{alloc.method}@{alloc.target:g}"
+                    ),
+                )
+            else:
+                variants = evaluate_variants(lm, tokenizer, [alloc], config)
+                if same is not None:
+                    measured[same] = variants[0]
+            store.save(_document(description, config, variants, t0), esd=report if not done else None)
+            done[key] = alloc
+            log(f"{alias}: {key} ppl {variants[0].ppl:.3f} ({time.perf_counter() - t0:.0f} s)")
+
+    if need_dense:
+        evaluate([None], "topk", "magnitude")
+
+    state: dict[str, Any] = {}  # the calibration set and the greedy trace, built once when first needed
+
+    def allocation(method: str, target: float) -> Any:
+        key = (method, round(target, 4))
+        if key not in allocations:
+            knobs: dict[str, Any] = {}
+            if method in ("teal-greedy", "auto"):
+                if "trace" not in state:
+                    state["cal"] = calibration_set(tokenizer, max_tokens=cal_tokens, seqlen=args.seqlen)
+                    t0 = time.perf_counter()
+                    state["trace"] = greedy_trace(lm, state["cal"], max_target=max(targets), step=args.greedy_step,
+                                                  max_tokens=args.greedy_tokens)  # fmt: skip
+                    log(
+                        f"{alias}: greedy trace on {args.greedy_tokens} validation tokens: {time.perf_counter() - t0:.0f} s"
+                    )
+                knobs = {"model": lm, "calibration": state["cal"], "trace": state["trace"]}
+            t0 = time.perf_counter()
+            allocations[key] = build_allocations([method], report=report, targets=[target], **knobs)[0]
+            if knobs:
+                log(f"{alias}: built {method}@{target:g} in {time.perf_counter() - t0:.0f} s")
+        return allocations[key]
+
+    # Target-major in the order asked for, so a run cut short has every method at the first target.
+    for i, (mode, scoring) in enumerate(combos):
+        for target in targets:
+            for method in args.methods:
+                evaluate([allocation(method, target)], mode, scoring)
+        if i == 0:
+            log(f"{alias}: first combo done at {time.perf_counter() - began:.0f} s")
+    if need_cats:
+        run_cats(alias, lm, tokenizer, description, report, targets, args, test_tokens, cal_tokens, store, done)
+    log(f"{alias}: done in {time.perf_counter() - began:.0f} s")
+
+
+def run_cats(alias, lm, tokenizer, description, report, targets, args, test_tokens, cal_tokens, store, done) -> None:
+    """CATS at each target it can reach (gate sparsity = target / MLP share of the weights)."""
+    from acttail.cats import apply_cats, calibrate_cats, cats_allocation, gate_sparsity
+    from acttail.errors import AllocationError
+    from acttail.evaluate.perplexity import evaluate_perplexity, tokenize_split
+    from acttail.pipeline import PipelineConfig, VariantResult
+
+    counts = report.param_counts()
+    config = PipelineConfig(targets=tuple(targets), methods=(), mode="threshold", seqlen=args.seqlen,
+                            max_tokens=test_tokens, calibration_tokens=cal_tokens)  # fmt: skip
+    for target in targets:
+        if _cell("cats", target, "threshold", "magnitude") in done:
+            continue
+        try:
+            gate = gate_sparsity(target, counts)
+        except AllocationError as exc:
+            log(f"{alias}: {exc}")
+            continue
+        t0 = time.perf_counter()
+        thresholds = calibrate_cats(lm, tokenize_split(tokenizer, "validation"), gate, max_tokens=cal_tokens,
+                                    seqlen=args.seqlen)  # fmt: skip
+        record = cats_allocation(counts, gate, model_id=description["model_id"], fingerprint=description["fingerprint"])
+        with apply_cats(lm, thresholds) as handle:
+            ppl = evaluate_perplexity(lm, token_ids=tokenize_split(tokenizer, "test", test_tokens), seqlen=args.seqlen,
+                                      max_tokens=test_tokens, progress=False)  # fmt: skip
+            effective = handle.effective_sparsity()
+        variant = VariantResult(
+            label=f"cats@{target:g}", method="cats", target=record.target, perplexity=ppl, zeroshot=None,
+            mean_accuracy=None, realised_sparsity=effective, realised_per_projection=None, allocation=record,
+            elapsed_s=time.perf_counter() - t0,
+        )  # fmt: skip
+        store.save(_document(description, config, [variant], t0))
+        done[_cell("cats", target, "threshold", "magnitude")] = record
+        log(f"{alias}: cats@{target} (gate {gate:.3f}, effective {effective:.3f}) ppl {ppl.ppl:.3f}")
+
+
+def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
+    """Dense and the best ``--best`` TopK cells per target by test perplexity: zero-shot accuracy."""
+    import torch
+
+    from acttail.pipeline import PipelineConfig, evaluate_variants
+    from acttail.store.leaderboard import leaderboard_table
+
+    source = resolve_model(alias)
+    description = source.describe().as_dict()
+    test_tokens = args.test_tokens_for.get(alias, args.test_tokens)
+    with store.session() as db:
+        table = leaderboard_table(db, team_id=store.store.team_id, model=description["model_id"])
+    rows = [r for r in table["rows"] if r["seqlen"] == args.seqlen and r["max_tokens"] == test_tokens]
+    picks: list[tuple[Any, str, str]] = []
+    lm, tokenizer = source.load_causal_lm()
+    torch.set_num_threads(args.threads)
+    if not any(r["method"] == "dense" and r.get("zeroshot") for r in rows):
+        picks.append((None, "topk", "magnitude"))
+    from acttail.allocate import Allocation
+
+    for target in args.targets:
+        cands = [r for r in rows if r["method"] not in ("dense", "cats") and math.isclose(r["target"], target)]
+        cands.sort(key=lambda r: r["ppl"])
+        for r in cands[: args.best]:
+            if not r.get("zeroshot"):
+                picks.append((Allocation.from_dict(r["allocation"]), r["mode"], r["scoring"]))
+    for alloc, mode, scoring in picks:
+        config = PipelineConfig(targets=(), methods=(), mode=mode, scoring=scoring, seqlen=args.seqlen,
+                                max_tokens=test_tokens, tasks=tuple(args.tasks), limit=args.limit,
+                                calibration_tokens=args.cal_tokens_for.get(alias, args.cal_tokens))  # fmt: skip
+        t0 = time.perf_counter()
+        variants = evaluate_variants(lm, tokenizer, [alloc], config)
+        store.save(_document(description, config, variants, t0))
+        label = "dense" if alloc is None else f"{alloc.method}@{alloc.target:g} {mode}/{scoring}"
+        log(f"{alias}: zero-shot {label}: mean acc {variants[0].mean_accuracy:.4f} ({time.perf_counter() - t0:.0f} s)")
+
+
+def _per_model(values: Sequence[str]) -> dict[str, int]:
+    out = {}
+    for item in values:
+        name, _, n = item.partition("=")
+        out[name] = int(n)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=("run", "zeroshot", "report"))
+    parser.add_argument("--models", default="smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b")
+    parser.add_argument("--targets", default="0.5,0.3,0.7")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--modes", default="topk,threshold")
+    parser.add_argument("--scorings", default="magnitude,wina")
+    parser.add_argument("--no-cats", dest="cats", action="store_false")
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--test-tokens", type=int, default=2048)
+    parser.add_argument("--test-tokens-for", nargs="*", default=[], help="per model: alias=N")
+    parser.add_argument("--cal-tokens", type=int, default=1024, help="validation tokens: auto's grid, thresholds, CATS")
+    parser.add_argument("--cal-tokens-for", nargs="*", default=[], help="per model: alias=N")
+    parser.add_argument("--greedy-tokens", type=int, default=256)
+    parser.add_argument("--greedy-step", type=float, default=0.1)
+    parser.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,winogrande,hellaswag,boolq")
+    parser.add_argument("--limit", type=int, default=500, help="zero-shot items per task")
+    parser.add_argument("--best", type=int, default=3, help="zero-shot: best cells per target")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--db", default=None, help="results DB URL or file (else ACTTAIL_DATABASE_URL, ~/.acttail)")
+    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    args.targets = [float(t) for t in args.targets.split(",")]
+    for name in ("methods", "modes", "scorings", "tasks"):
+        setattr(args, name, [v for v in getattr(args, name).split(",") if v])
+    args.test_tokens_for = _per_model(args.test_tokens_for)
+    args.cal_tokens_for = _per_model(args.cal_tokens_for)
+    store = Store(args.db)
+    if args.part == "report":
+        from leaderboard_report import write_report
+
+        write_report(store, args)
+        return
+    log(f"load average {os.getloadavg()}, {platform.machine()}")
+    for alias in [m for m in args.models.split(",") if m]:
+        (run_model if args.part == "run" else zeroshot_model)(alias, args, store)
+
+
+if __name__ == "__main__":
+    main()
