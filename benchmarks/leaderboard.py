@@ -132,7 +132,7 @@ def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     combos = [(m, s) for m, s in COMBOS if m in args.modes and s in args.scorings]
     wanted = [_cell(m, t, mode, sc) for mode, sc in combos for m in args.methods for t in targets]
     missing = [c for c in wanted if c not in done]
-    need_dense = _cell("dense", 0.0, "topk", "magnitude") not in done
+    need_dense = args.dense and _cell("dense", 0.0, "topk", "magnitude") not in done
     need_cats = args.cats and "threshold" in args.modes
     if not missing and not need_dense and not need_cats:
         log(f"{alias}: nothing to do")
@@ -300,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--modes", default="topk,threshold")
     parser.add_argument("--scorings", default="magnitude,wina")
     parser.add_argument("--no-cats", dest="cats", action="store_false")
+    parser.add_argument("--no-dense", dest="dense", action="store_false", help="leave the dense cell to another part")
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--test-tokens", type=int, default=2048)
     parser.add_argument("--test-tokens-for", nargs="*", default=[], help="per model: alias=N")

@@ -38,6 +38,12 @@ MaxTokensOpt = Annotated[
     int | None, typer.Option("--max-tokens", help="Cap WikiText-2 test tokens (quick runs); default: full split.")
 ]
 ModeOpt = Annotated[str, typer.Option("--mode", help="topk (exact per token) | threshold (TEAL, calibrated).")]
+ScoringOpt = Annotated[
+    str,
+    typer.Option(
+        "--scoring", help="Which entries survive: magnitude (|x|) | wina (|x| times the weight's column norm)."
+    ),
+]
 JsonOpt = Annotated[
     Path | None, typer.Option("--json", help="Write the full result document here.", callback=output_file)
 ]
@@ -109,7 +115,7 @@ def print_result(result: PipelineResult) -> None:
     windows = result.variants[0].perplexity.windows if result.variants and result.variants[0].perplexity else 0
     title = (
         f"{result.model.get('model_id')} — WikiText-2 ppl (seqlen {ppl['seqlen']}, {windows} windows), "
-        f"mode {result.config.mode}"
+        f"mode {result.config.mode}, scoring {result.config.scoring}"
     )
     table = Table(title=title)
     for column in ("target", "method", "perplexity", "vs uniform", "mean acc", "realised"):
@@ -158,6 +164,7 @@ def _evaluate(
     seqlen: int,
     max_tokens: int | None,
     tasks: str,
+    scoring: str = "magnitude",
     limit: int | None,
     no_dense: bool,
     calibration_tokens: int,
@@ -185,6 +192,7 @@ def _evaluate(
         params=params,
         estimator=estimator,
         mode=mode,
+        scoring=scoring,
         seqlen=seqlen,
         max_tokens=max_tokens,
         tasks=parse_tasks(tasks),
@@ -230,6 +238,7 @@ def run(
     seqlen: SeqlenOpt = 2048,
     max_tokens: MaxTokensOpt = None,
     mode: ModeOpt = "topk",
+    scoring: ScoringOpt = "magnitude",
     calibration_tokens: CalibOpt = 16_384,
     no_dense: NoDenseOpt = False,
     json_path: JsonOpt = None,
@@ -253,6 +262,7 @@ def run(
         granularity=granularity,
         estimator=estimator,
         mode=mode,
+        scoring=scoring,
         seqlen=seqlen,
         max_tokens=max_tokens,
         tasks=tasks,
@@ -275,6 +285,7 @@ def evaluate(
     seqlen: SeqlenOpt = 2048,
     max_tokens: MaxTokensOpt = None,
     mode: ModeOpt = "topk",
+    scoring: ScoringOpt = "magnitude",
     calibration_tokens: CalibOpt = 16_384,
     no_dense: NoDenseOpt = False,
     json_path: JsonOpt = None,
@@ -295,6 +306,7 @@ def evaluate(
         targets=(alloc.target,),
         estimator=alloc.estimator or "ks",
         mode=mode,
+        scoring=scoring,
         seqlen=seqlen,
         max_tokens=max_tokens,
         tasks=tasks,

@@ -115,9 +115,9 @@ def leaderboard_table(
             entry["gate_sparsity"] = params.get("gate_sparsity")
             if with_allocations:
                 entry["allocation"] = alloc.document
-        z = zeroshot.get((row.model_pk, row.allocation_id, entry["mode"], entry["scoring"]))
-        entry["zeroshot"] = z
-        entry["mean_accuracy"] = None if z is None else z.get("mean_accuracy")
+        scored = zeroshot.get((row.model_pk, row.allocation_id, entry["mode"], entry["scoring"]))
+        entry["zeroshot"] = scored
+        entry["mean_accuracy"] = None if scored is None else scored.get("mean_accuracy")
         entries.append(entry)
     _add_gains(entries)
     if target is not None:
@@ -188,7 +188,9 @@ def scaling_points(table: dict[str, Any], target: float) -> list[dict[str, Any]]
         if not cells:
             continue
         best = min(cells, key=lambda e: e["ppl"])
-        picks = [("best cell", best, f"{best['method']} {best['mode']}/{best['scoring']}")]
+        picks: list[tuple[str, dict[str, Any], str | None]] = [
+            ("best cell", best, f"{best['method']} {best['mode']}/{best['scoring']}")
+        ]
         for name, (method, mode, scoring) in SCALING_SERIES.items():
             hit = [e for e in cells if (e["method"], e["mode"], e["scoring"]) == (method, mode, scoring)]
             if hit:

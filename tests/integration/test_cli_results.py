@@ -218,3 +218,22 @@ def test_a_service_job_finds_the_cli_rows(model_dir: Path, tmp_path: Path, db_ur
     after = stored(db_url, fingerprint)
     assert after["benchmark_ids"] == before["benchmark_ids"]
     assert after["benchmarks"] == pytest.approx(before["benchmarks"], rel=1e-9)
+
+
+def test_wina_scoring_is_stored_with_its_rows_and_a_bad_scoring_is_one_line(
+    model_dir: Path, db_url: str, acttail_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli("run", str(model_dir), "--sparsity", "0.5", "--method", "uniform", "--no-dense", *QUICK, "--db", db_url,
+        "--scoring", "wina")  # fmt: skip
+    engine = make_engine(db_url)
+    with session_scope(make_session_factory(engine)) as db:
+        team_id = teams.get_team_by_name("default", db_session=db).id
+        rows, _ = results.list_benchmarks(team_id=team_id, kind="perplexity", db_session=db)
+        assert [r.settings.get("scoring") for r in rows] == ["wina"]
+    engine.dispose()
+    capsys.readouterr()  # the first run's bars and notes
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(model_dir), *QUICK, "--scoring", "loudest", "--no-store"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown scoring 'loudest'; valid: magnitude, wina" in err

@@ -91,9 +91,8 @@ def test_wikitext_rows_rebuild_the_hf_dataset() -> None:
 
 
 def test_prefix_tokenisation_equals_the_head_of_the_full_split() -> None:
-    from test_pipeline import byte_tokenizer
-
     from acttail.evaluate.perplexity import tokenize_split
+    from tests.tiny_models import byte_tokenizer
 
     tokenizer = byte_tokenizer()
     full = tokenizer(wikitext2_text("validation")[:200_000], return_tensors="pt").input_ids[0]
