@@ -18,6 +18,8 @@ LABELS = {"topk": "TopK", "threshold": "thr", "magnitude": r"\|x\|", "wina": "WI
 
 
 def _fmt_change(e: dict[str, Any]) -> str:
+    if (e["method"], e["mode"], e["scoring"]) == ("uniform", "topk", "magnitude"):
+        return "baseline"
     pct, se = e.get("change_vs_uniform_pct"), e.get("se_pct")
     if pct is None:
         return "—"
@@ -51,7 +53,8 @@ def write_report(store: Any, args: Any) -> None:
         "SE itself is rough: read anything under ~2 SE as noise).",
         "",
         f"Report written {datetime.now(UTC).isoformat(timespec='seconds')}, load average {os.getloadavg()[0]:.1f} "
-        "(2-core VM shared with six other engineers' jobs all evening, load 8-13).",
+        "(2-core VM shared with six other engineers' jobs; load 8 to 24 during the runs, each of our",
+        "processes got 2-4% of a core for most of them).",
         "",
     ]
     json_rows = []

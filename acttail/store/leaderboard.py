@@ -108,6 +108,7 @@ def leaderboard_table(
             created_at=row.created_at.isoformat() if row.created_at else None,
         )
         alloc = row.allocation
+        entry["chose"] = entry["gate_sparsity"] = None
         if alloc is not None:
             params = (alloc.document or {}).get("params") or {}
             choice = params.get("choice")

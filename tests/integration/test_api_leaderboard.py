@@ -105,3 +105,19 @@ def test_leaderboard_plots_are_svg(api: Api, stored: tuple[str, str]) -> None:
     assert scaling.status_code == 200 and scaling.content[:4] == b"\x89PNG"
     none = api.client.get(f"/v1/leaderboard/plots/sweep.svg?model={model_id}&mode=threshold", headers=api.auth(key))
     assert none.status_code == 404
+
+
+def test_leaderboard_page_renders_the_rows_and_refuses_a_bad_target(api: Api, stored: tuple[str, str]) -> None:
+    from tests.integration.test_api_dashboard import _login
+
+    key, model_id = stored
+    assert _login(api.client, key).status_code == 303
+    page = api.client.get(f"/ui/leaderboard?model={model_id}")
+    assert page.status_code == 200, page.text[-2000:]
+    assert (
+        page.text.count('<tr data-method="') == 4 and f"/ui/plots/leaderboard/sweep.svg?model={model_id}" in page.text
+    )
+    image = api.client.get(f"/ui/plots/leaderboard/sweep.svg?model={model_id}")
+    assert image.status_code == 200 and b"<svg" in image.content
+    bad = api.client.get("/ui/leaderboard?target=2")
+    assert bad.status_code == 400 and "target must be a number in [0, 1)" in bad.text
