@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         # Hub downloads and transformers' weight loading draw tqdm bars; in a log they are noise
         # around our own progress lines (and would be extra lines around a one-line error).
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF dequantisation bar is plain tqdm
     try:
         code = app(args=argv, standalone_mode=False)
     except ActTailError as exc:

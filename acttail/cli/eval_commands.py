@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from acttail.cli.paths import output_file
+from acttail.cli.progress import progress_reporter
 from acttail.cli.results_store import DbOpt, NoStoreOpt, ResultsStore, open_results_store, record_result
+from acttail.cli.summary import print_allocations, print_alphas
 from acttail.errors import ActTailError
 
 if TYPE_CHECKING:
@@ -86,25 +87,6 @@ def parse_tasks(text: str) -> tuple[str, ...]:
     return names
 
 
-def _progress_bar(quiet: bool) -> tuple[Progress | None, object]:
-    if quiet:
-        return None, None
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    task = bar.add_task("starting", total=1.0)
-
-    def report(stage: str, fraction: float) -> None:
-        bar.update(task, completed=fraction, description=stage)
-
-    return bar, report
-
-
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -136,7 +118,11 @@ def print_result(result: PipelineResult) -> None:
 
 
 def _finish(result: PipelineResult, json_path: Path | None, store: ResultsStore | None) -> None:
-    """Table, then the JSON file, then the results database (a database error cannot lose the file)."""
+    """Alphas, allocations and the perplexity table, then the JSON file, then the results database
+    (a database error cannot lose the file) and how to open it in the dashboard."""
+    if result.alphas:
+        print_alphas(console, result.alphas, result.config.estimator)
+    print_allocations(console, result)
     print_result(result)
     if json_path is not None:
         json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -149,6 +135,7 @@ def _finish(result: PipelineResult, json_path: Path | None, store: ResultsStore 
             highlight=False,
             soft_wrap=True,
         )
+        console.print(store.browse_hint, highlight=False, soft_wrap=True)
 
 
 def _evaluate(
@@ -202,11 +189,8 @@ def _evaluate(
     )
     config.validate()
     store = None if no_store else open_results_store(db, command=command)
-    bar, report = _progress_bar(quiet)
     try:
-        if bar is None:
-            return call(config), store
-        with bar:
+        with progress_reporter(console, quiet=quiet) as report:
             return call(config, progress=report), store
     except BaseException:
         if store is not None:

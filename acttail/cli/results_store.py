@@ -37,6 +37,7 @@ class ResultsStore:
     engine: Engine
     session_factory: sessionmaker[Session]
     team_id: int
+    browse_hint: str = ""  # how to open these results in the dashboard
 
 
 def _database_error(shown_url: str, exc: Exception) -> ActTailError:
@@ -74,7 +75,12 @@ def open_results_store(db: str | None, *, command: str) -> ResultsStore:
         raise
     if key is not None:
         typer.echo(f"Created team 'default' in {shown_url}; its API key is in {settings.api_key_file}", err=True)
-    return ResultsStore(shown_url, engine, factory, team_id)
+    serve = "acttail serve" if db is None else f"acttail serve --db {db}"
+    hint = (
+        f"to browse them: run `{serve}`, open http://{settings.host}:{settings.port}/ui "
+        f"and log in with the API key in {settings.api_key_file}"
+    )
+    return ResultsStore(shown_url, engine, factory, team_id, hint)
 
 
 def record_result(store: ResultsStore, result: PipelineResult) -> RecordedRun:
