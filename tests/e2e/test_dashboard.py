@@ -73,7 +73,9 @@ def test_submit_watch_and_inspect_a_job(stack: Stack, browser: Any, screenshots:
     page.fill("#targets", "0.3, 1.5")
     refused = _submit(page)
     assert refused.status == 422
-    expect(page.locator("#error")).to_have_text("Target sparsities: Input should be less than 1 (got 1.5)")
+    expect(page.locator("#error")).to_have_text(
+        "Target sparsities: Input should be less than or equal to 0.99 (got 1.5)"
+    )
     expect(page.locator("#targets")).to_have_value("0.3, 1.5")
     with stack.api(stack.keys["vision"]) as api:
         assert api.get("/v1/jobs").json()["total"] == 0
