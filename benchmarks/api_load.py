@@ -158,11 +158,15 @@ class Stack:
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
+        # libpq reads PGAPPNAME: the sampler tells the API's connections from the worker's.
+        env = {**self.env(), "PGAPPNAME": f"acttail-{name}"}
         self.procs.append(
-            subprocess.Popen(
-                cmd, cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         )
+
+    def api_cpu_s(self) -> float:
+        """CPU seconds used so far by the API's process group (``acttail serve`` and its uvicorn workers)."""
+        return group_cpu_s(self.procs[0].pid)
 
     def stop(self) -> None:
         from sqlalchemy import create_engine, text
@@ -259,8 +263,21 @@ def account(url: str, headers: dict[str, str], logs: list[ClientLog]) -> dict[st
     }
 
 
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group ``pgid`` (Linux /proc)."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after "(comm)": state, ppid, pgrp, ..., utime(11), stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 class PgSampler(threading.Thread):
-    """Samples ``pg_stat_activity`` of the benchmark database every 0.2 s until stopped."""
+    """Samples ``pg_stat_activity`` for the API's connections to the benchmark database every 0.2 s."""
 
     def __init__(self, db_name: str) -> None:
         super().__init__(daemon=True)
@@ -275,7 +292,8 @@ class PgSampler(threading.Thread):
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
             while not self.stop_event.is_set():
                 rows = conn.execute(
-                    "SELECT state, count(*) FROM pg_stat_activity WHERE datname = %s GROUP BY state",
+                    "SELECT state, count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
+                    "'acttail-api' GROUP BY state",
                     (self.db_name,),
                 ).fetchall()
                 states = {state: int(count) for state, count in rows}
@@ -331,13 +349,12 @@ async def _reader_client(
         connection[1].close()
 
 
-def read_phase(
-    port: int, key: str, job_ids: list[str], db_name: str, clients: int, interval: float, duration: float
-) -> dict[str, Any]:
+def read_phase(stack: Stack, job_ids: list[str], clients: int, interval: float, duration: float) -> dict[str, Any]:
     """``clients`` connections reading on a fixed schedule; throughput, latency, errors, idle transactions."""
     paths = [f"/v1/jobs/{job_id}" for job_id in job_ids] * 9 + ["/v1/jobs?limit=20"] * len(job_ids)
     log: dict[str, Any] = {"latency_s": [], "statuses": Counter(), "errors": Counter(), "missed": 0}
-    sampler = PgSampler(db_name)
+    port, key = stack.port, stack.api_key
+    sampler = PgSampler(stack.db_name)
     sampler.start()
 
     async def run() -> float:
@@ -349,7 +366,9 @@ def read_phase(
         return loop.time() - start
 
     load_before = os.getloadavg()[0]
+    cpu_before = stack.api_cpu_s()
     wall = asyncio.run(run())
+    api_cpu = stack.api_cpu_s() - cpu_before
     sampler.stop_event.set()
     sampler.join()
     ok = log["statuses"].get(200, 0)
@@ -368,6 +387,7 @@ def read_phase(
         "statuses": {str(k): v for k, v in sorted(log["statuses"].items())},
         "client_errors": dict(log["errors"]),
         "missed_slots": log["missed"],
+        "api_cpu_ms_per_read": round(api_cpu / max(1, ok + errors) * 1000, 2),
         "max_idle_in_transaction": sampler.max_idle_in_transaction,
         "max_db_connections": sampler.max_connections,
         "pg_samples": sampler.samples,
@@ -402,8 +422,8 @@ def main() -> None:
     )
     parser.add_argument("--read-duration", type=float, default=20, help="length of each read phase (s)")
     parser.add_argument("--api-workers", type=int, default=2, help="ACTTAIL_API_WORKERS of the API under test")
-    parser.add_argument("--job-clients", type=int, default=8)
-    parser.add_argument("--jobs-per-client", type=int, default=5)
+    parser.add_argument("--job-clients", type=int, default=4)
+    parser.add_argument("--jobs-per-client", type=int, default=3)
     parser.add_argument("--poll-interval", type=float, default=0.2)
     parser.add_argument("--idle-reads", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=600, help="wall-clock limit of the job phase (s)")
@@ -450,8 +470,7 @@ def main() -> None:
         job_ids = [warm["id"], *(job_id for log in logs for job_id in log.job_ids)]
         for clients in read_clients:
             reads.append(
-                read_phase(stack.port, stack.api_key, job_ids, stack.db_name, clients, args.read_interval,
-                           args.read_duration)
+                read_phase(stack, job_ids, clients, args.read_interval, args.read_duration)
             )  # fmt: skip
             print(json.dumps(reads[-1]), flush=True)
     finally:
@@ -504,7 +523,7 @@ def render(r: dict[str, Any]) -> str:
         lat = x["latency_ms"] or {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
         return (f"| {x['clients']} | {x['offered_per_s']:.0f} | {x['reads_per_s']:.0f} | {lat['p50']:.1f} | "
                 f"{x['p90_ms']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} | {x['errors']} | {x['missed_slots']} | "
-                f"{x['max_idle_in_transaction']} | {x['max_db_connections']} | "
+                f"{x['api_cpu_ms_per_read']:.2f} | {x['max_idle_in_transaction']} | {x['max_db_connections']} | "
                 f"{x['load_average_1m_before']:.1f} → {x['load_average_1m_after']:.1f} |")  # fmt: skip
 
     a = r["accounting"]
@@ -519,11 +538,12 @@ def render(r: dict[str, Any]) -> str:
         "",
         "Each connection sends one read every interval on a fixed schedule (9/10 `GET /v1/jobs/{id}`, 1/10 "
         "`GET /v1/jobs?limit=20`); latency counts from the scheduled send time. \"idle in tx\" is the most "
-        "connections of the API database seen \"idle in transaction\" in `pg_stat_activity` (sampled every 0.2 s).",
+        "connections of the API seen \"idle in transaction\" in `pg_stat_activity` (sampled every 0.2 s); \"API CPU "
+        "ms/read\" is the CPU time of all API processes divided by the reads answered.",
         "",
         "| clients | offered/s | reads/s (200) | p50 ms | p90 ms | p99 ms | max ms | errors | missed slots | "
-        "idle in tx | DB conns | load 1m |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "API CPU ms/read | idle in tx | API DB conns | load 1m |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(read_row(x) for x in r["reads"]),
         "",
         "## Jobs: submit and poll",
