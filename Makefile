@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install models-large demo test serve lint
+.PHONY: install models-large demo sweep test serve lint
 
 $(VENV)/.acttail-installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh
@@ -14,7 +14,12 @@ models-large: install
 	VENV=$(VENV) bash scripts/install_large_models.sh
 
 ## Main job on the embedded default: bundled SmolLM2-135M, SQLite under ~/.acttail, no Redis.
+## Quick on purpose (minutes on 2 CPU cores): one target, 2k test tokens; `make sweep` is the thorough run.
 demo: install
+	$(VENV)/bin/acttail run smollm2-135m --sparsity 0.5 --method uniform,acttail,auto --max-tokens 2048 --seqlen 512 --calibration-tokens 1024
+
+## The thorough sweep (an hour or more on 2 CPU cores): three targets, 16k test tokens at seqlen 2048, ARC-Easy and PIQA.
+sweep: install
 	$(VENV)/bin/acttail run smollm2-135m --sparsity 0.3,0.5,0.7 --max-tokens 16384 --seqlen 2048 --calibration-tokens 4096 --tasks arc_easy,piqa --limit 200
 
 serve: install
