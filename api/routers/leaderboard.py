@@ -42,7 +42,7 @@ def table_for(db_session: Any, team_id: int, model: str | None, target: float | 
     return table
 
 
-@router.get("")
+@router.get("", responses={404: {"description": "the model or target filter selects no rows"}})
 def get_leaderboard(
     team: TeamDep, db_session: SessionDep, model: ModelQuery = None, target: TargetQuery = None
 ) -> dict[str, Any]:
