@@ -116,6 +116,7 @@ def correctness(device: torch.device) -> dict[str, Any]:
     from acttail.esd import analyze_weights
 
     shapes = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2, vocab_size=512)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here: TF32 alone would cost ~1e-3
     cpu_model = llama(shapes, 2, torch.device("cpu"), torch.float32, seed=1)
     dut_model = copy.deepcopy(cpu_model).to(device)
     alpha_cpu = analyze_weights(projection_weights(cpu_model), "ks", device="cpu", progress=False).alphas()
