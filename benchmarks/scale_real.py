@@ -184,8 +184,8 @@ def evaluate_cast(
     args: argparse.Namespace, doc: dict[str, Any], source: Any, report: Any, config: Any, allocations: list[Any]
 ) -> None:
     """One fp32 load, every allocation evaluated, then the same model cast to bf16 in place and
-    evaluated again. The bf16 values are those a bf16 load gives (GGUF tensors are dequantised
-    to fp32, then rounded to bf16); this saves a second dequantising load when time is short and
+    evaluated again. The bf16 values should equal a bf16 load's (that path too dequantises GGUF
+    tensors to fp32, then rounds; not compared bit for bit here); this saves a second dequantising load when time is short and
     never holds two copies (the bf16 stages' RSS at start still includes freed fp32 pages that
     the allocator kept)."""
     import torch
@@ -259,6 +259,7 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
             )
             + f"; {machine['date_utc']}.",
             "",
+            *([f"**Note:** {doc['note']}", ""] if doc.get("note") else []),
             "| variant | dtype | PPL | realised sparsity | wall s | peak RSS MiB |",
             "|---|---|---:|---:|---:|---:|",
         ]
