@@ -1,31 +1,39 @@
-"""The paper's experiment as one function: alphas -> allocations -> dense and sparse evaluations.
+"""The one path from a model ID to stored results: resolve → alphas → allocations → variants → results.
 
-``run_pipeline`` resolves the model, computes the ESD alphas once, loads the causal LM once, builds
-one allocation per (method, target) with ``acttail.methods`` (by default uniform, the paper's
-ActTail rule and ``auto``, the default method, which chooses on WikiText-2 validation text) and
-evaluates the dense model and every sparse variant (sparsity applied and removed in place per
-variant): WikiText-2 perplexity, optionally zero-shot accuracy, and the realised sparsity. ``evaluate_allocation`` does the same for one given
-allocation. Both return a frozen ``PipelineResult`` whose ``to_dict()`` is the JSON document the
-CLI writes and the workers store.
+``acttail run``, ``acttail evaluate`` and every service job (``workers.runner``: the Celery task and
+the embedded executor) call ``run_pipeline``; only the ``ResultSink`` and the progress callback
+differ. The stages, with the share of the run each reports in its ``progress(stage, fraction)``::
 
-Progress goes to an optional ``progress(stage, fraction)`` callback (fraction of the whole run in
-[0, 1]), so the CLI can draw bars and the Celery workers can write the job row.
+    stage         fraction    what
+    resolve       0.00-0.02   acttail.models.resolve_model(model_id) → describe() → sink.model
+    esd           0.02-0.40   sink.alphas: the stored ESD run of (fingerprint, estimator), else computed
+                              here (about 20 reports) and stored with every eigenvalue
+    allocate      0.40-0.45   acttail.methods.build_allocations(methods, targets) → sink.allocations
+      (auto, teal-greedy: 0.40-0.75: "allocate: loading model", then "calibrating: ..." per greedy
+      block and scored candidate, on WikiText-2 validation text; one greedy trace for all targets)
+    benchmark     ..-0.98     dense + every allocation: perplexity, zero-shot, decode speed (what the
+                              config asks for) → sink.variant after each; the loaded model is reused
+
+The callback may raise (the workers raise ``JobCancelled`` from it): the run stops at that report.
+No evaluation and no calibrated method means the model is never loaded. Every number a run stores
+goes through ``acttail.store.pipeline_results`` whichever door it came through, so a CLI run and a
+job that measured the same thing write the same rows.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from acttail.allocate import Allocation, AllocationParams
 from acttail.errors import ActTailError
+from acttail.models.placement import Placement
 from acttail.registry import (
+    DEFAULT_CALIBRATION_SEQLEN,
     DEFAULT_CALIBRATION_TOKENS,
     DEFAULT_ESTIMATOR,
     DEFAULT_MODE,
@@ -36,122 +44,134 @@ from acttail.registry import (
     SCORINGS,
     SPARSITY_MODES,
     check_target,
+    method_spec,
 )
+from acttail.store.requests import PerplexitySpec, SpeedSpec, ZeroShotSpec, check_knob
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from acttail.allocate import Allocation
     from acttail.esd import ESDReport
     from acttail.evaluate.perplexity import PerplexityResult
-    from acttail.models.base import ModelSource
+    from acttail.methods import AlphaReport
+    from acttail.models.base import ModelDescription, ModelSource
+    from acttail.models.placement import ResolvedPlacement
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
+Loaded = tuple["PreTrainedModel", "PreTrainedTokenizerBase"]
 RESULT_FORMAT = "acttail.pipeline_result"
-RESULT_VERSION = 1
+RESULT_VERSION = 2
 
-# Share of the progress bar taken by the ESD analysis, the model load and (auto, teal-greedy) the
-# calibration passes; variants share the rest.
-_ESD_SHARE, _LOAD_SHARE, _CALIBRATE_SHARE = 0.10, 0.05, 0.25
+RESOLVE_END = 0.02
+ESD_SPAN = (RESOLVE_END, 0.40)
+ALLOCATE_SPAN = (0.40, 0.45)
+CALIBRATED_ALLOCATE_SPAN = (0.40, 0.75)  # auto / teal-greedy: model load and calibration passes
+BENCHMARK_END = 0.98
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What to evaluate and under which protocol; stored verbatim in the result."""
+    """What to build and evaluate, under which protocol; the CLI and job requests both map onto it.
+
+    ``knobs`` are the allocation methods' knobs the user set (``acttail.registry.METHODS``); each
+    method receives the ones it reads. ``calibration_tokens`` of WikiText-2 validation are what
+    auto and teal-greedy choose on (in windows of ``calibration_seqlen``) and what threshold mode
+    calibrates on (in windows of the perplexity ``seqlen``: o_proj inputs depend on the position).
+    """
 
     targets: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
     methods: tuple[str, ...] = DEFAULT_RUN_METHODS
-    params: AllocationParams = field(default_factory=AllocationParams)
+    knobs: Mapping[str, Any] = field(default_factory=dict)
     estimator: str = DEFAULT_ESTIMATOR
     mode: str = DEFAULT_MODE
     # Which entries survive (acttail.scoring): |x| (ActTail, TEAL) or WINA's |x| * ||W[:, j]||.
     scoring: str = DEFAULT_SCORING
-    seqlen: int = 2048
-    max_tokens: int | None = None
-    tasks: tuple[str, ...] = ()
-    limit: int | None = None
+    perplexity: PerplexitySpec | None = field(default_factory=PerplexitySpec)
+    zeroshot: ZeroShotSpec | None = None
+    speed: SpeedSpec | None = None
     include_dense: bool = True
-    # WikiText-2 validation tokens (windows of ``seqlen``): threshold calibration, and the text
-    # auto and teal-greedy choose on.
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
+    calibration_seqlen: int = DEFAULT_CALIBRATION_SEQLEN
+    placement: Placement = field(default_factory=Placement)
 
     @property
     def calibrated_methods(self) -> tuple[str, ...]:
         """The methods that run the model on calibration text to build their allocation."""
         return tuple(m for m in self.methods if m in METHODS and METHODS[m].needs_model)
 
+    @property
+    def evaluates(self) -> bool:
+        return any(spec is not None for spec in (self.perplexity, self.zeroshot, self.speed))
+
+    @property
+    def threshold_seqlen(self) -> int:
+        return self.perplexity.seqlen if self.perplexity is not None else self.calibration_seqlen
+
     def validate(self) -> None:
         """Every problem as one readable ActTailError, before any model is loaded."""
         for target in self.targets:
             check_target(target)
-        unknown = [m for m in self.methods if m not in METHODS]
+        for method in self.methods:
+            method_spec(method)
+        accepted = frozenset().union(*(METHODS[m].accepted for m in self.methods))
+        unknown = sorted(set(self.knobs) - accepted)
         if unknown:
-            raise ActTailError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+            raise ActTailError(f"{', '.join(unknown)} does not apply to method(s) {', '.join(self.methods) or 'none'}")
+        for knob, value in self.knobs.items():
+            check_knob(knob, value)
         if self.estimator not in ESTIMATORS:
             raise ActTailError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
         if self.mode not in SPARSITY_MODES:
             raise ActTailError(f"unknown mode {self.mode!r}; valid: {', '.join(SPARSITY_MODES)}")
         if self.scoring not in SCORINGS:
             raise ActTailError(f"unknown scoring {self.scoring!r}; valid: {', '.join(SCORINGS)}")
-        if not 0.0 <= self.params.epsilon < 1.0:
-            raise ActTailError(f"epsilon must be in [0, 1), got {self.params.epsilon}")
-        if self.seqlen < 2:
-            raise ActTailError(f"seqlen must be at least 2, got {self.seqlen}")
-        if self.max_tokens is not None and self.max_tokens < self.seqlen:
-            raise ActTailError(f"max_tokens ({self.max_tokens}) must be at least seqlen ({self.seqlen})")
-        if self.calibrated_methods and self.calibration_tokens < self.seqlen:
+        if self.calibrated_methods and self.calibration_tokens < self.calibration_seqlen:
             raise ActTailError(
-                f"calibration_tokens ({self.calibration_tokens}) must be at least seqlen ({self.seqlen}) "
-                f"for {', '.join(self.calibrated_methods)}"
+                f"calibration_tokens ({self.calibration_tokens}) must be at least calibration_seqlen "
+                f"({self.calibration_seqlen}) for {', '.join(self.calibrated_methods)}"
             )
-        if self.limit is not None and self.limit < 1:
-            raise ActTailError(f"limit must be positive, got {self.limit}")
-        if self.tasks:
-            from acttail.evaluate.tasks import get_task
-
-            for task in self.tasks:
-                get_task(task)  # UnknownTaskError lists the valid names
+        self.placement.validate()
 
     def to_dict(self) -> dict[str, Any]:
+        """The protocol as stored in the result document."""
+        wikitext = {"dataset": "wikitext-2-raw-v1", "split": "validation", "tokens": self.calibration_tokens}
+        perplexity = None
+        if self.perplexity is not None:
+            perplexity = {"dataset": "wikitext-2-raw-v1", "split": "test", **self.perplexity.model_dump(),
+                          "protocol": "rows joined with \\n\\n, tokenised once, non-overlapping windows"}  # fmt: skip
+        calibration = None  # threshold mode: what the thresholds were measured on
+        if self.mode == "threshold":
+            calibration = {**wikitext, "seqlen": self.threshold_seqlen, "windows": "spread over the split",
+                           "thresholds": "sequential"}  # fmt: skip
+        method_calibration = None  # the text auto / teal-greedy chose on (their documents say more)
+        if self.calibrated_methods:
+            method_calibration = {
+                **wikitext,
+                "seqlen": self.calibration_seqlen,
+                "methods": list(self.calibrated_methods),
+            }
+        device_map = self.placement.device_map
         return {
             "targets": list(self.targets),
             "methods": list(self.methods),
-            "params": {k: str(v) if hasattr(v, "value") else v for k, v in vars(self.params).items()},
+            "params": {k: str(v) if hasattr(v, "value") else v for k, v in self.knobs.items() if k != "trace"},
             "estimator": self.estimator,
             "mode": self.mode,
             "scoring": self.scoring,
-            "perplexity": {
-                "dataset": "wikitext-2-raw-v1",
-                "split": "test",
-                "seqlen": self.seqlen,
-                "max_tokens": self.max_tokens,
-                "protocol": "rows joined with \\n\\n, tokenised once, non-overlapping windows",
+            "perplexity": perplexity,
+            "zeroshot": None if self.zeroshot is None else self.zeroshot.model_dump(),
+            "speed": None if self.speed is None else self.speed.model_dump(),
+            "calibration": calibration,
+            "method_calibration": method_calibration,
+            "placement": {
+                "device": self.placement.device,
+                "dtype": self.placement.dtype,
+                "device_map": device_map if device_map is None or isinstance(device_map, str) else dict(device_map),
+                "max_memory": None if self.placement.max_memory is None else dict(self.placement.max_memory),
             },
-            "zeroshot": {"tasks": list(self.tasks), "limit": self.limit},
-            "calibration": (
-                {
-                    "dataset": "wikitext-2-raw-v1",
-                    "split": "validation",
-                    "tokens": self.calibration_tokens,
-                    "seqlen": self.seqlen,
-                    "windows": "spread over the split",
-                    "thresholds": "sequential",
-                }
-                if self.mode == "threshold"
-                else None
-            ),
-            "method_calibration": (  # the text auto / teal-greedy chose on (their documents say more)
-                {
-                    "dataset": "wikitext-2-raw-v1",
-                    "split": "validation",
-                    "tokens": self.calibration_tokens,
-                    "seqlen": self.seqlen,
-                    "methods": list(self.calibrated_methods),
-                }
-                if self.calibrated_methods
-                else None
-            ),
         }
 
 
@@ -164,7 +184,7 @@ class VariantResult:
     """
 
     label: str
-    method: str  # "dense" | "uniform" | "acttail" | allocation method
+    method: str  # "dense" | allocation method
     target: float
     perplexity: PerplexityResult | None
     zeroshot: dict[str, Any] | None
@@ -173,6 +193,7 @@ class VariantResult:
     realised_per_projection: dict[str, float] | None
     allocation: Allocation | None
     elapsed_s: float
+    speed: dict[str, Any] | None = None
     ppl_gain_vs_uniform_pct: float | None = None
 
     @property
@@ -190,6 +211,7 @@ class VariantResult:
             "realised_sparsity": self.realised_sparsity,
             "perplexity": None if self.perplexity is None else self.perplexity.to_dict(),
             "zeroshot": self.zeroshot,
+            "speed": self.speed,
             "realised_per_projection": self.realised_per_projection,
             "allocation": None if self.allocation is None else self.allocation.to_dict(),
             "elapsed_s": self.elapsed_s,
@@ -198,21 +220,16 @@ class VariantResult:
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """Everything one ``acttail run`` / ``acttail evaluate`` measured, with its provenance."""
+    """Everything one run measured, with its provenance; ``to_dict()`` is the CLI's JSON document."""
 
     model: dict[str, Any]  # ModelDescription.as_dict()
     config: PipelineConfig
     variants: tuple[VariantResult, ...]
     alphas: dict[str, float] | None
-    versions: dict[str, str]
+    versions: dict[str, Any]  # acttail.environment.environment(): versions, device, dtype
     elapsed_s: float
+    allocations: tuple[Allocation, ...] = ()
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    # The ESD report behind ``alphas`` (every statistic per projection), for the results store;
-    # not part of the JSON document, which keeps only the alphas.
-    esd: ESDReport | None = field(default=None, repr=False, compare=False)
-    # Every projection's eigenvalues (float32, min(d_out, d_in) each) when this run computed the
-    # ESD, for the results store's ESD plots; None when the alphas were reused.
-    spectra: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def variant(self, method: str, target: float | None = None) -> VariantResult:
         for v in self.variants:
@@ -234,148 +251,310 @@ class PipelineResult:
         }
 
 
-def library_versions() -> dict[str, str]:
-    import torch
-    import transformers
+class ResultSink(Protocol):
+    """Where a run's results go: the results database (``acttail.store.pipeline_results.StoreSink``)
+    or nowhere (``NullSink``). Each call happens as soon as its result exists."""
 
-    import acttail
+    def model(self, description: ModelDescription) -> None: ...
 
-    return {
-        "acttail": acttail.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "torch_threads": str(torch.get_num_threads()),
-    }
+    def alphas(
+        self, description: ModelDescription, estimator: str, compute: Callable[[], tuple[ESDReport, dict[str, Any]]],
+        environment: Mapping[str, Any],
+    ) -> AlphaReport: ...  # fmt: skip
 
+    def allocations(self, allocations: Sequence[Allocation]) -> list[int | None]: ...
 
-class _Reporter:
-    """Maps per-stage fractions onto the whole run and forwards them to the callback."""
-
-    def __init__(self, callback: Progress | None, start: float = 0.0) -> None:
-        self.callback, self.position = callback, start
-
-    def __call__(self, stage: str, within: float, share: float) -> None:
-        if self.callback is not None:
-            self.callback(stage, min(1.0, self.position + share * within))
-
-    def advance(self, share: float) -> None:
-        self.position += share
+    def variant(
+        self, variant: VariantResult, allocation_id: int | None, protocol: Mapping[str, Any],
+        environment: Mapping[str, Any],
+    ) -> None: ...  # fmt: skip
 
 
-def build_allocations(
-    report: ESDReport,
-    config: PipelineConfig,
-    lm: PreTrainedModel | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
+class NullSink:
+    """Stores nothing: the alphas are computed every time (``acttail run --no-store``, the library)."""
+
+    def model(self, description: ModelDescription) -> None:
+        pass
+
+    def alphas(
+        self, description: ModelDescription, estimator: str, compute: Callable[[], tuple[ESDReport, dict[str, Any]]],
+        environment: Mapping[str, Any],
+    ) -> AlphaReport:  # fmt: skip
+        return compute()[0]
+
+    def allocations(self, allocations: Sequence[Allocation]) -> list[int | None]:
+        return [None] * len(allocations)
+
+    def variant(
+        self, variant: VariantResult, allocation_id: int | None, protocol: Mapping[str, Any],
+        environment: Mapping[str, Any],
+    ) -> None:  # fmt: skip
+        pass
+
+
+def load_model(source: ModelSource, placement: ResolvedPlacement) -> Loaded:
+    """The one place a run loads its causal LM: in the placement's dtype, on its device(s)."""
+    return source.load_causal_lm(placement)
+
+
+def run_pipeline(
+    model: str | ModelSource,
+    config: PipelineConfig | None = None,
+    *,
+    revision: str | None = None,
+    model_roots: Sequence[Any] | None = None,
+    allocations: Sequence[Allocation] | None = None,
+    sink: ResultSink | None = None,
+    loaded: Loaded | None = None,
     progress: Progress | None = None,
-) -> list[Allocation]:
-    """One allocation per (target, method), in target order, in ``config.methods`` order.
+    show_progress: bool = False,
+) -> PipelineResult:
+    """Run the stages of the module docstring; returns what was measured.
 
-    Each method gets the ``config.params`` knobs it reads; auto and teal-greedy need ``lm`` and
-    ``tokenizer`` and calibrate on ``calibration_tokens`` of WikiText-2 validation in windows of
-    ``seqlen`` (one set and one greedy trace shared by every target).
+    ``allocations`` given (``acttail evaluate``): they are checked against the model and evaluated
+    instead of building ``config.methods`` x ``config.targets`` from alphas. ``loaded`` injects an
+    already loaded ``(model, tokenizer)`` of the same weights.
     """
-    from acttail.methods import build_allocations as build
-    from acttail.methods import method_knobs
+    config = config or PipelineConfig()
+    config.validate()
+    sink = sink or NullSink()
+    report = progress or (lambda stage, fraction: None)
+    began = time.perf_counter()
+    report("resolve", 0.0)
+    source = _resolve(model, revision, model_roots)
+    description = source.describe()
+    placement = config.placement.resolve()
+    from acttail.environment import environment
 
-    accepted = frozenset().union(*(method_knobs(m) for m in config.methods))
-    knobs: dict[str, Any] = {k: v for k, v in vars(config.params).items() if k in accepted}
-    if config.calibrated_methods:
-        knobs.update(calibration_tokens=config.calibration_tokens, calibration_seqlen=config.seqlen)
-    return build(
-        config.methods, report=report, targets=config.targets, model=lm, tokenizer=tokenizer, progress=progress,
-        **knobs,
+    env = environment(placement)
+    sink.model(description)
+    log.info("model %s (%s, fingerprint %s…) on %s/%s", description.model_id, description.architecture,
+             description.fingerprint[:12], placement.device, placement.dtype)  # fmt: skip
+    alphas: dict[str, float] | None = None
+    if allocations is None:
+        report("esd", ESD_SPAN[0])
+        alpha_report = sink.alphas(
+            description, config.estimator,
+            lambda: _compute_esd(source, description, config.estimator, placement.device, report, show_progress), env,
+        )  # fmt: skip
+        alphas = alpha_report.alphas()
+        built, loaded, end = _allocate(source, alpha_report, config, placement, loaded, report)
+    else:
+        names = [p.name for p in source.projections()]
+        for allocation in allocations:
+            allocation.check_matches(description.fingerprint, names)
+        built, end = list(allocations), ALLOCATE_SPAN[1]
+    ids = sink.allocations(built)
+    variants: tuple[VariantResult, ...] = ()
+    if config.evaluates:
+        if loaded is None:
+            report("benchmark: loading model", end)
+            loaded = load_model(source, placement)
+        _check_loaded(loaded[0], description.fingerprint, built)
+        pairs: list[tuple[int | None, Allocation | None]] = [(None, None)] if config.include_dense else []
+        pairs += list(zip(ids, built, strict=True))
+        variants = evaluate_variants(loaded, pairs, config, sink, env, report, start=end, show_progress=show_progress)
+    report("benchmark", BENCHMARK_END)
+    report("done", 1.0)
+    return PipelineResult(
+        model=description.as_dict(), config=config, variants=variants, alphas=alphas, versions=env,
+        elapsed_s=time.perf_counter() - began, allocations=tuple(built),
     )  # fmt: skip
 
 
-def evaluate_variants(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    allocations: Sequence[Allocation | None],
-    config: PipelineConfig,
-    *,
-    progress: Progress | None = None,
-    show_progress: bool = False,
-    start: float = 0.0,
-) -> tuple[VariantResult, ...]:
-    """Evaluate each allocation (``None`` = dense) on one loaded model; sparsity is removed after each."""
-    import torch
+def evaluate_allocation(
+    model: str | ModelSource, allocation: Allocation | None, config: PipelineConfig | None = None, **kwargs: Any
+) -> PipelineResult:
+    """Evaluate one allocation (and the dense model unless ``include_dense=False``); ``None``: dense only.
 
-    from acttail.evaluate.perplexity import evaluate_perplexity, tokenize_split
+    The allocation must have been built for this model: same fingerprint and projection names
+    (``Allocation.check_matches``), checked before the evaluation starts.
+    """
+    targets = () if allocation is None else (allocation.target,)
+    config = replace(config or PipelineConfig(), targets=targets, methods=(), knobs={})
+    if allocation is None:
+        config = replace(config, include_dense=True)
+    return run_pipeline(model, config, allocations=[] if allocation is None else [allocation], **kwargs)
+
+
+def _resolve(model: str | ModelSource, revision: str | None, model_roots: Sequence[Any] | None) -> ModelSource:
+    if isinstance(model, str):
+        from acttail.models import resolve_model  # the first import of torch and transformers: seconds
+
+        return resolve_model(model, revision, model_roots=model_roots)
+    return model
+
+
+def _compute_esd(
+    source: ModelSource, description: ModelDescription, estimator: str, device: str, report: Progress, bar: bool
+) -> tuple[ESDReport, dict[str, Any]]:
+    """The streaming ESD analysis (one projection in memory at a time) and every eigenvalue (float32)."""
+    from collections.abc import Iterator
+
+    import numpy as np
+
+    from acttail.esd import analyze_weights
+
+    total = len(source.projections())
+    start, stop = ESD_SPAN
+    spectra: dict[str, Any] = {}  # filled from the analysis threads, one key each
+
+    def keep(result: Any, evals: Any) -> None:
+        spectra[result.name] = np.asarray(evals, dtype=np.float32)
+
+    def weights() -> Iterator[Any]:
+        for i, item in enumerate(source.iter_projection_weights()):
+            if i and i % max(1, total // 20) == 0:  # about 20 reports, each a cancellation check
+                report("esd", start + (stop - start) * i / total)
+            yield item
+
+    esd = analyze_weights(
+        weights(), estimator, device=device, progress=bar, total=total, model=description.as_dict(), on_spectrum=keep
+    )
+    report("esd", stop)
+    return esd, spectra
+
+
+def _allocate(
+    source: ModelSource,
+    alphas: AlphaReport,
+    config: PipelineConfig,
+    placement: ResolvedPlacement,
+    loaded: Loaded | None,
+    report: Progress,
+) -> tuple[list[Allocation], Loaded | None, float]:
+    """One allocation per (target, method); the model is loaded only for auto / teal-greedy."""
+    from acttail.methods import build_allocations
+
+    calibrated = bool(config.calibrated_methods)
+    start, stop = CALIBRATED_ALLOCATE_SPAN if calibrated else ALLOCATE_SPAN
+    report("allocate", start)
+    knobs = dict(config.knobs)
+    if calibrated:
+        report("allocate: loading model", start)
+        loaded = loaded or load_model(source, placement)
+        knobs.update(calibration_tokens=config.calibration_tokens, calibration_seqlen=config.calibration_seqlen)
+
+    def calibrating(stage: str, fraction: float) -> None:
+        report(f"calibrating: {stage}", start + (stop - start) * fraction)
+
+    built = build_allocations(
+        config.methods, report=alphas, targets=config.targets, model=None if loaded is None else loaded[0],
+        tokenizer=None if loaded is None else loaded[1], progress=calibrating if calibrated else None, **knobs,
+    )  # fmt: skip
+    for allocation in built:
+        if "choice" in allocation.params:
+            log.info("auto at %g chose %s", allocation.target, allocation.params["choice"]["label"])
+    report("allocate", stop)
+    return built, loaded, stop
+
+
+def _check_loaded(model: Any, fingerprint: str, allocations: Sequence[Allocation]) -> None:
+    """The loaded model is the analysed one (its projection names match every allocation)."""
+    from acttail.models.architectures import find_projections
+
+    names = [ref.name for ref, _ in find_projections(model)]
+    for allocation in allocations:
+        allocation.check_matches(fingerprint, names)
+
+
+def evaluate_variants(
+    loaded: Loaded,
+    variants: Sequence[tuple[int | None, Allocation | None]],
+    config: PipelineConfig,
+    sink: ResultSink,
+    environment: Mapping[str, Any],
+    report: Progress,
+    *,
+    start: float = 0.0,
+    show_progress: bool = False,
+) -> tuple[VariantResult, ...]:
+    """Evaluate each (row id, allocation) (``None`` = dense) on one loaded model, handing each to the sink.
+
+    Sparsity is applied for the perplexity and zero-shot passes and removed after them; decode
+    speed is measured dense vs sparse kernels on the dense model (``acttail.evaluate.speed``).
+    """
+    from acttail.evaluate.perplexity import tokenize_split
     from acttail.sparsity import apply_sparsity, calibrate_thresholds
 
-    reporter = _Reporter(progress, start)
-    share = (1.0 - start) / max(1, len(allocations))
-    test_ids = tokenize_split(tokenizer, "test", config.max_tokens)
-    calibration_ids = None
-    if config.mode == "threshold":
-        # The whole split: calibrate_thresholds spreads its calibration_tokens over it, in windows of seqlen.
-        calibration_ids = tokenize_split(tokenizer, "validation")
+    model, tokenizer = loaded
+    protocol = config.to_dict()
+    test_ids = None if config.perplexity is None else tokenize_split(tokenizer, "test", config.perplexity.max_tokens)
+    calibration_ids = tokenize_split(tokenizer, "validation") if config.mode == "threshold" else None
     results: list[VariantResult] = []
-    for alloc in allocations:
+    for i, (allocation_id, alloc) in enumerate(variants):
         label = "dense" if alloc is None else f"{alloc.method}@{alloc.target:g}"
+        report(f"benchmark: {label}", start + (BENCHMARK_END - start) * i / len(variants))
         began = time.perf_counter()
         thresholds = None
         if alloc is not None and calibration_ids is not None:
-            reporter(f"{label}: calibrating", 0.0, share)
             thresholds = calibrate_thresholds(
-                model,
-                None,
-                alloc,
-                token_ids=calibration_ids,
-                max_tokens=config.calibration_tokens,
-                seqlen=config.seqlen,
-                scoring=config.scoring,
-            )
+                model, None, alloc, token_ids=calibration_ids, max_tokens=config.calibration_tokens,
+                seqlen=config.threshold_seqlen, scoring=config.scoring,
+            )  # fmt: skip
         handle = (
             None if alloc is None else apply_sparsity(model, alloc, config.mode, thresholds, scoring=config.scoring)
         )
         try:
-            weight = 0.5 if config.tasks else 1.0
+            ppl = zeroshot = None
+            if config.perplexity is not None:
+                from acttail.evaluate.perplexity import evaluate_perplexity
 
-            def on_window(done: int, total: int, label: str = label, weight: float = weight) -> None:
-                reporter(f"{label}: perplexity", weight * done / total, share)
+                ppl = evaluate_perplexity(
+                    model, token_ids=test_ids, seqlen=config.perplexity.seqlen,
+                    max_tokens=config.perplexity.max_tokens, progress=show_progress,
+                )  # fmt: skip
+            if config.zeroshot is not None:
+                import torch
 
-            ppl = evaluate_perplexity(
-                model,
-                token_ids=test_ids,
-                seqlen=config.seqlen,
-                max_tokens=config.max_tokens,
-                progress=show_progress,
-                on_window=on_window,
-            )
-            zeroshot = None
-            if config.tasks:
                 from acttail.evaluate.zeroshot import evaluate_zeroshot
 
-                reporter(f"{label}: zero-shot", 0.5, share)
                 with torch.inference_mode():
                     zeroshot = evaluate_zeroshot(
-                        model, tokenizer, config.tasks, limit=config.limit, progress=show_progress
-                    )
+                        model, tokenizer, list(config.zeroshot.tasks), limit=config.zeroshot.limit,
+                        progress=show_progress,
+                    )  # fmt: skip
             realised = None if handle is None else handle.realised_sparsity()
         finally:
             if handle is not None:
                 handle.remove()
-        reporter(f"{label}: done", 1.0, share)
-        reporter.advance(share)
-        results.append(
-            VariantResult(
-                label=label,
-                method="dense" if alloc is None else alloc.method,
-                target=0.0 if alloc is None else alloc.target,
-                perplexity=ppl,
-                zeroshot=None if zeroshot is None else zeroshot.to_dict(),
-                mean_accuracy=None if zeroshot is None else zeroshot.mean_accuracy,
-                realised_sparsity=0.0 if realised is None else realised.total,
-                realised_per_projection=None if realised is None else realised.per_projection,
-                allocation=alloc,
-                elapsed_s=time.perf_counter() - began,
-            )
-        )
-        log.info("%s: ppl %.3f (%.1f s)", label, ppl.ppl, results[-1].elapsed_s)
+        speed = None if config.speed is None or alloc is None else _speed(model, tokenizer, alloc, config, thresholds)
+        variant = VariantResult(
+            label=label, method="dense" if alloc is None else alloc.method, target=0.0 if alloc is None else alloc.target,
+            perplexity=ppl, zeroshot=None if zeroshot is None else zeroshot.to_dict(),
+            mean_accuracy=None if zeroshot is None else zeroshot.mean_accuracy,
+            realised_sparsity=0.0 if realised is None else realised.total,
+            realised_per_projection=None if realised is None else realised.per_projection, allocation=alloc,
+            elapsed_s=time.perf_counter() - began, speed=speed,
+        )  # fmt: skip
+        sink.variant(variant, allocation_id, protocol, environment)
+        results.append(variant)
+        log.info("%s: ppl %s (%.1f s)", label, "-" if variant.ppl is None else f"{variant.ppl:.3f}", variant.elapsed_s)
     return _with_gains(results)
+
+
+def _speed(
+    model: Any, tokenizer: Any, alloc: Allocation, config: PipelineConfig, thresholds: Mapping[str, float] | None
+) -> dict[str, Any]:
+    """Greedy batch-1 decode tokens/s, dense vs the sparse kernels, interleaved; with its settings."""
+    from acttail.evaluate.speed import measure_decode_speed
+
+    assert config.speed is not None
+    spec = config.speed
+    result = measure_decode_speed(
+        model, tokenizer, alloc, new_tokens=spec.new_tokens, warmup_tokens=spec.warmup_tokens, repeats=spec.repeats,
+        mode=config.mode, thresholds=thresholds, check_reference=False,
+    )  # fmt: skip
+    return {
+        "settings": {
+            "new_tokens": result.new_tokens, "warmup_tokens": spec.warmup_tokens, "repeats": result.repeats,
+            "prompt_tokens": result.prompt_tokens, "threads": result.threads, "backend": result.backend,
+            "dtype": result.dtype, "mode": result.mode,
+        },
+        "dense_tokens_per_s": result.dense_tokens_per_s,
+        "sparse_tokens_per_s": result.sparse_tokens_per_s,
+        "speedup": result.speedup,
+    }  # fmt: skip
 
 
 def _with_gains(results: Sequence[VariantResult]) -> tuple[VariantResult, ...]:
@@ -388,128 +567,3 @@ def _with_gains(results: Sequence[VariantResult]) -> tuple[VariantResult, ...]:
             v = replace(v, ppl_gain_vs_uniform_pct=100.0 * (base - v.ppl) / base)
         out.append(v)
     return tuple(out)
-
-
-def _resolve(model: str | ModelSource, revision: str | None, model_roots: Sequence[Any] | None) -> ModelSource:
-    if isinstance(model, str):
-        from acttail.models import resolve_model
-
-        return resolve_model(model, revision, model_roots=model_roots)
-    return model
-
-
-def run_pipeline(
-    model: str | ModelSource,
-    config: PipelineConfig | None = None,
-    *,
-    revision: str | None = None,
-    model_roots: Sequence[Any] | None = None,
-    esd_report: ESDReport | None = None,
-    loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
-    progress: Progress | None = None,
-    show_progress: bool = False,
-) -> PipelineResult:
-    """Alphas once, one allocation per (target, method), dense + every variant evaluated.
-
-    The default methods are uniform, the paper's ActTail rule and ``auto``; auto (and teal-greedy)
-    choose on WikiText-2 validation text with the loaded model ("calibrating: ..." stages).
-
-    ``esd_report`` reuses stored alphas (the workers cache them per fingerprint and estimator);
-    ``loaded`` injects an already loaded ``(model, tokenizer)`` of the same weights.
-    """
-    config = config or PipelineConfig()
-    config.validate()
-    began = time.perf_counter()
-    source = _resolve(model, revision, model_roots)
-    description = source.describe().as_dict()
-    reporter = _Reporter(progress)
-    spectra: dict[str, Any] = {}  # stays empty when the alphas are reused
-    if esd_report is None:
-        import numpy as np
-
-        from acttail.esd import analyze_source
-
-        reporter("alphas", 0.0, _ESD_SHARE)
-
-        def keep(result: Any, evals: Any) -> None:  # float32: what the store keeps, half the memory
-            spectra[result.name] = np.asarray(evals, dtype=np.float32)
-
-        esd_report = analyze_source(source, estimator=config.estimator, progress=show_progress, on_spectrum=keep)
-    reporter.advance(_ESD_SHARE)
-    reporter("loading model", 0.0, _LOAD_SHARE)
-    lm, tokenizer = loaded if loaded is not None else source.load_causal_lm()
-    reporter.advance(_LOAD_SHARE)
-    share = _CALIBRATE_SHARE if config.calibrated_methods else 0.0
-    allocations: list[Allocation | None] = [None] if config.include_dense else []
-    allocations += build_allocations(
-        esd_report, config, lm, tokenizer, progress=lambda stage, f: reporter(f"calibrating: {stage}", f, share)
-    )
-    reporter.advance(share)
-    names = _projection_names(lm)
-    for alloc in allocations:
-        if alloc is not None:
-            alloc.check_matches(description["fingerprint"], names)  # the loaded model is the analysed one
-    variants = evaluate_variants(
-        lm, tokenizer, allocations, config, progress=progress, show_progress=show_progress, start=reporter.position
-    )
-    return PipelineResult(
-        model=description,
-        config=config,
-        variants=variants,
-        alphas=esd_report.alphas(),
-        versions={**library_versions(), "device": _device_of(lm)},
-        elapsed_s=time.perf_counter() - began,
-        esd=esd_report,
-        spectra=spectra or None,
-    )
-
-
-def evaluate_allocation(
-    model: str | ModelSource,
-    allocation: Allocation,
-    config: PipelineConfig | None = None,
-    *,
-    revision: str | None = None,
-    model_roots: Sequence[Any] | None = None,
-    loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
-    progress: Progress | None = None,
-    show_progress: bool = False,
-) -> PipelineResult:
-    """Evaluate one allocation (and the dense model unless ``include_dense=False``).
-
-    The allocation must have been built for this model: same fingerprint and projection names
-    (``Allocation.check_matches``), checked before the evaluation starts.
-    """
-    config = replace(config or PipelineConfig(), targets=(allocation.target,), methods=())
-    config.validate()
-    began = time.perf_counter()
-    source = _resolve(model, revision, model_roots)
-    description = source.describe().as_dict()
-    allocation.check_matches(description["fingerprint"], [p.name for p in source.projections()])
-    reporter = _Reporter(progress)
-    reporter("loading model", 0.0, _LOAD_SHARE)
-    lm, tokenizer = loaded if loaded is not None else source.load_causal_lm()
-    reporter.advance(_LOAD_SHARE)
-    allocations: list[Allocation | None] = [None, allocation] if config.include_dense else [allocation]
-    variants = evaluate_variants(
-        lm, tokenizer, allocations, config, progress=progress, show_progress=show_progress, start=reporter.position
-    )
-    return PipelineResult(
-        model=description,
-        config=config,
-        variants=variants,
-        alphas=None,
-        versions={**library_versions(), "device": _device_of(lm)},
-        elapsed_s=time.perf_counter() - began,
-    )
-
-
-def _projection_names(model: Any) -> list[str]:
-    from acttail.models.architectures import find_projections
-
-    return [ref.name for ref, _ in find_projections(model)]
-
-
-def _device_of(model: Any) -> str:
-    """``cpu`` or ``cuda``: stored with the versions, like the workers do."""
-    return next(model.parameters()).device.type

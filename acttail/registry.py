@@ -64,7 +64,10 @@ ALPHA_KNOBS = frozenset({"epsilon", "direction", "granularity", "s_min", "s_max"
 #: and a precomputed TEAL greedy trace to share between targets.
 CALIBRATION_KNOBS = frozenset({"calibration_tokens", "calibration_seqlen", "trace"})
 #: Calibration defaults of every door (CLI, jobs, the library): 16,384 WikiText-2 validation
-#: tokens, in windows of 512 spread over the split (docs/methods.md says why).
+#: tokens in 32 windows of 512 spread over the split. The CLI used 16,384 at the perplexity seqlen
+#: and the workers 8,192 at 512: the CLI's token count (more text, a steadier choice), the workers'
+#: window (a method scores allocations, which needs many windows more than long ones; threshold
+#: mode still calibrates at the evaluation's seqlen, see ``acttail.sparsity.calibration_windows``).
 DEFAULT_CALIBRATION_TOKENS = 16_384
 DEFAULT_CALIBRATION_SEQLEN = 512
 

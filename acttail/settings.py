@@ -13,6 +13,7 @@ ACTTAIL_EXECUTOR               ``embedded`` (thread pool in the API process) or 
 ACTTAIL_MODEL_ROOTS            directories local model paths must live under (``:``-separated or JSON list)
 ACTTAIL_RESULTS_DIR            where workers write artefacts (default ``$ACTTAIL_HOME/results``)
 ACTTAIL_MAX_BODY_BYTES         request bodies above this size are refused with 413
+ACTTAIL_DEVICE, ACTTAIL_DTYPE  where workers load models, unless a job says (default ``auto``: bf16 on CUDA, fp32 on CPU)
 ACTTAIL_SESSION_SECRET         signs dashboard session cookies (default: generated into $ACTTAIL_HOME/session_secret)
 ACTTAIL_API_WORKERS            uvicorn worker processes of ``acttail serve`` (default 1; >1 needs the celery executor)
 ACTTAIL_DB_POOL_SIZE           database connections requests may hold at once, per API process (default 10)
@@ -97,6 +98,8 @@ class Settings(BaseSettings):
         le=300,
         description="Trust a verified API key this long without a database round trip (0 = off).",
     )
+    device: str = Field(default="auto", description="Where workers load models: auto, cpu, cuda or cuda:N.")
+    dtype: str = Field(default="auto", description="Worker dtype: auto (bf16 on CUDA, fp32 on CPU) or a dtype.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
@@ -131,6 +134,13 @@ class Settings(BaseSettings):
         self.model_roots = [Path(root).expanduser().resolve() for root in self.model_roots]
         if self.api_workers > 1 and self.executor == "embedded":
             raise ValueError("api_workers > 1 needs the celery executor: embedded jobs run inside the one API process")
+        from acttail.errors import ActTailError
+        from acttail.models.placement import Placement
+
+        try:
+            Placement(self.device, self.dtype).validate()
+        except ActTailError as exc:
+            raise ValueError(f"ACTTAIL_DEVICE / ACTTAIL_DTYPE: {exc}") from None
         if self.task_hard_time_limit_s <= self.task_soft_time_limit_s:
             raise ValueError("task_hard_time_limit_s must exceed task_soft_time_limit_s")
         if self.job_stale_after_s < 2 * self.job_heartbeat_s:

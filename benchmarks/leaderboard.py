@@ -103,11 +103,12 @@ class Store:
 
 
 def _document(description: dict[str, Any], config: Any, variants: Sequence[Any], began: float) -> dict[str, Any]:
-    from acttail.pipeline import PipelineResult, library_versions
+    from acttail.environment import environment
+    from acttail.pipeline import PipelineResult
 
     result = PipelineResult(
         model=description, config=config, variants=tuple(variants), alphas=None,
-        versions={**library_versions(), "device": "cpu"}, elapsed_s=time.perf_counter() - began,
+        versions={**environment(), "device": "cpu"}, elapsed_s=time.perf_counter() - began,
     )  # fmt: skip
     doc = result.to_dict()
     doc["protocol"].update(suite=SUITE, window_rows=True)
@@ -119,6 +120,7 @@ def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
 
     from acttail.methods import build_allocations, calibration_set, greedy_trace
     from acttail.pipeline import PipelineConfig, evaluate_variants
+    from acttail.store.requests import PerplexitySpec
 
     began = time.perf_counter()
     source = resolve_model(alias)
@@ -144,8 +146,8 @@ def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     for (method, target, _m, _s), alloc in done.items():
         if alloc is not None:
             allocations[(method, target)] = alloc
-    config0 = PipelineConfig(targets=tuple(targets), methods=(), seqlen=args.seqlen, max_tokens=test_tokens,
-                             calibration_tokens=cal_tokens)  # fmt: skip
+    config0 = PipelineConfig(targets=tuple(targets), methods=(), calibration_tokens=cal_tokens,
+                             perplexity=PerplexitySpec(seqlen=args.seqlen, max_tokens=test_tokens))  # fmt: skip
 
     measured: dict[tuple[Any, ...], Any] = {}  # identical sparsities (auto = teal-greedy) are measured once
 
@@ -166,7 +168,7 @@ def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
                     ),
                 )
             else:
-                variants = evaluate_variants(lm, tokenizer, [alloc], config)
+                variants = evaluate_variants((lm, tokenizer), [(None, alloc)], config)
                 if same is not None:
                     measured[same] = variants[0]
             store.save(_document(description, config, variants, t0), esd=report if not done else None)
@@ -216,10 +218,11 @@ def run_cats(alias, lm, tokenizer, description, report, targets, args, test_toke
     from acttail.errors import AllocationError
     from acttail.evaluate.perplexity import evaluate_perplexity, tokenize_split
     from acttail.pipeline import PipelineConfig, VariantResult
+    from acttail.store.requests import PerplexitySpec
 
     counts = report.param_counts()
-    config = PipelineConfig(targets=tuple(targets), methods=(), mode="threshold", seqlen=args.seqlen,
-                            max_tokens=test_tokens, calibration_tokens=cal_tokens)  # fmt: skip
+    config = PipelineConfig(targets=tuple(targets), methods=(), mode="threshold", calibration_tokens=cal_tokens,
+                            perplexity=PerplexitySpec(seqlen=args.seqlen, max_tokens=test_tokens))  # fmt: skip
     for target in targets:
         if _cell("cats", target, "threshold", "magnitude") in done:
             continue
@@ -252,6 +255,7 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
 
     from acttail.pipeline import PipelineConfig, evaluate_variants
     from acttail.store.leaderboard import leaderboard_table
+    from acttail.store.requests import PerplexitySpec, ZeroShotSpec
 
     source = resolve_model(alias)
     description = source.describe().as_dict()
@@ -273,11 +277,12 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
             if not r.get("zeroshot"):
                 picks.append((Allocation.from_dict(r["allocation"]), r["mode"], r["scoring"]))
     for alloc, mode, scoring in picks:
-        config = PipelineConfig(targets=(), methods=(), mode=mode, scoring=scoring, seqlen=args.seqlen,
-                                max_tokens=test_tokens, tasks=tuple(args.tasks), limit=args.limit,
+        config = PipelineConfig(targets=(), methods=(), mode=mode, scoring=scoring,
+                                perplexity=PerplexitySpec(seqlen=args.seqlen, max_tokens=test_tokens),
+                                zeroshot=ZeroShotSpec(tasks=list(args.tasks), limit=args.limit),
                                 calibration_tokens=args.cal_tokens_for.get(alias, args.cal_tokens))  # fmt: skip
         t0 = time.perf_counter()
-        variants = evaluate_variants(lm, tokenizer, [alloc], config)
+        variants = evaluate_variants((lm, tokenizer), [(None, alloc)], config)
         store.save(_document(description, config, variants, t0))
         label = "dense" if alloc is None else f"{alloc.method}@{alloc.target:g} {mode}/{scoring}"
         log(f"{alias}: zero-shot {label}: mean acc {variants[0].mean_accuracy:.4f} ({time.perf_counter() - t0:.0f} s)")

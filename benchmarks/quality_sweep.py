@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from acttail.allocate import AllocationParams, Direction, Granularity, allocate
+from acttail.environment import environment
 from acttail.esd import analyze_source
 from acttail.evaluate.perplexity import evaluate_perplexity, tokenize_split
 from acttail.models import resolve_model
-from acttail.pipeline import library_versions
 from acttail.sparsity import apply_sparsity
 
 
@@ -111,7 +111,7 @@ def main() -> None:
         "corpus_tokens": int(ids.numel()),
         "estimator": args.estimator,
         "machine": machine(),
-        "versions": library_versions(),
+        "versions": environment(),
         "rows": [],
     }
 

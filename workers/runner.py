@@ -1,21 +1,11 @@
-"""One job, start to finish: model ID → alphas → allocations → sparse benchmarks → database.
+"""One job, start to finish: request → ``PipelineConfig`` → ``acttail.pipeline.run_pipeline`` → database.
 
 ``run_job`` is what both executors call: the Celery task ``acttail.run_job`` (``workers.tasks``)
 and the API's embedded thread pool. It reads the job row, claims it (``queued|running →
-running``), and runs the stages below, writing (stage, fraction) into the row as it goes and
-checking between steps whether the job was cancelled::
-
-    stage         fraction    what
-    resolve       0.00-0.02   acttail.models.resolve_model(model_id) → describe() → models row
-    esd           0.02-0.40   reuse the ESD run of (fingerprint, estimator), else compute and store it
-                              (fit statistics and every eigenvalue, for the ESD plot)
-    allocate      0.40-0.45   acttail.methods.build_allocations(method, targets) from the stored alphas
-      (auto, teal-greedy: 0.40-0.75: "allocate: loading model", then "calibrating: ..." per greedy
-      block and per scored candidate, on WikiText-2 validation text; one greedy trace for all targets)
-    benchmark     ..-0.98     dense + every allocation: perplexity, zero-shot; per allocation: decode
-                              speed, dense vs sparse kernels (requested evaluations only; the model
-                              loaded for calibration is reused)
-    done          1.00        link results, mark succeeded
+running``), and runs the one pipeline ``acttail run`` runs too (its module docstring lists the
+stages), with ``acttail.store.pipeline_results.StoreSink`` writing every result as it comes and
+linking it to the job. Each progress report is written into the row, and is where cancellation is
+noticed: a report on a job that is no longer ``running`` raises ``JobCancelled``.
 
 Idempotence: every write is an upsert on a natural key (``acttail.store``), so a job that is run
 again after its worker died (acks_late redelivery) converges on the same rows; only the final
@@ -32,21 +22,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from contextlib import nullcontext
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 
 from acttail.errors import ActTailError
-from acttail.registry import METHODS
+from acttail.pipeline import ESD_SPAN, PipelineConfig
+from acttail.registry import CALIBRATION_KNOBS, DEFAULT_CALIBRATION_SEQLEN, DEFAULT_CALIBRATION_TOKENS
 from acttail.store.db import session_scope
-from acttail.store.jobs import link_results, mark_failed, mark_running, mark_succeeded, update_progress
-from acttail.store.measurements import Measurement, perplexity_measurements, save_measurements, zeroshot_measurements
+from acttail.store.jobs import mark_failed, mark_running, mark_succeeded, update_progress
 from acttail.store.orm import JobStatus
 from acttail.store.requests import JobRequest
-from workers.locks import esd_lock
 
 try:  # raised inside a Celery task when the soft time limit passes; absent in embedded-only installs
     from celery.exceptions import SoftTimeLimitExceeded
@@ -59,11 +47,8 @@ except ImportError:  # pragma: no cover - celery is part of the service extra
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-    from acttail.allocate import Allocation
-    from acttail.models.base import ModelDescription, ModelSource
     from acttail.settings import Settings
     from acttail.store.jobs import Claim
-    from acttail.store.orm import Model
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +67,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #: report (of that stage), making a job slow enough to kill or race in the fault tests.
 STAGE_DELAY_ENV = "ACTTAIL_TEST_STAGE_DELAY"
 
-ESD_SPAN = (0.02, 0.40)
-ALLOCATE_SPAN = (0.40, 0.45)
-CALIBRATED_ALLOCATE_SPAN = (0.40, 0.75)  # auto / teal-greedy: model load and calibration passes
-BENCHMARK_END = 0.98
+__all__ = ["ESD_SPAN", "TRANSIENT_ERRORS", "JobCancelled", "failure_reason", "pipeline_config", "run_job"]
 
 
 class JobCancelled(Exception):
@@ -211,279 +193,34 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def worker_device() -> str:
-    """``cuda`` when this worker has a GPU, else ``cpu``."""
-    import torch
+def pipeline_config(request: JobRequest, settings: Settings) -> PipelineConfig:
+    """The job request as the pipeline's config; the worker's settings place models the request leaves open."""
+    from acttail.models.placement import Placement
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    knobs = {k: v for k, v in request.allocation_params().items() if k not in CALIBRATION_KNOBS}
+    evaluations = request.evaluations
+    return PipelineConfig(
+        targets=tuple(request.targets), methods=(request.method,), knobs=knobs, estimator=request.estimator,
+        mode=request.mode, scoring=request.scoring, perplexity=evaluations.perplexity, zeroshot=evaluations.zeroshot, speed=evaluations.speed,
+        include_dense=request.include_dense,
+        calibration_tokens=request.calibration_tokens or DEFAULT_CALIBRATION_TOKENS,
+        calibration_seqlen=request.calibration_seqlen or DEFAULT_CALIBRATION_SEQLEN,
+        placement=Placement(
+            device=request.device or settings.device, dtype=request.dtype or settings.dtype,
+            device_map=request.device_map, max_memory=request.max_memory,
+        ),
+    )  # fmt: skip
 
 
 def _execute(ctx: _Context, request: JobRequest, settings: Settings) -> None:
-    ctx.report("resolve", 0.0)
-    from acttail.models import resolve_model  # the first import of torch and transformers: seconds
+    from acttail.pipeline import run_pipeline
+    from acttail.store.pipeline_results import StoreSink
 
-    source = resolve_model(request.model_id, request.revision, model_roots=list(settings.model_roots))
-    description = source.describe()
-    with session_scope(ctx.session_factory) as db:
-        model_pk = _model_row(description, db).id
-        link_results(ctx.job_id, model_pk=model_pk, db_session=db)
-    device = worker_device()
-    ctx.log.info("model %s (%s, fingerprint %s…) on %s", description.model_id, description.architecture,
-                 description.fingerprint[:12], device)  # fmt: skip
-
-    alphas, param_counts = _esd_stage(ctx, source, description, request.estimator, device)
-    allocations, loaded = _allocation_stage(ctx, request, source, description, alphas, param_counts, device)
-    evaluations = request.evaluations
-    if any(spec is not None for spec in (evaluations.perplexity, evaluations.zeroshot, evaluations.speed)):
-        _benchmark_stage(ctx, request, source, description, allocations, device, loaded)
+    sink = StoreSink(ctx.session_factory, ctx.team_id, ctx.shared, job_id=ctx.job_id, meta={"job_id": ctx.job_id})
+    run_pipeline(
+        request.model_id, pipeline_config(request, settings), revision=request.revision,
+        model_roots=list(settings.model_roots), sink=sink, progress=ctx.report,
+    )  # fmt: skip
     with session_scope(ctx.session_factory) as db:
         if not mark_succeeded(ctx.job_id, db_session=db):
             raise JobCancelled("finished after cancellation")
-
-
-def _model_row(description: ModelDescription, db: Session) -> Model:
-    from acttail.store.catalog import get_or_create_model
-
-    return get_or_create_model(description, db_session=db)
-
-
-# --------------------------------------------------------------------------------------------
-# ESD
-
-
-def _esd_stage(
-    ctx: _Context, source: ModelSource, description: ModelDescription, estimator: str, device: str
-) -> tuple[dict[str, float], dict[str, int]]:
-    """Alphas and parameter counts per projection: from the stored run, or computed once.
-
-    Two workers racing on one model serialise on a lock keyed by (fingerprint, estimator): the
-    second waits, then finds the first one's run (PostgreSQL advisory lock across machines; the
-    unique constraint on (model, estimator) is the backstop).
-    """
-    from acttail.store.catalog import get_esd_run
-
-    ctx.report("esd", ESD_SPAN[0])
-    key = f"esd:{description.fingerprint}:{estimator}"
-    with esd_lock(ctx.session_factory, key):
-        with session_scope(ctx.session_factory) as db:
-            run = get_esd_run(description.fingerprint, estimator, db_session=db)
-            if run is not None:
-                ctx.log.info("reusing ESD run %d (%s, %d projections)", run.id, estimator, len(run.projections))
-                link_results(ctx.job_id, esd_run_id=run.id, db_session=db)
-                return _alphas_of(run.projections)
-        run_id, created = _compute_esd(ctx, source, description, estimator, device)
-    ctx.log.info("%s ESD run %d", "stored" if created else "another worker stored", run_id)
-    with session_scope(ctx.session_factory) as db:
-        from acttail.store.catalog import get_esd_run_by_id
-
-        run = get_esd_run_by_id(run_id, db_session=db)
-        link_results(ctx.job_id, esd_run_id=run.id, db_session=db)
-        return _alphas_of(run.projections)
-
-
-def _alphas_of(rows: Iterable[Any]) -> tuple[dict[str, float], dict[str, int]]:
-    rows = list(rows)
-    alphas = {row.name: (float("nan") if row.alpha is None else float(row.alpha)) for row in rows}
-    return alphas, {row.name: int(row.param_count) for row in rows}
-
-
-def _compute_esd(
-    ctx: _Context, source: ModelSource, description: ModelDescription, estimator: str, device: str
-) -> tuple[int, bool]:
-    import numpy as np
-
-    from acttail.esd import analyze_weights
-    from acttail.store.catalog import save_esd_run
-
-    total = len(source.projections())
-    start, stop = ESD_SPAN
-    # Every projection's eigenvalues, kept as float32 (what the store keeps) for the ESD plot:
-    # min(d_out, d_in) each, 3.5 MiB for a 7B model. Filled from the analysis threads, one key each.
-    spectra: dict[str, Any] = {}
-
-    def keep_spectrum(result: Any, evals: Any) -> None:
-        spectra[result.name] = np.asarray(evals, dtype=np.float32)
-
-    def weights_with_progress() -> Iterator[Any]:
-        for i, item in enumerate(source.iter_projection_weights()):
-            if i and i % max(1, total // 20) == 0:  # about 20 reports, each a cancellation check
-                ctx.report("esd", start + (stop - start) * i / total)
-            yield item
-
-    report = analyze_weights(
-        weights_with_progress(), estimator, device=device, progress=False, total=total, model=description.as_dict(),
-        on_spectrum=keep_spectrum,
-    )  # fmt: skip
-    ctx.report("esd", stop)
-    with session_scope(ctx.session_factory) as db:
-        model = _model_row(description, db)
-        run, created = save_esd_run(
-            model,
-            report.estimator,
-            report.projections,
-            elapsed_s=report.elapsed_s,
-            meta={"device": device, "job_id": ctx.job_id, "versions": library_versions()},
-            team_id=ctx.team_id,
-            eigenvalues=spectra,
-            db_session=db,
-        )
-        return run.id, created
-
-
-# --------------------------------------------------------------------------------------------
-# Allocations
-
-
-def _allocation_stage(
-    ctx: _Context,
-    request: JobRequest,
-    source: ModelSource,
-    description: ModelDescription,
-    alphas: Mapping[str, float],
-    param_counts: Mapping[str, int],
-    device: str,
-) -> tuple[list[tuple[int, Allocation]], tuple[Any, Any] | None]:
-    """One allocation per requested target, upserted; returns (row id, allocation) pairs and the
-    (model, tokenizer) loaded for a calibrated method (None otherwise), for the benchmarks to reuse.
-
-    ``auto`` records its choice and every candidate's calibration perplexity in the document's
-    params, so GET /v1/allocations/{id} shows why it picked what it picked.
-    """
-    from acttail.methods import AlphaTable, build_allocations
-    from acttail.store.results import save_allocation
-
-    calibrated = METHODS[request.method].needs_model
-    start, stop = CALIBRATED_ALLOCATE_SPAN if calibrated else ALLOCATE_SPAN
-    ctx.report("allocate", start)
-    loaded = None
-    if calibrated:
-        ctx.report("allocate: loading model", start)
-        loaded = source.load_causal_lm(device=device)
-
-    def calibrating(stage: str, fraction: float) -> None:  # also the cancellation check
-        ctx.report(f"calibrating: {stage}", start + (stop - start) * fraction)
-
-    alpha_table = AlphaTable(
-        {"model_id": description.model_id, "fingerprint": description.fingerprint}, request.estimator,
-        alphas, param_counts,
-    )  # fmt: skip
-    built = build_allocations(
-        [request.method], report=alpha_table, targets=request.targets,
-        model=None if loaded is None else loaded[0], tokenizer=None if loaded is None else loaded[1],
-        progress=calibrating if calibrated else None, **request.allocation_params(),
-    )  # fmt: skip
-    for allocation in built:
-        if "choice" in allocation.params:
-            ctx.log.info("auto at %g chose %s", allocation.target, allocation.params["choice"]["label"])
-    out: list[tuple[int, Allocation]] = []
-    with session_scope(ctx.session_factory) as db:
-        model = _model_row(description, db)
-        for allocation in built:
-            row, _ = save_allocation(allocation, model=model, team_id=ctx.team_id, shared=ctx.shared, db_session=db)
-            out.append((row.id, allocation))
-        link_results(ctx.job_id, allocation_ids=[row_id for row_id, _ in out], db_session=db)
-    ctx.report("allocate", stop)
-    return out, loaded
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmarks
-
-
-def _benchmark_stage(
-    ctx: _Context,
-    request: JobRequest,
-    source: ModelSource,
-    description: ModelDescription,
-    allocations: list[tuple[int, Allocation]],
-    device: str,
-    loaded: tuple[Any, Any] | None = None,
-) -> None:
-    """Dense model, then each allocation applied with TopK sparsity: the requested evaluations."""
-    from acttail.sparsity import apply_sparsity
-
-    start = (CALIBRATED_ALLOCATE_SPAN if loaded is not None else ALLOCATE_SPAN)[1]
-    stop = BENCHMARK_END
-    if loaded is None:
-        ctx.report("benchmark: loading model", start)
-    model, tokenizer = loaded if loaded is not None else source.load_causal_lm(device=device)
-    token_ids = None
-    variants: list[tuple[int | None, Allocation | None]] = [(None, None), *allocations]
-    for i, (allocation_id, allocation) in enumerate(variants):
-        label = "dense" if allocation is None else f"sparsity {allocation.target:g}"
-        ctx.report(f"benchmark: {label}", start + (stop - start) * i / len(variants))
-        measurements: list[Measurement] = []
-        handle = apply_sparsity(model, allocation) if allocation is not None else nullcontext()
-        with handle:
-            if request.evaluations.perplexity is not None:
-                if token_ids is None:
-                    from acttail.evaluate.perplexity import tokenize_split
-
-                    token_ids = tokenize_split(tokenizer, "test")
-                measurements += _perplexity(model, token_ids, request.evaluations.perplexity)
-            if request.evaluations.zeroshot is not None:
-                measurements += _zeroshot(model, tokenizer, request.evaluations.zeroshot)
-        if request.evaluations.speed is not None and allocation is not None:
-            measurements += _speed(model, tokenizer, allocation, request.evaluations.speed)
-        _save_measurements(ctx, description, allocation_id, measurements, device)
-    ctx.report("benchmark", stop)
-
-
-def _perplexity(model: Any, token_ids: Any, spec: Any) -> list[Measurement]:
-    from acttail.evaluate.perplexity import evaluate_perplexity
-
-    result = evaluate_perplexity(
-        model, token_ids=token_ids, seqlen=spec.seqlen, max_tokens=spec.max_tokens, progress=False
-    )
-    return perplexity_measurements(result.to_dict(), mode="topk")
-
-
-def _zeroshot(model: Any, tokenizer: Any, spec: Any) -> list[Measurement]:
-    from acttail.evaluate.zeroshot import evaluate_zeroshot
-
-    report = evaluate_zeroshot(model, tokenizer, tasks=list(spec.tasks), limit=spec.limit, progress=False)
-    return zeroshot_measurements(report.to_dict(), mode="topk")
-
-
-def _speed(model: Any, tokenizer: Any, allocation: Allocation, spec: Any) -> list[Measurement]:
-    """Greedy batch-1 decode tokens/s, dense vs the sparse kernels, interleaved (acttail.evaluate.speed)."""
-    from acttail.evaluate.speed import measure_decode_speed
-
-    result = measure_decode_speed(
-        model, tokenizer, allocation, new_tokens=spec.new_tokens, warmup_tokens=spec.warmup_tokens,
-        repeats=spec.repeats, check_reference=False,
-    )  # fmt: skip
-    settings = {
-        "new_tokens": result.new_tokens, "warmup_tokens": spec.warmup_tokens, "repeats": result.repeats,
-        "prompt_tokens": result.prompt_tokens, "threads": result.threads, "backend": result.backend,
-        "dtype": result.dtype, "mode": result.mode,
-    }  # fmt: skip
-    values = {
-        "dense_tokens_per_s": result.dense_tokens_per_s,
-        "sparse_tokens_per_s": result.sparse_tokens_per_s,
-        "speedup": result.speedup,
-    }
-    return [Measurement("speed", metric, value, settings) for metric, value in values.items() if value is not None]
-
-
-def _save_measurements(
-    ctx: _Context, description: ModelDescription, allocation_id: int | None, rows: list[Measurement], device: str
-) -> None:
-    versions = {**library_versions(), "device": device}
-    with session_scope(ctx.session_factory) as db:
-        model = _model_row(description, db)
-        ids = save_measurements(
-            rows, model=model, allocation_id=allocation_id, versions=versions, team_id=ctx.team_id,
-            shared=ctx.shared, db_session=db,
-        )  # fmt: skip
-        link_results(ctx.job_id, benchmark_ids=ids, db_session=db)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions that change numbers: stored beside every result."""
-    import torch
-    import transformers
-
-    import acttail
-
-    return {"acttail": acttail.__version__, "torch": torch.__version__, "transformers": transformers.__version__}

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from acttail.allocate import Direction, Granularity
 from acttail.cli.paths import output_dir, output_file
+from acttail.cli.placement_options import DeviceMapOpt, DeviceOpt, DtypeOpt, MaxMemoryOpt, placement_from
 from acttail.errors import ActTailError, AllocationError
 from acttail.registry import (
     DEFAULT_CALIBRATION_SEQLEN,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
     from acttail.allocate import Allocation
     from acttail.esd import ESDReport, ProjectionESD
+    from acttail.models.placement import Placement
 
 console = Console()
 
@@ -230,6 +232,10 @@ def allocate_command(
     ] = None,
     plot: PlotOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or stage lines.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Per-projection sparsities whose parameter-weighted mean is the target.
 
@@ -245,7 +251,10 @@ def allocate_command(
         calibration_tokens=calibration_tokens, calibration_seqlen=calibration_seqlen, min_gain=min_gain,
     )  # fmt: skip
     report = _load_or_compute(model, revision, estimator, alphas_json, progress=not quiet)
-    document = _build(model, revision, method, sparsity, report, knobs, needs_model=spec.needs_model, quiet=quiet)
+    placement = placement_from(device, dtype, device_map, max_memory)
+    document = _build(
+        model, revision, method, sparsity, report, knobs, needs_model=spec.needs_model, quiet=quiet, placement=placement
+    )
     document.save(output)
     if "choice" in document.params:
         console.print(f"auto chose: {document.params['choice']['label']}", highlight=False)
@@ -274,7 +283,7 @@ def _method_knobs(method: str, accepted: frozenset[str], **given: object) -> dic
 
 def _build(
     model: str, revision: str | None, method: str, target: float, report: ESDReport, knobs: dict[str, Any],
-    *, needs_model: bool, quiet: bool,
+    *, needs_model: bool, quiet: bool, placement: Placement,
 ) -> Allocation:  # fmt: skip
     """The allocation; for auto and teal-greedy the model is loaded and every stage is drawn."""
     from acttail.methods import build_allocations
@@ -284,6 +293,7 @@ def _build(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from acttail.models import resolve_model
+    from acttail.pipeline import load_model
 
     source = resolve_model(model, revision)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -301,7 +311,7 @@ def _build(
         task = bar.add_task(f"{method}: loading model", total=1.0)
         if not quiet:
             bar.console.print(f"{method}: loading model (it runs on WikiText-2 validation text)", highlight=False)
-        loaded, tokenizer = source.load_causal_lm()
+        loaded, tokenizer = load_model(source, placement.resolve())
         return build_allocations(
             [method], report=report, targets=[target], model=loaded, tokenizer=tokenizer, progress=progress, **knobs
         )[0]

@@ -10,7 +10,7 @@ before the model is loaded, so a wrong ``--db`` fails in a second, not after the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,10 +21,9 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from acttail.pipeline import PipelineResult
-    from acttail.store.pipeline_results import RecordedRun
+    from acttail.store.pipeline_results import StoreSink
 
-__all__ = ["DbOpt", "NoStoreOpt", "ResultsStore", "open_results_store", "record_result"]
+__all__ = ["DbOpt", "NoStoreOpt", "ResultsStore", "database_error", "open_results_store"]
 
 NoStoreOpt = Annotated[bool, typer.Option("--no-store", help="Do not record the results in the results database.")]
 
@@ -37,10 +36,11 @@ class ResultsStore:
     engine: Engine
     session_factory: sessionmaker[Session]
     team_id: int
+    sink: StoreSink  # what the pipeline writes through, as a service job does
     browse_hint: str = ""  # how to open these results in the dashboard
 
 
-def _database_error(shown_url: str, exc: Exception) -> ActTailError:
+def database_error(shown_url: str, exc: Exception) -> ActTailError:
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return ActTailError(f"results database {shown_url}: {reason[0] if reason else type(exc).__name__}")
 
@@ -62,7 +62,7 @@ def open_results_store(db: str | None, *, command: str) -> ResultsStore:
     try:
         engine = make_engine(settings.database_url)
     except (SQLAlchemyError, ImportError) as exc:  # e.g. a dialect whose driver is not installed
-        raise _database_error(shown_url, exc) from None
+        raise database_error(shown_url, exc) from None
     try:
         if settings.auto_migrate:
             migrate.upgrade(settings.database_url, engine=engine)
@@ -71,7 +71,7 @@ def open_results_store(db: str | None, *, command: str) -> ResultsStore:
     except BaseException as exc:
         engine.dispose()
         if isinstance(exc, SQLAlchemyError | OSError):
-            raise _database_error(shown_url, exc) from None
+            raise database_error(shown_url, exc) from None
         raise
     if key is not None:
         typer.echo(f"Created team 'default' in {shown_url}; its API key is in {settings.api_key_file}", err=True)
@@ -80,24 +80,7 @@ def open_results_store(db: str | None, *, command: str) -> ResultsStore:
         f"to browse them: run `{serve}`, open http://{settings.host}:{settings.port}/ui "
         f"and log in with the API key in {settings.api_key_file}"
     )
-    return ResultsStore(shown_url, engine, factory, team_id, hint)
+    from acttail.store.pipeline_results import StoreSink
 
-
-def record_result(store: ResultsStore, result: PipelineResult) -> RecordedRun:
-    """Upsert the result's model, ESD run (with its eigenvalues), allocations and benchmark rows; close the store."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from acttail.store.db import session_scope
-    from acttail.store.pipeline_results import save_pipeline_result
-
-    meta: dict[str, Any] = {"origin": "cli"}
-    try:
-        with session_scope(store.session_factory) as db:
-            return save_pipeline_result(
-                result.to_dict(), esd_report=result.esd, eigenvalues=result.spectra, meta=meta,
-                team_id=store.team_id, db_session=db,
-            )  # fmt: skip
-    except SQLAlchemyError as exc:
-        raise _database_error(store.shown_url, exc) from None
-    finally:
-        store.engine.dispose()
+    sink = StoreSink(factory, team_id, meta={"origin": "cli"})
+    return ResultsStore(shown_url, engine, factory, team_id, sink, hint)

@@ -21,6 +21,7 @@ from acttail.cli.esd_commands import (
     _load_or_compute,
 )
 from acttail.cli.paths import output_file
+from acttail.cli.placement_options import DeviceMapOpt, DeviceOpt, DtypeOpt, MaxMemoryOpt, placement_from
 from acttail.registry import (
     DEFAULT_CALIBRATION_SEQLEN,
     DEFAULT_CALIBRATION_TOKENS,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from acttail.methods import CalibrationSet
+    from acttail.models.placement import Placement
 
 console = Console()
 SEARCH_METHODS = tuple(name for name, spec in METHODS.items() if spec.needs_model)
@@ -48,12 +50,13 @@ SeqlenOpt = Annotated[int, typer.Option("--seqlen", min=16, help="Calibration wi
 
 
 def _calibration(
-    model: str, revision: str | None, max_tokens: int, seqlen: int
+    model: str, revision: str | None, max_tokens: int, seqlen: int, placement: Placement
 ) -> tuple[PreTrainedModel, CalibrationSet]:
     from acttail.methods import calibration_set
     from acttail.models import resolve_model
+    from acttail.pipeline import load_model
 
-    loaded, tokenizer = resolve_model(model, revision).load_causal_lm()
+    loaded, tokenizer = load_model(resolve_model(model, revision), placement.resolve())
     return loaded, calibration_set(tokenizer, max_tokens=max_tokens, seqlen=seqlen)
 
 
@@ -77,6 +80,10 @@ def sensitivity(
         Path | None, typer.Option("--json", help="Write the result as JSON.", callback=output_file)
     ] = None,
     revision: RevisionOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Sparsify one projection kind in one layer group at a time; rank-correlate the damage with alpha & co."""
     from acttail.sensitivity import plot_sensitivity, predictor_table, sensitivity_study
@@ -84,7 +91,8 @@ def sensitivity(
     reports = [_load_or_compute(model, revision, estimator, alphas_json)]
     if all_estimators:
         reports += [_load_or_compute(model, revision, e, None) for e in ESTIMATORS if e != reports[0].estimator]
-    loaded, calibration = _calibration(model, revision, max_tokens, seqlen)
+    placement = placement_from(device, dtype, device_map, max_memory)
+    loaded, calibration = _calibration(model, revision, max_tokens, seqlen, placement)
     result = sensitivity_study(loaded, calibration, reports, level=level, groups=groups, model_id=model)
     kinds, matrix = result.matrix("delta_nll")
     table = Table(title=f"{model}: dNLL when one cell is sparsified at {level:g} (dense PPL {result.dense_ppl:.3f})")
@@ -121,6 +129,10 @@ def allocate_search(
     estimator: ReportEstimatorOpt = None,
     alphas_json: AlphasOpt = None,
     revision: RevisionOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Build an allocation that needs the model and calibration text (auto or TEAL's greedy search)."""
     if method not in SEARCH_METHODS:
@@ -131,7 +143,8 @@ def allocate_search(
     from acttail.methods import build_allocation
 
     report = _load_or_compute(model, revision, estimator, alphas_json)
-    loaded, calibration = _calibration(model, revision, max_tokens, seqlen)
+    placement = placement_from(device, dtype, device_map, max_memory)
+    loaded, calibration = _calibration(model, revision, max_tokens, seqlen, placement)
     alloc = build_allocation(method, report=report, target=sparsity, model=loaded, calibration=calibration)
     alloc.save(output)
     if method == "auto":

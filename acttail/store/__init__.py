@@ -29,8 +29,9 @@ Allocations and benchmarks (``acttail.store.results``) - team rows, ``shared`` p
 Benchmark rows from results (``acttail.store.measurements``) - one mapping for workers and CLI
     perplexity_measurements(PerplexityResult.to_dict(), mode=), zeroshot_measurements(report dict, mode=),
     save_measurements(measurements, model=, allocation_id=, versions=, team_id=)
-A CLI run (``acttail.store.pipeline_results``) - ``acttail run`` / ``evaluate`` results, as a job writes them
-    save_pipeline_result(PipelineResult.to_dict(), esd_report=, eigenvalues=, team_id=) -> RecordedRun (row IDs)
+Pipeline results (``acttail.store.pipeline_results``) - what ``acttail run`` / ``evaluate`` and every job write
+    StoreSink(session_factory, team_id, shared=, job_id=): model, reused-or-stored ESD run, allocations, rows
+    variant_measurements(VariantResult.to_dict(), protocol, environment) -> [Measurement]
 Team "default" (``acttail.store.bootstrap``) - created with a key on an empty database
     ensure_default_team(key_file, session_factory) -> new key | None, default_team(...) -> (id, key)
 Jobs (``acttail.store.jobs``) - the source of truth for job state

@@ -76,6 +76,13 @@ def zeroshot_measurements(
     return out
 
 
+def speed_measurements(speed: Mapping[str, Any]) -> list[Measurement]:
+    """The pipeline's speed dict (``settings`` + tokens/s, dense and sparse, and their ratio) -> ``speed/*`` rows."""
+    metrics = ("dense_tokens_per_s", "sparse_tokens_per_s", "speedup")
+    settings = dict(speed["settings"])
+    return [Measurement("speed", m, float(speed[m]), settings) for m in metrics if speed.get(m) is not None]
+
+
 def save_measurements(
     measurements: Iterable[Measurement],
     *,

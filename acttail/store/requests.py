@@ -13,14 +13,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from acttail.errors import ActTailError
+from acttail.models.placement import DEVICES_HELP, DTYPES, Placement
 from acttail.registry import (
     DEFAULT_CALIBRATION_SEQLEN,
     DEFAULT_CALIBRATION_TOKENS,
     DEFAULT_ESTIMATOR,
     DEFAULT_METHOD,
+    DEFAULT_MODE,
+    DEFAULT_SCORING,
     ESTIMATORS,
     MAX_MODEL_ID_LENGTH,
     METHODS,
+    SCORINGS,
+    SPARSITY_MODES,
     TARGET_MAX,
     TARGET_MIN,
     ZEROSHOT_TASKS,
@@ -44,8 +50,14 @@ class _Strict(BaseModel):
 class PerplexitySpec(_Strict):
     """WikiText-2 (raw, test split) perplexity with non-overlapping windows of ``seqlen`` tokens."""
 
-    seqlen: int = Field(default=512, ge=16, le=8192)
-    max_tokens: int | None = Field(default=16_384, ge=16, le=2_000_000, description="None = whole test split")
+    seqlen: int = Field(default=2048, ge=16, le=8192)
+    max_tokens: int | None = Field(default=None, ge=16, le=2_000_000, description="None = whole test split")
+
+    @model_validator(mode="after")
+    def _one_window(self) -> PerplexitySpec:
+        if self.max_tokens is not None and self.max_tokens < self.seqlen:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be at least seqlen ({self.seqlen})")
+        return self
 
 
 class ZeroShotSpec(_Strict):
@@ -54,7 +66,7 @@ class ZeroShotSpec(_Strict):
     tasks: list[Literal[ZEROSHOT_TASKS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["arc_easy", "piqa"], min_length=1, max_length=len(ZEROSHOT_TASKS)
     )
-    limit: int | None = Field(default=200, ge=1, le=20_000, description="None = whole task")
+    limit: int | None = Field(default=None, ge=1, le=20_000, description="None = whole task")
 
     @field_validator("tasks")
     @classmethod
@@ -118,6 +130,13 @@ class JobRequest(_Strict):
     greedy_tokens: int | None = Field(default=None, ge=16, le=65_536, description="teal-greedy: search tokens")
     greedy_step: float | None = Field(default=None, gt=0.0, le=0.5, description="teal-greedy: sparsity step")
     evaluations: Evaluations = Field(default_factory=Evaluations)
+    mode: Literal[SPARSITY_MODES] = DEFAULT_MODE  # type: ignore[valid-type]
+    scoring: Literal[SCORINGS] = DEFAULT_SCORING  # type: ignore[valid-type]
+    include_dense: bool = Field(default=True, description="Evaluate the dense model too (its rows are shared).")
+    device: str | None = Field(default=None, max_length=16, description=f"{DEVICES_HELP}; None = the worker's")
+    dtype: Literal[DTYPES] | None = Field(default=None, description="None = the worker's")  # type: ignore[valid-type]
+    device_map: str | dict[str, str | int] | None = Field(default=None, description="accelerate device map")
+    max_memory: dict[str, str] | None = Field(default=None, max_length=64, description='e.g. {"0": "20GiB"}')
     shared: bool = Field(default=False, description="Publish allocations and benchmarks to every team.")
     queue: Literal["cpu", "gpu"] | None = Field(default=None, description="None = the server's default queue")
 
@@ -153,6 +172,8 @@ class JobRequest(_Strict):
             if not self.s_min <= target <= self.s_max:
                 raise ValueError(f"target {target} is outside [s_min, s_max] = [{self.s_min}, {self.s_max}]")
         for name in OPTIONAL_KNOBS:
+            if name == "calibration_tokens" and self.mode == "threshold":
+                continue  # threshold mode calibrates on them too
             if getattr(self, name) is not None and name not in METHOD_FIELDS[self.method]:
                 users = [m for m in METHODS if name in METHOD_FIELDS[m]]
                 raise ValueError(f"{name} does not apply to method {self.method!r} (only to {', '.join(users)})")
@@ -160,6 +181,10 @@ class JobRequest(_Strict):
         seqlen = self.calibration_seqlen or DEFAULT_CALIBRATION_SEQLEN
         if METHODS[self.method].needs_model and tokens < seqlen:
             raise ValueError(f"calibration_tokens ({tokens}) must be at least calibration_seqlen ({seqlen})")
+        try:
+            Placement(self.device or "auto", self.dtype or "auto", self.device_map, self.max_memory).validate()
+        except ActTailError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     def allocation_params(self) -> dict[str, Any]:
@@ -181,3 +206,20 @@ METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     name: tuple(f for f in JobRequest.model_fields if KNOB_NAMES.get(f, f) in spec.accepted)
     for name, spec in METHODS.items()
 }
+
+
+def check_knob(knob: str, value: object) -> object:
+    """``value`` of method knob ``knob`` checked by its JobRequest field's rules (the CLI's options too).
+
+    Raises ActTailError naming the knob; knobs a request does not offer (``grid``, ``trace``) pass.
+    """
+    import pydantic
+
+    name = next((f for f, k in KNOB_NAMES.items() if k == knob), knob)
+    info = JobRequest.model_fields.get(name)
+    if info is None:
+        return value
+    try:
+        return pydantic.TypeAdapter(Annotated[info.annotation, info]).validate_python(value)  # type: ignore[arg-type]
+    except pydantic.ValidationError as exc:
+        raise ActTailError(f"{name}: {exc.errors()[0]['msg']} (got {value!r})") from None

@@ -14,6 +14,7 @@ from acttail.evaluate.perplexity import PerplexityResult
 from acttail.pipeline import PipelineConfig, PipelineResult, VariantResult
 from acttail.store.db import session_scope
 from acttail.store.pipeline_results import save_pipeline_result
+from acttail.store.requests import PerplexitySpec
 from tests.integration.conftest import PROJECTION_NAMES, Api, model_description
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,8 @@ def store_cell(session_factory: sessionmaker[Session], team_id: int, description
         label=method or "dense", method=method or "dense", target=target, perplexity=_ppl(nlls), zeroshot=None,
         mean_accuracy=None, realised_sparsity=target, realised_per_projection=None, allocation=alloc, elapsed_s=1.0,
     )  # fmt: skip
-    config = PipelineConfig(targets=(target,), methods=(), mode=mode, scoring=scoring, seqlen=256, max_tokens=1024)
+    config = PipelineConfig(targets=(target,), methods=(), mode=mode, scoring=scoring,
+                            perplexity=PerplexitySpec(seqlen=256, max_tokens=1024))  # fmt: skip
     doc = PipelineResult(model=description, config=config, variants=(variant,), alphas=None,
                          versions={"acttail": "test"}, elapsed_s=1.0).to_dict()  # fmt: skip
     doc["protocol"].update(suite="leaderboard", window_rows=True)

@@ -162,7 +162,7 @@ def test_the_api_shows_cli_results_to_the_default_team(
         assert got == expected_numbers(doc, by_label)
         dense = next(b for b in benchmarks["items"] if b["allocation_id"] is None)
         assert dense["settings"] == {"dataset": "wikitext-2-raw-v1", "split": "test", "seqlen": 128, "max_tokens": 256,
-                                     "mode": "topk", "tokens_scored": 2 * 127}  # fmt: skip
+                                     "mode": "topk", "dtype": "float32", "tokens_scored": 2 * 127}  # fmt: skip
         assert dense["versions"]["transformers"] == doc["versions"]["transformers"]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,7 @@ from acttail.allocate import Allocation, allocate
 from acttail.cli import main
 from acttail.errors import ActTailError
 from acttail.pipeline import PipelineConfig, evaluate_allocation, run_pipeline
+from acttail.store.requests import PerplexitySpec, ZeroShotSpec
 from tests.tiny_models import save_tiny_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -22,7 +25,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), max_position_embeddings=512)
 
 
-QUICK = dict(seqlen=128, max_tokens=512)
+QUICK: dict[str, Any] = dict(perplexity=PerplexitySpec(seqlen=128, max_tokens=512))
 
 # ACTTAIL_HOME in a temporary directory: the CLI's default results database must never be ~/.acttail.
 pytestmark = pytest.mark.usefixtures("acttail_home")
@@ -30,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("acttail_home")
 
 def test_run_pipeline_end_to_end(model_dir: Path) -> None:
     stages: list[tuple[str, float]] = []
-    config = PipelineConfig(targets=(0.5, 0.8), calibration_tokens=512, **QUICK)  # default methods
+    config = PipelineConfig(targets=(0.5, 0.8), calibration_tokens=512, calibration_seqlen=128, **QUICK)
     result = run_pipeline(str(model_dir), config, progress=lambda s, f: stages.append((s, f)))
     labels = [v.label for v in result.variants]
     assert labels == ["dense", "uniform@0.5", "acttail@0.5", "auto@0.5", "uniform@0.8", "acttail@0.8", "auto@0.8"]
@@ -65,7 +68,8 @@ def test_pipeline_with_zero_shot_and_injected_model(model_dir: Path) -> None:
     from acttail.models import resolve_model
 
     loaded = resolve_model(str(model_dir)).load_causal_lm()
-    config = PipelineConfig(targets=(0.5,), methods=("uniform",), tasks=("arc_easy", "piqa"), limit=4, **QUICK)
+    zeroshot = ZeroShotSpec(tasks=["arc_easy", "piqa"], limit=4)
+    config = PipelineConfig(targets=(0.5,), methods=("uniform",), zeroshot=zeroshot, **QUICK)
     result = run_pipeline(str(model_dir), config, loaded=loaded)
     for v in result.variants:
         assert 0.0 <= v.mean_accuracy <= 1.0
@@ -161,19 +165,24 @@ def test_cli_run_and_evaluate(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--sparsity", "1.5"], "outside (0, 1)"),
+        (["--sparsity", "1.5"], "--sparsity must be in [0, 0.99], got 1.5"),
         (["--sparsity", "abc"], "not a number"),
         (["--tasks", "arc_easy,nosuchtask"], "unknown task 'nosuchtask'"),
-        (["--method", "magic"], "unknown method 'magic'"),
+        (["--method", "magic"], "unknown allocation method 'magic'"),
         (["--mode", "fuzzy"], "unknown mode 'fuzzy'"),
         (["--estimator", "guess"], "unknown estimator 'guess'"),
         (["--epsilon", "1.5"], "epsilon"),
         (["--direction", "sideways"], "sideways"),
-        (["--seqlen", "128", "--max-tokens", "64"], "max_tokens"),
+        (["--seqlen", "128", "--max-tokens", "64"], "max_tokens (64) must be at least seqlen (128)"),
         (
-            ["--seqlen", "128", "--calibration-tokens", "64"],
-            "calibration_tokens (64) must be at least seqlen (128) for auto",
+            ["--calibration-seqlen", "128", "--calibration-tokens", "64"],
+            "calibration_tokens (64) must be at least calibration_seqlen (128) for auto",
         ),
+        (["--method", "uniform", "--min-gain", "0.1"], "min_gain does not apply to method(s) uniform"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--dtype", "int8"], "unknown dtype 'int8'"),
+        (["--max-memory", "0=20GiB"], "max_memory needs a device map"),
+        (["--device-map", "auto", "--max-memory", "cpu"], "--max-memory: 'cpu' is not DEVICE=SIZE"),
     ],
 )
 def test_bad_cli_arguments_exit_2_with_one_line(
@@ -216,3 +225,35 @@ def test_evaluate_checks_shared_options_like_run(
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_evaluate_without_allocation_evaluates_the_dense_model(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dense.json"
+    run_cli(["evaluate", str(model_dir), "--seqlen", "128", "--max-tokens", "256", "--quiet", "--json", str(out),
+             "--no-store"])  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert [v["label"] for v in doc["variants"]] == ["dense"] and doc["alphas"] is None
+    assert doc["variants"][0]["perplexity"]["windows"] == 2
+
+
+def test_cli_and_job_defaults_are_one_config() -> None:
+    """A job asking for perplexity, and `acttail run` with the same method and no other option, configure alike."""
+    import inspect
+
+    from acttail.cli.eval_commands import build_config, run
+    from acttail.settings import Settings
+    from acttail.store.requests import JobRequest
+    from workers.runner import pipeline_config
+
+    defaults = {name: p.default for name, p in inspect.signature(run).parameters.items()}
+    cli = build_config(
+        targets=(0.5,), methods=("auto",), mode=defaults["mode"], seqlen=defaults["seqlen"],
+        max_tokens=defaults["max_tokens"], no_perplexity=False, tasks="", limit=None, speed=False,
+        speed_tokens=defaults["speed_tokens"], speed_repeats=defaults["speed_repeats"], no_dense=False,
+        calibration_tokens=defaults["calibration_tokens"], calibration_seqlen=defaults["calibration_seqlen"],
+        device=defaults["device"], dtype=defaults["dtype"], device_map=None, max_memory=None,
+    )  # fmt: skip
+    request = JobRequest(model_id="org/m", targets=[0.5], method="auto", evaluations={"perplexity": {}})
+    job = pipeline_config(request, Settings())
+    assert replace(job, knobs={}) == replace(cli, knobs={})
+    assert set(job.knobs) <= {"s_min", "s_max"} and not cli.knobs  # the job spells out the method's defaults
