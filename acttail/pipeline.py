@@ -424,29 +424,47 @@ def _allocate(
     report: Progress,
 ) -> tuple[list[Allocation], Loaded | None, float]:
     """One allocation per (target, method); the model is loaded only for auto / teal-greedy."""
-    from acttail.methods import build_allocations
-
     calibrated = bool(config.calibrated_methods)
     start, stop = CALIBRATED_ALLOCATE_SPAN if calibrated else ALLOCATE_SPAN
     report("allocate", start)
-    knobs = dict(config.knobs)
     if calibrated:
         report("allocate: loading model", start)
         loaded = loaded or load_model(source, placement)
-        knobs.update(calibration_tokens=config.calibration_tokens, calibration_seqlen=config.calibration_seqlen)
 
     def calibrating(stage: str, fraction: float) -> None:
         report(f"calibrating: {stage}", start + (stop - start) * fraction)
 
-    built = build_allocations(
-        config.methods, report=alphas, targets=config.targets, model=None if loaded is None else loaded[0],
-        tokenizer=None if loaded is None else loaded[1], progress=calibrating if calibrated else None, **knobs,
-    )  # fmt: skip
+    lm, tokenizer = loaded if loaded is not None else (None, None)
+    built = build_allocations(alphas, config, lm, tokenizer, progress=calibrating if calibrated else None)
     for allocation in built:
         if "choice" in allocation.params:
             log.info("auto at %g chose %s", allocation.target, allocation.params["choice"]["label"])
     report("allocate", stop)
     return built, loaded, stop
+
+
+def build_allocations(
+    alphas: AlphaReport,
+    config: PipelineConfig,
+    model: Any = None,
+    tokenizer: Any = None,
+    progress: Progress | None = None,
+) -> list[Allocation]:
+    """One allocation per (target, method) of ``config``, target-major; auto / teal-greedy need the model.
+
+    Each method gets the ``config.knobs`` it reads; the calibrated ones choose on
+    ``calibration_tokens`` of WikiText-2 validation in windows of ``calibration_seqlen`` (one
+    calibration set and one greedy trace shared by every target).
+    """
+    from acttail.methods import build_allocations as build
+
+    knobs = dict(config.knobs)
+    if config.calibrated_methods:
+        knobs.update(calibration_tokens=config.calibration_tokens, calibration_seqlen=config.calibration_seqlen)
+    return build(
+        config.methods, report=alphas, targets=config.targets, model=model, tokenizer=tokenizer, progress=progress,
+        **knobs,
+    )  # fmt: skip
 
 
 def _check_loaded(model: Any, fingerprint: str, allocations: Sequence[Allocation]) -> None:
@@ -462,9 +480,9 @@ def evaluate_variants(
     loaded: Loaded,
     variants: Sequence[tuple[int | None, Allocation | None]],
     config: PipelineConfig,
-    sink: ResultSink,
-    environment: Mapping[str, Any],
-    report: Progress,
+    sink: ResultSink | None = None,
+    environment: Mapping[str, Any] | None = None,
+    report: Progress | None = None,
     *,
     start: float = 0.0,
     show_progress: bool = False,
@@ -478,6 +496,8 @@ def evaluate_variants(
     from acttail.sparsity import apply_sparsity, calibrate_thresholds
 
     model, tokenizer = loaded
+    sink, environment = sink or NullSink(), environment or {}
+    report = report or (lambda stage, fraction: None)
     protocol = config.to_dict()
     test_ids = None if config.perplexity is None else tokenize_split(tokenizer, "test", config.perplexity.max_tokens)
     calibration_ids = tokenize_split(tokenizer, "validation") if config.mode == "threshold" else None

@@ -99,13 +99,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from acttail.models import resolve_model
     from acttail.models.placement import Placement
     from acttail.pipeline import PipelineConfig, build_allocations
+    from acttail.store.requests import PerplexitySpec
 
     methods = ("uniform", "acttail", *(("auto",) if args.auto else ()))
     config = PipelineConfig(
         targets=(args.target,),
         methods=methods,
-        seqlen=args.seqlen,
-        max_tokens=args.max_tokens,
+        perplexity=PerplexitySpec(seqlen=args.seqlen, max_tokens=args.max_tokens),
         calibration_tokens=args.calibration_tokens,
     )
     config.validate()
@@ -163,7 +163,7 @@ def evaluate_one(
         if alloc is not None:
             alloc.check_matches(doc["description"]["fingerprint"], [ref.name for ref, _ in find_projections(lm)])
         with stage(doc, f"{label} {dtype}", dtype=dtype) as row:
-            (variant,) = evaluate_variants(lm, tokenizer, [alloc], config)
+            (variant,) = evaluate_variants((lm, tokenizer), [(None, alloc)], config)
             row["ppl"] = variant.ppl
         doc["variants"].append(
             {

@@ -1,6 +1,6 @@
 """``acttail run`` / ``acttail evaluate`` record their results where ``acttail serve`` and the API read them.
 
-A tiny random Llama (tests/conftest.py) is evaluated by the real CLI into a temporary SQLite
+A tiny random Llama (tests/tiny_models.py) is evaluated by the real CLI into a temporary SQLite
 database; the rows are read back through the store and through the API app with team
 ``default``'s key, and every number must equal the JSON document the same command wrote.
 """
