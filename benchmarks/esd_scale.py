@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from acttail.registry import DEFAULT_ESTIMATOR, ESTIMATORS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 HIDDEN, INTER, FULL_LAYERS = 4096, 11008, 32
@@ -74,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=FULL_LAYERS)
     parser.add_argument("--layers-per-shard", type=int, default=2)
-    parser.add_argument("--estimator", default="ks", choices=["ks", "ks_peak", "hill"])
+    parser.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=ESTIMATORS)
     parser.add_argument("--dir", type=Path, help="where to write the model (default: a temp dir, removed after)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -32,9 +32,8 @@ from acttail.methods import build_allocation, calibration_set
 from acttail.methods.auto import auto_allocation
 from acttail.methods.teal_greedy import allocation_from_trace, greedy_trace
 from acttail.models import resolve_model
+from acttail.registry import ESTIMATORS
 from acttail.sparsity import apply_sparsity
-
-ESTIMATORS = ("ks", "ks_peak", "hill")
 
 
 def log(msg: str) -> None:
