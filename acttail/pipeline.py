@@ -502,9 +502,15 @@ def evaluate_variants(
     test_ids = None if config.perplexity is None else tokenize_split(tokenizer, "test", config.perplexity.max_tokens)
     calibration_ids = tokenize_split(tokenizer, "validation") if config.mode == "threshold" else None
     results: list[VariantResult] = []
+    share = (BENCHMARK_END - start) / max(1, len(variants))
     for i, (allocation_id, alloc) in enumerate(variants):
         label = "dense" if alloc is None else f"{alloc.method}@{alloc.target:g}"
-        report(f"benchmark: {label}", start + (BENCHMARK_END - start) * i / len(variants))
+        report(f"benchmark: {label}", start + share * i)
+
+        def on_window(done: int, total: int, label: str = label, base: float = start + share * i) -> None:
+            weight = 0.5 if config.zeroshot is not None else 1.0  # zero-shot takes the other half
+            report(f"benchmark: {label}: perplexity", base + share * weight * done / total)
+
         began = time.perf_counter()
         thresholds = None
         if alloc is not None and calibration_ids is not None:
@@ -522,10 +528,12 @@ def evaluate_variants(
 
                 ppl = evaluate_perplexity(
                     model, token_ids=test_ids, seqlen=config.perplexity.seqlen,
-                    max_tokens=config.perplexity.max_tokens, progress=show_progress,
+                    max_tokens=config.perplexity.max_tokens, progress=show_progress, on_window=on_window,
                 )  # fmt: skip
             if config.zeroshot is not None:
                 import torch
+
+                report(f"benchmark: {label}: zero-shot", start + share * (i + 0.5))
 
                 from acttail.evaluate.zeroshot import evaluate_zeroshot
 

@@ -78,7 +78,7 @@ def test_run_piped_into_a_log_shows_progress_alphas_allocations_and_the_dashboar
     assert exc.value.code == 0, out
     progress = [line for line in out.splitlines() if re.match(r"\[\s*\d+%\] ", line)]
     stages = " ".join(progress)
-    for stage in ("alphas", "loading model", "dense: perplexity", "uniform@0.5: perplexity", "acttail@0.5: perplexity"):
+    for stage in ("esd", "loading model", "dense: perplexity", "uniform@0.5: perplexity", "acttail@0.5: perplexity"):
         assert stage in stages, out
     assert any("ETA" in line for line in progress), out
     assert "alpha (ks) per projection kind, 7 projections" in out
