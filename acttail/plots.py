@@ -70,28 +70,34 @@ KIND_ORDER: tuple[str, ...] = (
     "q",
     "k",
     "v",
+    "qkv",
     "o",
     "gate",
     "up",
+    "gate_up",
     "down",
-)  # = ProjectionType order
+)  # = ProjectionType order (qkv, gate_up: fused projections, e.g. Phi-3)
 # Okabe-Ito (colour-blind safe): attention in blues/green/purple, MLP in orange/red/black.
 KIND_COLORS: dict[str, str] = {
     "q": "#0072B2",
     "k": "#56B4E9",
     "v": "#009E73",
+    "qkv": "#56B4E9",  # fused q/k/v: never in one model with q, k or v
     "o": "#CC79A7",
     "gate": "#E69F00",
     "up": "#D55E00",
+    "gate_up": "#E69F00",  # fused gate/up: never in one model with gate or up
     "down": "#000000",
 }
 KIND_MARKERS: dict[str, str] = {
     "q": "o",
     "k": "s",
     "v": "^",
+    "qkv": "h",
     "o": "D",
     "gate": "v",
     "up": "P",
+    "gate_up": "*",
     "down": "X",
 }
 METHOD_COLORS: dict[str, str] = {"uniform": "#0072B2", "acttail": "#D55E00"}
@@ -122,7 +128,7 @@ STYLE: dict[str, Any] = {
     "path.simplify": True,
 }
 
-_ATTN_KINDS = frozenset({"q", "k", "v", "o"})
+_ATTN_KINDS = frozenset({"q", "k", "v", "qkv", "o"})
 
 _LOCK = threading.RLock()
 _P = ParamSpec("_P")
@@ -373,7 +379,7 @@ def _report_title(model: Any, estimator: Any) -> str:
 
 @_locked
 def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool | None = None) -> Figure:
-    """Heatmap of an allocation: rows = layers (0 at the top), columns = q, k, v, o, gate, up, down.
+    """Heatmap of an allocation: rows = layers (0 at the top), columns = the kinds present (q … down).
 
     Accepts an ``acttail.allocate.Allocation`` (or anything with ``sparsities``, ``target``,
     ``method``, ``model_id``) or its ``to_dict()`` document. Colour = sparsity over the data's
@@ -381,15 +387,17 @@ def plot_allocation(allocation: Any, *, title: str | None = None, annotate: bool
     centred on the target: red cells are sparser than the target, blue ones denser, white at
     the target, which is also marked on the colourbar. Cells show the sparsity in percent
     when ``annotate`` (default: when there are at most 64 layers). Missing cells are blank.
+    A MoE block's cell is the mean over its experts (and shared expert) of that kind.
     """
     sparsities, target, method, model_id = _allocation_fields(allocation)
-    cells: dict[tuple[int, str], float] = {}
+    members: dict[tuple[int, str], list[float]] = {}
     for name, value in sparsities.items():
         try:
             ref = parse_projection_name(str(name))
         except ValueError as exc:
             raise PlotError(str(exc)) from None
-        cells[(ref.layer, ref.kind.value)] = _sparsity(value, f"sparsity of {name}")
+        members.setdefault((ref.layer, ref.kind.value), []).append(_sparsity(value, f"sparsity of {name}"))
+    cells = {key: float(np.mean(values)) for key, values in members.items()}
     layers = sorted({layer for layer, _ in cells})
     kinds = [k for k in KIND_ORDER if any(kind == k for _, kind in cells)]
     grid = np.full((len(layers), len(kinds)), np.nan)

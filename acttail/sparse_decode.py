@@ -33,7 +33,8 @@ from torch import nn
 
 from acttail import kernels
 from acttail.allocate import Allocation
-from acttail.models.architectures import find_projections
+from acttail.models.architectures import ProjectionRef
+from acttail.models.projections import ProjectionModule, find_projections, set_projection_module
 from acttail.sparsity import (
     SparsityMode,
     check_thresholds,
@@ -161,7 +162,7 @@ class SparseDecodeHandle:
     """The swapped modules of one model; ``restore()`` puts the originals back (idempotent)."""
 
     model: nn.Module
-    originals: dict[str, nn.Linear]
+    originals: dict[str, tuple[ProjectionRef, ProjectionModule]]
     wrappers: dict[str, SparseDecodeLinear]
     sparsities: dict[str, float]
     backend: str
@@ -170,15 +171,15 @@ class SparseDecodeHandle:
     def restore(self) -> None:
         """Put the original ``nn.Linear`` modules back (the W^T copies stay for ``reapply``)."""
         if self.active:
-            for name, linear in self.originals.items():
-                _set_submodule(self.model, name, linear)
+            for ref, linear in self.originals.values():
+                set_projection_module(self.model, ref, linear)
             self.active = False
 
     def reapply(self) -> None:
         """Swap the sparse modules in again after ``restore`` (no new W^T copies)."""
         if not self.active:
             for name, wrapper in self.wrappers.items():
-                _set_submodule(self.model, name, wrapper)
+                set_projection_module(self.model, self.originals[name][0], wrapper)
             self.active = True
 
     def __enter__(self) -> Self:
@@ -186,11 +187,6 @@ class SparseDecodeHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def enable_sparse_decode(
@@ -214,7 +210,7 @@ def enable_sparse_decode(
     projections = find_projections(model)
     smap = sparsity_map(sparsities, [ref.name for ref, _ in projections])
     check_thresholds(smap, mode, thresholds)
-    originals: dict[str, nn.Linear] = {}
+    originals: dict[str, tuple[ProjectionRef, ProjectionModule]] = {}
     wrappers: dict[str, SparseDecodeLinear] = {}
     backend = "dense"
     for ref, linear in projections:
@@ -224,8 +220,8 @@ def enable_sparse_decode(
         threshold = float(thresholds[ref.name]) if mode is SparsityMode.THRESHOLD and thresholds else 0.0
         module = ReferenceDecodeLinear if reference else SparseDecodeLinear
         wrappers[ref.name] = module(linear, s, mode, threshold, exact or reference)
-        originals[ref.name] = linear
-        _set_submodule(model, ref.name, wrappers[ref.name])
+        originals[ref.name] = (ref, linear)
+        set_projection_module(model, ref, wrappers[ref.name])
         backend = (
             "torch-reference-fp64" if reference else kernels.backend_name(linear.weight.device, linear.weight.dtype)
         )

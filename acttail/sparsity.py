@@ -31,6 +31,7 @@ from torch import nn
 from acttail.allocate import Allocation
 from acttail.errors import AllocationError
 from acttail.models.architectures import find_projections
+from acttail.models.loading import input_device
 from acttail.scoring import DEFAULT_SCORING, Scoring, channel_scale, scores
 
 if TYPE_CHECKING:
@@ -358,7 +359,7 @@ def calibrate_thresholds(
     handles = [lin.register_forward_pre_hook(hooks[ref.name]) for ref, lin in projections if ref.name in hooks]
     try:
         with torch.inference_mode():
-            decoder_only(model)(input_ids=windows.to(next(model.parameters()).device), use_cache=False)
+            decoder_only(model)(input_ids=windows.to(input_device(model)), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()

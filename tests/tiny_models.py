@@ -26,12 +26,28 @@ TINY_DIMS: dict[str, Any] = dict(
 )
 
 #: ``model_type`` -> what its config needs beyond ``TINY_DIMS``.
+_MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1}
 ARCHITECTURES: dict[str, Mapping[str, Any]] = {
     "llama": {},
     "mistral": {"sliding_window": 128},
     "qwen2": {},
+    "qwen3": {"head_dim": 16},
+    "gemma2": {"head_dim": 16, "sliding_window": 128},
     "gemma3_text": {"head_dim": 16, "sliding_window": 128},
+    # fused qkv_proj and gate_up_proj; token 0 is its padding id (an all-zero embedding)
+    "phi3": {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+    # fused query_key_value; dense_h_to_4h / dense_4h_to_h, attention.dense
+    "gpt_neox": {"rotary_pct": 1.0},
+    # fc1 / fc2 directly in the block, self_attn.out_proj
+    "opt": {"ffn_dim": 128, "word_embed_proj_dim": 64},
+    # MoE: every expert's gate/up/down sparsified, routers never
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2_moe": {**_MOE, "shared_expert_intermediate_size": 64},
+    "qwen3_moe": {**_MOE, "head_dim": 16},
 }
+DENSE = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
+FUSED = ("phi3", "gpt_neox")
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 #: Short names the tests use.
 ALIASES = {"gemma3": "gemma3_text"}
 

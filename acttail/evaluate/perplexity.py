@@ -10,8 +10,13 @@ the first of its window is scored:
     PPL = exp(NLL)
 
 This equals GPTQ's ``exp(sum_w loss_w * seqlen / (W * seqlen))``, where loss_w is the mean
-shifted cross-entropy of window w. Logits are computed in slices of the sequence, so a model with
-a 262k vocabulary (Gemma 3) never holds a [seqlen, vocab] tensor at once.
+shifted cross-entropy of window w.
+
+Bounded memory: the decoder runs without its LM head, then the head and the loss are computed
+over ``logit_chunk`` positions at a time (fp32 logits, fp64 sums), so a window never holds a
+[seqlen, vocab] tensor (1.2 GB in fp32 for a 152k vocabulary at 2048 tokens); the sum over chunks
+equals the unchunked loss (to 1e-6 in fp32, tested). Each result records the stage's peak memory
+(``acttail.evaluate.memory``: RSS on the CPU, ``max_memory_allocated`` on CUDA).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from torch.nn import functional as F
 
 from acttail.errors import ActTailError
 from acttail.evaluate.datasets import wikitext2_text
+from acttail.evaluate.memory import PeakMemory
+from acttail.models.loading import input_device
 from acttail.sparsity import decoder_only
 
 if TYPE_CHECKING:
@@ -34,7 +41,7 @@ if TYPE_CHECKING:
 
 DATASET = "wikitext-2-raw-v1"
 DEFAULT_SEQLEN = 2048
-_LOGIT_SLICE = 512  # tokens per LM-head slice
+DEFAULT_LOGIT_CHUNK = 512  # positions per LM-head + loss chunk: 512 x 152k fp32 logits = 311 MB
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class PerplexityResult:
     # Mean NLL of each window, in order: two runs on the same windows compare with a paired SE
     # (``acttail.evaluate.paired``).
     window_nlls: tuple[float, ...] = ()
+    peak_memory_bytes: int | None = None  # RSS on the CPU, max_memory_allocated on CUDA
+    peak_memory_measure: str | None = None  # "rss" | "cuda_max_allocated"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,15 +101,21 @@ def _lm_head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def window_nll(model: nn.Module, window: torch.Tensor) -> tuple[float, int]:
-    """Sum of -log p(t_i | t_<i) over i = 2..L of one window ``[1, L]`` and the count L - 1 (fp64 sum)."""
+def window_nll(model: nn.Module, window: torch.Tensor, logit_chunk: int = DEFAULT_LOGIT_CHUNK) -> tuple[float, int]:
+    """Sum of -log p(t_i | t_<i) over i = 2..L of one window ``[1, L]`` and the count L - 1 (fp64 sum).
+
+    The LM head and the loss run over ``logit_chunk`` positions at a time (see the module docstring).
+    """
+    if logit_chunk < 1:
+        raise ActTailError(f"logit_chunk must be positive, got {logit_chunk}")
     hidden = decoder_only(model)(input_ids=window, use_cache=False).last_hidden_state  # [1, L, H]
     targets = window[0, 1:]
     total = 0.0
-    for start in range(0, targets.numel(), _LOGIT_SLICE):
-        stop = min(start + _LOGIT_SLICE, targets.numel())
-        logits = _lm_head_logits(model, hidden[0, start:stop]).float()  # [slice, vocab]
-        total += float(F.cross_entropy(logits, targets[start:stop], reduction="sum").double())
+    for start in range(0, targets.numel(), logit_chunk):
+        stop = min(start + logit_chunk, targets.numel())
+        logits = _lm_head_logits(model, hidden[0, start:stop]).float()  # [chunk, vocab]
+        chunk_targets = targets[start:stop].to(logits.device)  # a device map may put the head elsewhere
+        total += float(F.cross_entropy(logits, chunk_targets, reduction="sum").double())
     return total, targets.numel()
 
 
@@ -114,13 +129,15 @@ def evaluate_perplexity(
     token_ids: torch.Tensor | None = None,
     progress: bool = True,
     on_window: Callable[[int, int], None] | None = None,
+    logit_chunk: int = DEFAULT_LOGIT_CHUNK,
 ) -> PerplexityResult:
     """WikiText-2 raw perplexity of ``model`` (see the module docstring for the protocol).
 
     ``token_ids`` (1-D) skips tokenisation (pass ``tokenize_split(tokenizer, split, max_tokens)``
     to reuse it across variants). ``max_tokens`` caps the stream before windowing, for quick runs;
     ``corpus_tokens`` in the result is then the length of the stream that was tokenised.
-    ``on_window(done, total)`` is called after each window.
+    ``on_window(done, total)`` is called after each window; ``logit_chunk`` positions share one
+    LM-head pass.
     """
     if seqlen < 2:
         raise ActTailError(f"seqlen must be at least 2, got {seqlen}")
@@ -135,14 +152,15 @@ def evaluate_perplexity(
     windows = usable // seqlen
     if windows == 0:
         raise ActTailError(f"{usable} tokens do not fill one window of seqlen {seqlen}; lower --seqlen")
-    device = next(model.parameters()).device
+    device = input_device(model)
+    peak = PeakMemory(device)
     total_nll, scored = 0.0, 0
     per_window: list[float] = []
     bar = _progress_bar(windows, f"perplexity ({split}, seqlen {seqlen})") if progress else None
     with torch.inference_mode():
         for w in range(windows):
             window = token_ids[w * seqlen : (w + 1) * seqlen].unsqueeze(0).to(device)
-            nll, count = window_nll(model, window)
+            nll, count = window_nll(model, window, logit_chunk)
             total_nll += nll
             scored += count
             per_window.append(nll / count)
@@ -154,6 +172,7 @@ def evaluate_perplexity(
     if bar is not None:
         bar.close()
     mean = total_nll / scored
+    memory = peak.read()
     return PerplexityResult(
         ppl=math.exp(mean),
         nll=mean,
@@ -165,6 +184,8 @@ def evaluate_perplexity(
         corpus_tokens=int(token_ids.numel()),
         max_tokens=max_tokens,
         window_nlls=tuple(per_window),
+        peak_memory_bytes=memory.bytes,
+        peak_memory_measure=memory.measure,
     )
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from acttail.allocate import Allocation
+from acttail.models.loading import input_device
 from acttail.sparse_decode import enable_reference_decode, enable_sparse_decode
 from acttail.sparsity import SparsityMode, apply_sparsity
 
@@ -190,7 +191,7 @@ def measure_decode_speed(
     if new_tokens <= warmup_tokens + 1:
         raise ValueError(f"new_tokens ({new_tokens}) must exceed warmup_tokens + 1 ({warmup_tokens + 1})")
     mode = SparsityMode(mode)
-    device = next(model.parameters()).device
+    device = input_device(model)
     input_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     was_training = model.training
     model.eval()

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from acttail.evaluate.memory import PeakMemory
 from acttail.evaluate.tasks import ALL_TASKS, Doc, TaskSpec, get_task
+from acttail.models.loading import input_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -226,7 +228,7 @@ def _attention_masks(
 
 def _score_batch(model: PreTrainedModel, rows: Sequence[_Row], pad_id: int) -> list[list[tuple[float, bool]]]:
     """Forward one padded batch; per row and choice, (sum log-prob, all-greedy)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     t = max(len(r.tokens) for r in rows)
     b = len(rows)
     ids = torch.full((b, t), pad_id, dtype=torch.long)
@@ -392,6 +394,7 @@ def evaluate_zeroshot(
     specs = [get_task(t) for t in tasks]
     docs = [spec.load(limit) for spec in specs]
     add_bos = _default_add_bos(model) if add_bos_token is None else add_bos_token
+    peak = PeakMemory(input_device(model))
     scores = score_docs(
         model,
         tokenizer,
@@ -409,5 +412,6 @@ def evaluate_zeroshot(
         "share_context": share_context,
         "max_length": _max_length(model),
         "dtype": str(model.dtype),
+        **peak.read().as_dict(),
     }
     return ZeroShotReport(results=results, limit=limit, add_bos_token=add_bos, settings=settings)

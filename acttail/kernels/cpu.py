@@ -373,13 +373,17 @@ def torch_gather_gemv(
 ) -> torch.Tensor:
     """Reference/fallback: gather the selected rows (a copy), then one matrix-vector product.
 
-    ``exact``: the product and the bias in fp64, rounded once to ``weight_t.dtype``.
+    ``exact``: the product and the bias in fp64, rounded once to ``weight_t.dtype``; half
+    types (bf16/fp16) accumulate in fp32 and round once, like the C and Triton kernels.
     """
     if exact:
         y64 = vals.double() @ weight_t.index_select(0, idx).double()
         if bias is not None:
             y64 = y64 + bias.double()
         return y64.to(weight_t.dtype)
+    if weight_t.dtype in (torch.float16, torch.bfloat16):  # accumulate in fp32, round once
+        y32 = vals.float() @ weight_t.index_select(0, idx).float()
+        return (y32 if bias is None else y32 + bias.float()).to(weight_t.dtype)
     y = vals.to(weight_t.dtype) @ weight_t.index_select(0, idx)
     return y if bias is None else y + bias
 

@@ -35,7 +35,8 @@ from torch import nn
 from acttail.allocate import Allocation, AllocationParams, budgeted_sparsities
 from acttail.errors import AllocationError
 from acttail.methods.calibration import CalibrationSet
-from acttail.models.architectures import find_projections
+from acttail.models.architectures import find_projections, parse_projection_name
+from acttail.models.loading import input_device
 from acttail.sparsity import decoder_only, keep_count, topk_sparsify
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class _BlockSparsifier:
 
 
 def _layer_prefix(name: str) -> str:
-    return name.rsplit(".", 2)[0]  # model.layers.3.self_attn.q_proj -> model.layers.3
+    return parse_projection_name(name).block  # model.layers.3.self_attn.q_proj -> model.layers.3
 
 
 def _capture_block_io(
@@ -157,7 +158,7 @@ def _capture_block_io(
         with torch.inference_mode():
             for window in windows:
                 decoder_only(model)(
-                    input_ids=window.to(next(model.parameters()).device),
+                    input_ids=window.to(input_device(model)),
                     use_cache=False,
                 )
     finally:

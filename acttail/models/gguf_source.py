@@ -9,18 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from acttail.errors import ModelSourceError, UnsupportedArchitectureError
-from acttail.models.architectures import (
-    GGUF_SUFFIX,
-    PROJECTION_ORDER,
-    ProjectionRef,
-    projection_name,
-    spec_for,
-)
+from acttail.models.architectures import preview
 from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo, check_tokenizer_fits
 from acttail.models.fingerprint import read_spans, sample_spans, sha256_of_parts
 from acttail.models.gguf_file import GGUFFile, GGUFTensorInfo
@@ -30,14 +24,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from acttail.models.placement import Placement, ResolvedPlacement
-
-# llama.cpp's general.architecture -> HF config.model_type. (llama.cpp writes Mistral as "llama".)
-GGUF_ARCHITECTURES: dict[str, str] = {
-    "llama": "llama",
-    "mistral": "mistral",
-    "qwen2": "qwen2",
-    "gemma3": "gemma3_text",
-}
 
 
 class GGUFSource(ModelSource):
@@ -61,15 +47,22 @@ class GGUFSource(ModelSource):
         return str(self._field("general.architecture"))
 
     @cached_property
-    def model_type(self) -> str:
-        model_type = GGUF_ARCHITECTURES.get(self._gguf_arch)
-        if model_type is None:
+    def _config(self) -> Any:
+        """The HF config transformers derives from the GGUF metadata (what ``load_causal_lm`` builds)."""
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
+        except (ValueError, KeyError) as exc:
             names = [t.name for t in self._file.tensors.values() if t.name.endswith(".weight") and len(t.shape) == 2]
             raise UnsupportedArchitectureError(
-                f"GGUF architecture {self._gguf_arch!r} is not supported "
-                f"(supported: {', '.join(GGUF_ARCHITECTURES)}); 2-D tensors found: {', '.join(names[:10])}"
-            )
-        return model_type
+                f"GGUF architecture {self._gguf_arch!r} cannot be read by transformers ({exc}); "
+                f"2-D tensors found: {preview(names)}"
+            ) from None
+
+    @cached_property
+    def model_type(self) -> str:
+        return str(self._config.model_type)
 
     @cached_property
     def num_layers(self) -> int:
@@ -83,25 +76,42 @@ class GGUFSource(ModelSource):
         return self._file.tensors
 
     @cached_property
-    def _projection_tensors(self) -> list[tuple[ProjectionInfo, str]]:
-        prefix = spec_for(self.model_type).layers_prefixes[0]
-        found: list[tuple[ProjectionInfo, str]] = []
-        for layer in range(self.num_layers):
-            for kind in PROJECTION_ORDER:
-                gguf_name = f"blk.{layer}.{GGUF_SUFFIX[kind]}.weight"
-                tensor = self._tensors.get(gguf_name)
-                if tensor is None:
-                    raise UnsupportedArchitectureError(
-                        f"{self.path.name}: expected tensor {gguf_name} is missing; "
-                        f"found e.g. {', '.join(list(self._tensors)[:8])}"
-                    )
-                d_in, d_out = (int(x) for x in tensor.shape)  # GGUF lists ne0 (columns) first
-                ref = ProjectionRef(layer, kind, projection_name(prefix, layer, kind))
-                found.append((ProjectionInfo(ref, (d_out, d_in)), gguf_name))
+    def _projection_tensors(self) -> list[tuple[ProjectionInfo, str, int | None]]:
+        """(info, GGUF tensor, expert index into a 3-D tensor) per projection of the HF model.
+
+        The projections are those of the model transformers builds from this file (its module
+        tree on the meta device), each mapped to its llama.cpp tensor by gguf-py's name table, so
+        the names match the loaded model's hooks exactly. Experts live in ``ffn_*_exps`` [E, ·, ·].
+        """
+        import gguf
+
+        from acttail.models.projections import find_projections, skeleton
+
+        arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}.get(self._gguf_arch)
+        if arch is None:
+            raise UnsupportedArchitectureError(f"gguf-py has no tensor names for architecture {self._gguf_arch!r}")
+        names = gguf.get_tensor_name_map(arch, self.num_layers)
+        found: list[tuple[ProjectionInfo, str, int | None]] = []
+        for ref, module in find_projections(skeleton(self._config)):
+            hf_name = ref.name if ref.expert is None else f"{ref.name.rsplit('.', 2)[0]}.{ref.kind}_proj"
+            base = names.get_name(hf_name)
+            tensor = self._tensors.get(f"{base}.weight") if base else None
+            if tensor is None:
+                raise UnsupportedArchitectureError(
+                    f"{self.path.name}: no GGUF tensor for {ref.name} (looked for {base}.weight); "
+                    f"found e.g. {preview(list(self._tensors), 8)}"
+                )
+            shape = (int(module.out_features), int(module.in_features))
+            rows_cols = tuple(int(x) for x in tensor.shape[:2])[::-1]  # GGUF lists ne0 (columns) first
+            if rows_cols != shape:
+                raise UnsupportedArchitectureError(
+                    f"{self.path.name}: {tensor.name} is {rows_cols}, {ref.name} needs {shape}"
+                )
+            found.append((ProjectionInfo(ref, shape), tensor.name, ref.expert))
         return found
 
     def projections(self) -> list[ProjectionInfo]:
-        return [info for info, _ in self._projection_tensors]
+        return [info for info, _, _ in self._projection_tensors]
 
     def fingerprint(self) -> str:
         """sha256 of the file size, the whole header (metadata + tensor infos) and the weight samples."""
@@ -125,10 +135,14 @@ class GGUFSource(ModelSource):
         )
 
     def iter_projection_weights(self) -> Iterator[tuple[ProjectionInfo, torch.Tensor]]:
-        for info, gguf_name in self._projection_tensors:
-            weight = self._file.dequantized(self._tensors[gguf_name])
-            if weight.shape != info.shape:
-                weight = weight.reshape(info.shape)
+        cached: tuple[str, Any] | None = None  # one dequantised 3-D expert tensor, sliced per expert
+        for info, gguf_name, expert in self._projection_tensors:
+            if expert is None:
+                weight = self._file.dequantized(self._tensors[gguf_name]).reshape(info.shape)
+            else:
+                if cached is None or cached[0] != gguf_name:
+                    cached = (gguf_name, self._file.dequantized(self._tensors[gguf_name]))
+                weight = cached[1].reshape(-1, *info.shape)[expert].copy()
             yield info, torch.from_numpy(weight)
 
     def load_causal_lm(

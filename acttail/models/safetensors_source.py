@@ -8,15 +8,17 @@ unpickling untrusted files executes code.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from acttail.errors import ModelSourceError
-from acttail.models.architectures import ProjectionRef, projection_refs, spec_for
+from acttail.errors import ModelSourceError, UnsupportedArchitectureError
+from acttail.models.architectures import ProjectionRef, discover, expert_name
 from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo, check_tokenizer_fits
 from acttail.models.fingerprint import safetensors_fingerprint
 from acttail.models.loading import load_pretrained, resolve_placement
@@ -27,6 +29,24 @@ if TYPE_CHECKING:
     from acttail.models.placement import Placement, ResolvedPlacement
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def checkpoint_renames(model_type: str) -> tuple[list[tuple[str, str]], bool]:
+    """Transformers' load-time renamings of checkpoint names (regex, target) for ``model_type``,
+    and whether it merges per-expert tensors into 3-D parameters (then experts get canonical names)."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    except ImportError:  # older transformers: names on disk are module names
+        return [], False
+    renames: list[tuple[str, str]] = []
+    merges = False
+    for rule in get_checkpoint_conversion_mapping(model_type) or []:
+        sources, targets = list(rule.source_patterns), list(rule.target_patterns)
+        if type(rule).__name__ == "WeightRenaming" and len(sources) == len(targets):
+            renames.extend(zip(sources, targets, strict=True))
+        elif any(".experts.*" in p or "experts.*." in p for p in sources):
+            merges = True
+    return renames, merges
 
 
 class SafetensorsDirSource(ModelSource):
@@ -92,35 +112,43 @@ class SafetensorsDirSource(ModelSource):
 
     @cached_property
     def model_type(self) -> str:
-        model_type = str(self._text_config.get("model_type") or self.config.get("model_type") or "<missing>")
-        spec_for(model_type)
-        return model_type
+        return str(self._text_config.get("model_type") or self.config.get("model_type") or "<missing>")
 
     @cached_property
-    def _projection_infos(self) -> list[ProjectionInfo]:
-        layers = int(self._text_config.get("num_hidden_layers", 0))
-        spec = spec_for(self.model_type)
-        for prefix in spec.layers_prefixes:
-            refs = projection_refs(self.model_type, layers, prefix)
-            if refs and refs[0].weight_name in self._tensor_index:
-                return [self._info(ref) for ref in refs]
-        linear_like = [n for n, (_, shape) in self._tensor_index.items() if len(shape) == 2][:12]
-        raise ModelSourceError(
-            f"{self.directory}: no projection tensors under {', '.join(spec.layers_prefixes)}; "
-            f"2-D tensors found: {', '.join(linear_like)}"
-        )
+    def _projection_tensors(self) -> list[tuple[ProjectionInfo, str]]:
+        """(info, tensor name on disk) per projection, from the shard headers alone.
 
-    def _info(self, ref: ProjectionRef) -> ProjectionInfo:
-        entry = self._tensor_index.get(ref.weight_name)
-        if entry is None:
-            raise ModelSourceError(f"{self.directory}: tensor {ref.weight_name} is missing")
-        shape = entry[1]
-        if len(shape) != 2:
-            raise ModelSourceError(f"{ref.weight_name} has shape {shape}, expected 2-D")
+        Names are read as transformers will name the loaded modules: its checkpoint renamings
+        applied (Mixtral ``block_sparse_moe`` -> ``mlp``) and, where it merges per-expert tensors
+        into 3-D parameters, each expert's ``w1``/``gate_proj``… named ``experts.<e>.<kind>_proj``.
+        """
+        renames, merges_experts = checkpoint_renames(self.model_type)
+        disk_of: dict[str, str] = {}
+        for disk_name, (_, shape) in self._tensor_index.items():
+            if len(shape) == 2 and disk_name.endswith(".weight"):
+                name = disk_name.removesuffix(".weight")
+                for pattern, target in renames:
+                    name = re.sub(pattern, target, name)
+                disk_of[name] = disk_name
+        layers = self._text_config.get("num_hidden_layers")
+        try:
+            refs = discover(disk_of, int(layers) if layers else None, what="2-D tensors")
+        except UnsupportedArchitectureError as exc:
+            raise UnsupportedArchitectureError(f"{self.directory} ({self.model_type}): {exc}") from None
+        found = []
+        for ref in refs:
+            disk_name = disk_of[ref.name]
+            if merges_experts and ref.expert is not None:
+                ref = replace(ref, name=expert_name(ref.name.rsplit(".", 2)[0], ref.expert, ref.kind))
+            found.append((self._info(ref, disk_name), disk_name))
+        return found
+
+    def _info(self, ref: ProjectionRef, disk_name: str) -> ProjectionInfo:
+        shape = self._tensor_index[disk_name][1]
         return ProjectionInfo(ref, (int(shape[0]), int(shape[1])))
 
     def projections(self) -> list[ProjectionInfo]:
-        return list(self._projection_infos)
+        return [info for info, _ in self._projection_tensors]
 
     def fingerprint(self) -> str:
         """The hub commit when known, else config + headers + sampled weight bytes (see fingerprint.py)."""
@@ -146,16 +174,14 @@ class SafetensorsDirSource(ModelSource):
     def iter_projection_weights(self) -> Iterator[tuple[ProjectionInfo, torch.Tensor]]:
         from safetensors import safe_open
 
-        infos = self.projections()
-        by_file: dict[Path, list[ProjectionInfo]] = {}
-        for info in infos:
-            by_file.setdefault(self._tensor_index[info.ref.weight_name][0], []).append(info)
-        order = {info.name: i for i, info in enumerate(infos)}
+        by_file: dict[Path, list[tuple[ProjectionInfo, str]]] = {}
+        for info, disk_name in self._projection_tensors:
+            by_file.setdefault(self._tensor_index[disk_name][0], []).append((info, disk_name))
         # Open each shard once; yield in block order within it (shards are usually block-ordered).
-        for path in sorted(by_file, key=lambda p: min(order[i.name] for i in by_file[p])):
+        for path in by_file:
             with safe_open(str(path), framework="pt") as handle:
-                for info in by_file[path]:
-                    yield info, handle.get_tensor(info.ref.weight_name).to(torch.float32)
+                for info, disk_name in by_file[path]:
+                    yield info, handle.get_tensor(disk_name).to(torch.float32)
 
     def load_causal_lm(
         self,

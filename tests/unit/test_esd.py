@@ -22,7 +22,7 @@ from acttail.esd import (
     ks_scan,
 )
 from acttail.esd.powerlaw import histogram_peak, nonzero_eigenvalues
-from acttail.models.architectures import PROJECTION_ORDER, ProjectionRef, projection_name
+from acttail.models.architectures import parse_projection_name
 from acttail.models.base import ProjectionInfo
 
 REPLICATES = 6
@@ -160,11 +160,10 @@ def test_unknown_estimator_lists_the_valid_ones() -> None:
 def _tiny_model(num_layers: int = 2, hidden: int = 48, inter: int = 96, kv: int = 16) -> list[ProjectionInfo]:
     shapes = {"q": (hidden, hidden), "k": (kv, hidden), "v": (kv, hidden), "o": (hidden, hidden)}
     shapes |= {"gate": (inter, hidden), "up": (inter, hidden), "down": (hidden, inter)}
-    return [
-        ProjectionInfo(ProjectionRef(layer, kind, projection_name("model.layers", layer, kind)), shapes[kind])
-        for layer in range(num_layers)
-        for kind in PROJECTION_ORDER
-    ]
+    suffixes = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj"}
+    suffixes |= {"gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+    refs = [parse_projection_name(f"model.layers.{layer}.{suffixes[k]}") for layer in range(num_layers) for k in shapes]
+    return [ProjectionInfo(ref, shapes[str(ref.kind)]) for ref in refs]
 
 
 def _weights(infos: list[ProjectionInfo], seed: int = 0) -> Iterator[tuple[ProjectionInfo, torch.Tensor]]:

@@ -85,3 +85,32 @@ def test_max_memory_forces_a_spread_and_the_offload_folder_goes_with_the_model(
 def test_gguf_loads_in_the_requested_dtype() -> None:
     model, _ = resolve_model("smollm2-135m").load_causal_lm(Placement(device="cpu", dtype="bfloat16"))
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("mode", ["topk", "threshold"])
+def test_sparsity_hooks_on_a_split_model_give_the_single_device_perplexity(tiny_dir: Path, mode: str) -> None:
+    """Hooks sit on the Linear modules, before accelerate's: offloaded blocks are sparsified too."""
+    from acttail.evaluate.perplexity import evaluate_perplexity
+    from acttail.models.architectures import find_projections
+    from acttail.sparsity import apply_sparsity, calibrate_thresholds
+
+    source = resolve_model(str(tiny_dir))
+    ids = (torch.arange(512) * 31 + 7) % 250
+    results = []
+    for placement in (Placement(device="cpu"), Placement(device_map=SPLIT_MAP)):
+        model, _ = source.load_causal_lm(placement)
+        names = [ref.name for ref, _ in find_projections(model)]
+        sparsities = {n: 0.3 + 0.05 * (i % 9) for i, n in enumerate(names)}
+        thresholds = (
+            calibrate_thresholds(model, None, sparsities, token_ids=ids, seqlen=128) if mode == "threshold" else None
+        )
+        dense = evaluate_perplexity(model, token_ids=ids, seqlen=128, progress=False)
+        with apply_sparsity(model, sparsities, mode, thresholds) as handle:
+            sparse = evaluate_perplexity(model, token_ids=ids, seqlen=128, progress=False)
+            realised = handle.realised_sparsity()
+        results.append((dense.ppl, sparse.ppl, realised.per_projection["model.layers.1.mlp.down_proj"]))
+    (single_dense, single_sparse, single_s), (split_dense, split_sparse, split_s) = results
+    assert split_dense == pytest.approx(single_dense, rel=1e-5)
+    assert split_sparse == pytest.approx(single_sparse, rel=1e-5)
+    assert split_sparse > split_dense
+    assert split_s == pytest.approx(single_s, abs=1e-9) and split_s > 0.25  # the offloaded block was hooked

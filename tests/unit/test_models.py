@@ -59,11 +59,11 @@ def test_pickle_only_checkpoint_is_refused(tmp_path: Path) -> None:
 
 
 def test_unsupported_architecture_in_directory(tmp_path: Path) -> None:
-    directory = tmp_path / "gpt2"
-    directory.mkdir()
-    (directory / "config.json").write_text(json.dumps({"model_type": "gpt2", "num_hidden_layers": 1}))
-    (directory / "model.safetensors").write_bytes(b"")
-    with pytest.raises(UnsupportedArchitectureError, match="gpt2.*supported"):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    directory = tmp_path / "gpt2"  # Conv1D blocks (c_attn, c_fc, …): no linear projection ActTail knows
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(directory)
+    with pytest.raises(UnsupportedArchitectureError, match=r"gpt2\): no decoder blocks.*2-D tensors found: .*c_attn"):
         resolve_model(str(directory)).projections()
 
 

@@ -98,3 +98,23 @@ def test_prefix_tokenisation_equals_the_head_of_the_full_split() -> None:
     full = tokenizer(wikitext2_text("validation")[:200_000], return_tensors="pt").input_ids[0]
     head = tokenize_split(tokenizer, "validation", max_tokens=5000)
     assert torch.equal(head, full[:5000])
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 50, 127, 4096])
+def test_chunked_lm_head_equals_unchunked(chunk: int) -> None:
+    model = tiny_model("llama")
+    ids = random_ids(600)
+    whole = evaluate_perplexity(model, token_ids=ids, seqlen=128, progress=False, logit_chunk=128)
+    chunked = evaluate_perplexity(model, token_ids=ids, seqlen=128, progress=False, logit_chunk=chunk)
+    assert chunked.nll == pytest.approx(whole.nll, rel=1e-6, abs=0)
+    assert chunked.ppl == pytest.approx(direct_perplexity(model, ids, 128), rel=1e-6)
+    with pytest.raises(ActTailError, match="logit_chunk must be positive"):
+        evaluate_perplexity(model, token_ids=ids, seqlen=128, progress=False, logit_chunk=0)
+
+
+def test_result_records_peak_memory() -> None:
+    model = tiny_model("llama")
+    result = evaluate_perplexity(model, token_ids=random_ids(300), seqlen=128, progress=False)
+    assert result.peak_memory_measure == "rss"
+    assert result.peak_memory_bytes is not None and result.peak_memory_bytes > 10 * 2**20  # torch alone is more
+    assert result.to_dict()["peak_memory_bytes"] == result.peak_memory_bytes

@@ -228,7 +228,7 @@ def test_alphas_from_report_document_and_large_alpha(report: ESDReport) -> None:
     ("rows", "message"),
     [
         ([], "no alphas"),
-        ([{"layer": 0, "kind": "qkv", "alpha": 3.0}], "unknown projection kind 'qkv'"),
+        ([{"layer": 0, "kind": "attn", "alpha": 3.0}], "unknown projection kind 'attn'"),
         ([{"layer": 0, "kind": "q"}], "missing 'alpha'"),
         ([{"layer": -1, "kind": "q", "alpha": 3.0}], "non-negative integer"),
         ([{"layer": 0, "kind": "q", "alpha": "3"}], "must be a number"),
