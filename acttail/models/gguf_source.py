@@ -6,6 +6,7 @@ permutations do not change singular values, so alphas from the raw tensor are ex
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from acttail.errors import ModelSourceError, UnsupportedArchitectureError
-from acttail.models.architectures import preview
+from acttail.models.architectures import discover, preview
 from acttail.models.base import ModelDescription, ModelSource, ProjectionInfo, check_tokenizer_fits
 from acttail.models.fingerprint import read_spans, sample_spans, sha256_of_parts
 from acttail.models.gguf_file import GGUFFile, GGUFTensorInfo
@@ -24,6 +25,29 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from acttail.models.placement import Placement, ResolvedPlacement
+
+
+# llama.cpp's general.architecture -> HF config.model_type, for the description (else the GGUF name).
+GGUF_MODEL_TYPES: dict[str, str] = {"gemma3": "gemma3_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+# llama.cpp tensor base name -> the module path transformers' GGUF loader gives it inside a block.
+GGUF_LOCAL: dict[str, str] = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_qkv": "self_attn.qkv_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+    "ffn_gate_exps": "mlp.experts.{e}.gate_proj",
+    "ffn_up_exps": "mlp.experts.{e}.up_proj",
+    "ffn_down_exps": "mlp.experts.{e}.down_proj",
+}
+GGUF_ROUTERS = frozenset({"ffn_gate_inp", "ffn_gate_inp_shexp"})
+_GGUF_BLOCK = re.compile(r"^blk\.(?P<layer>\d+)\.(?P<base>[a-z0-9_]+)\.weight\Z")
 
 
 class GGUFSource(ModelSource):
@@ -47,22 +71,8 @@ class GGUFSource(ModelSource):
         return str(self._field("general.architecture"))
 
     @cached_property
-    def _config(self) -> Any:
-        """The HF config transformers derives from the GGUF metadata (what ``load_causal_lm`` builds)."""
-        from transformers import AutoConfig
-
-        try:
-            return AutoConfig.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
-        except (ValueError, KeyError) as exc:
-            names = [t.name for t in self._file.tensors.values() if t.name.endswith(".weight") and len(t.shape) == 2]
-            raise UnsupportedArchitectureError(
-                f"GGUF architecture {self._gguf_arch!r} cannot be read by transformers ({exc}); "
-                f"2-D tensors found: {preview(names)}"
-            ) from None
-
-    @cached_property
     def model_type(self) -> str:
-        return str(self._config.model_type)
+        return GGUF_MODEL_TYPES.get(self._gguf_arch, self._gguf_arch)
 
     @cached_property
     def num_layers(self) -> int:
@@ -77,38 +87,43 @@ class GGUFSource(ModelSource):
 
     @cached_property
     def _projection_tensors(self) -> list[tuple[ProjectionInfo, str, int | None]]:
-        """(info, GGUF tensor, expert index into a 3-D tensor) per projection of the HF model.
+        """(info, GGUF tensor, expert index into a 3-D tensor) per projection, from the header alone.
 
-        The projections are those of the model transformers builds from this file (its module
-        tree on the meta device), each mapped to its llama.cpp tensor by gguf-py's name table, so
-        the names match the loaded model's hooks exactly. Experts live in ``ffn_*_exps`` [E, ·, ·].
+        Each ``blk.<i>.<base>.weight`` is named as transformers' GGUF loader names the module
+        (``GGUF_LOCAL``; Phi-3's fused gate/up is its ``ffn_up`` in a block without ``ffn_gate``),
+        then classified like any checkpoint name. Experts live in ``ffn_*_exps`` [E, rows, cols].
         """
-        import gguf
-
-        from acttail.models.projections import find_projections, skeleton
-
-        arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}.get(self._gguf_arch)
-        if arch is None:
-            raise UnsupportedArchitectureError(f"gguf-py has no tensor names for architecture {self._gguf_arch!r}")
-        names = gguf.get_tensor_name_map(arch, self.num_layers)
-        found: list[tuple[ProjectionInfo, str, int | None]] = []
-        for ref, module in find_projections(skeleton(self._config)):
-            hf_name = ref.name if ref.expert is None else f"{ref.name.rsplit('.', 2)[0]}.{ref.kind}_proj"
-            base = names.get_name(hf_name)
-            tensor = self._tensors.get(f"{base}.weight") if base else None
-            if tensor is None:
-                raise UnsupportedArchitectureError(
-                    f"{self.path.name}: no GGUF tensor for {ref.name} (looked for {base}.weight); "
-                    f"found e.g. {preview(list(self._tensors), 8)}"
-                )
-            shape = (int(module.out_features), int(module.in_features))
-            rows_cols = tuple(int(x) for x in tensor.shape[:2])[::-1]  # GGUF lists ne0 (columns) first
-            if rows_cols != shape:
-                raise UnsupportedArchitectureError(
-                    f"{self.path.name}: {tensor.name} is {rows_cols}, {ref.name} needs {shape}"
-                )
-            found.append((ProjectionInfo(ref, shape), tensor.name, ref.expert))
-        return found
+        entries: dict[str, tuple[str, int | None, tuple[int, int]]] = {}
+        unknown: list[str] = []
+        for tensor in self._tensors.values():
+            match = _GGUF_BLOCK.match(tensor.name)
+            if match is None or len(tensor.shape) < 2:
+                continue
+            layer, base = int(match["layer"]), match["base"]
+            if base in GGUF_ROUTERS:
+                continue
+            local = GGUF_LOCAL.get(base)
+            if base == "ffn_up" and f"blk.{layer}.ffn_gate.weight" not in self._tensors:
+                local = "mlp.gate_up_proj"  # Phi-3: llama.cpp stores gate_up_proj as ffn_up
+            if local is None:
+                unknown.append(tensor.name)
+                continue
+            shape = (int(tensor.shape[1]), int(tensor.shape[0]))  # GGUF lists ne0 (columns) first
+            if "{e}" in local:
+                for e in range(int(tensor.shape[2])):
+                    entries[f"model.layers.{layer}.{local.format(e=e)}"] = (tensor.name, e, shape)
+            else:
+                entries[f"model.layers.{layer}.{local}"] = (tensor.name, None, shape)
+        if unknown:
+            raise UnsupportedArchitectureError(
+                f"{self.path.name} ({self._gguf_arch}): block tensors that are neither a known projection "
+                f"nor a router: {preview(unknown)}"
+            )
+        try:
+            refs = discover(entries, self.num_layers, what="GGUF tensors")
+        except UnsupportedArchitectureError as exc:
+            raise UnsupportedArchitectureError(f"{self.path.name} ({self._gguf_arch}): {exc}") from None
+        return [(ProjectionInfo(ref, entries[ref.name][2]), *entries[ref.name][:2]) for ref in refs]
 
     def projections(self) -> list[ProjectionInfo]:
         return [info for info, _, _ in self._projection_tensors]

@@ -15,7 +15,6 @@ product of the original loop, so an unsparsified MoE computes what transformers 
 from __future__ import annotations
 
 import types
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,32 +23,44 @@ from torch import nn
 from acttail.errors import UnsupportedArchitectureError
 from acttail.models.architectures import ProjectionRef, ProjectionType, discover, expert_name
 
-ProjectionModule = nn.Module  # nn.Linear or ExpertLinear: both have weight, in_features, out_features, bias
+ProjectionModule = nn.Linear  # an nn.Linear, or an ExpertLinear view (a Linear subclass without own weights)
 
 _EXPERT_KINDS = (ProjectionType.GATE, ProjectionType.UP, ProjectionType.DOWN)
 
 
-class ExpertLinear(nn.Module):
-    """One expert's gate, up or down as a Linear-like view of the experts module's 3-D parameter."""
+class ExpertLinear(nn.Linear):
+    """One expert's gate, up or down as a Linear view of the experts module's 3-D parameter.
+
+    A Linear subclass so every consumer of projections (hooks, sparse decode, ``in_features``)
+    treats it as one, but ``nn.Linear.__init__`` is skipped: it owns no parameters.
+    """
+
+    _experts: nn.Module
 
     def __init__(self, experts: nn.Module, param: str, expert: int, rows: slice) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         object.__setattr__(self, "_experts", experts)  # not a child: the module tree stays as loaded
         self.param, self.expert, self.rows = param, expert, rows
         out_features, in_features = self.weight.shape
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.bias: torch.Tensor | None = None
+        self.register_parameter("bias", None)
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         """``[d_out, d_in]``, read at call time (accelerate may swap in offloaded weights)."""
-        return getattr(self._experts, self.param)[self.expert, self.rows]
+        return _param(self._experts, self.param)[self.expert, self.rows]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
 
     def extra_repr(self) -> str:
         return f"expert={self.expert}, {self.param}[{self.rows.start}:{self.rows.stop}]"
+
+
+def _param(module: nn.Module, name: str) -> torch.Tensor:
+    value = getattr(module, name)
+    assert isinstance(value, torch.Tensor)
+    return value
 
 
 def _is_fused_experts(module: nn.Module) -> bool:
@@ -67,7 +78,7 @@ def _check_layout(name: str, experts: nn.Module) -> None:
         "not is_concatenated": not getattr(experts, "is_concatenated", True),
         "not has_gate": not getattr(experts, "has_gate", True),
     }
-    gate_up, down = experts.gate_up_proj, experts.down_proj
+    gate_up, down = _param(experts, "gate_up_proj"), _param(experts, "down_proj")
     shapes_ok = gate_up.shape[0] == down.shape[0] and gate_up.shape[1] == 2 * down.shape[2]
     bad = [flag for flag, value in odd.items() if value]
     if bad or not shapes_ok:
@@ -79,25 +90,22 @@ def _check_layout(name: str, experts: nn.Module) -> None:
 
 def _expert_views(experts: nn.Module) -> list[tuple[ExpertLinear, ExpertLinear, ExpertLinear]]:
     """(gate, up, down) views per expert, made once per experts module and reused."""
-    views = experts.__dict__.get("_acttail_views")
+    views: list[tuple[ExpertLinear, ExpertLinear, ExpertLinear]] | None = experts.__dict__.get("_acttail_views")
     if views is None:
-        inter = experts.down_proj.shape[2]
+        inter = _param(experts, "down_proj").shape[2]
         views = [
             (
                 ExpertLinear(experts, "gate_up_proj", e, slice(0, inter)),
                 ExpertLinear(experts, "gate_up_proj", e, slice(inter, 2 * inter)),
                 ExpertLinear(experts, "down_proj", e, slice(None)),
             )
-            for e in range(experts.gate_up_proj.shape[0])
+            for e in range(_param(experts, "gate_up_proj").shape[0])
         ]
         experts.__dict__["_acttail_views"] = views
         forward = types.MethodType(_experts_forward, experts)
         # accelerate keeps the original forward in _old_forward and calls it from its hook.
-        if hasattr(experts, "_old_forward"):
-            experts._old_forward = forward
-        else:
-            experts.forward = forward
-    return views  # type: ignore[no-any-return]
+        experts.__dict__["_old_forward" if hasattr(experts, "_old_forward") else "forward"] = forward
+    return views
 
 
 def _plain(module: nn.Module) -> bool:
@@ -122,10 +130,12 @@ def _experts_forward(
         x = hidden_states[token_idx]
         gate, up, down = views[e]
         if _plain(gate) and _plain(up):
-            g, u = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)
+            g, u = F.linear(x, _param(self, "gate_up_proj")[e]).chunk(2, dim=-1)
         else:
             g, u = gate(x), up(x)
-        h = down(self.act_fn(g) * u) * top_k_weights[token_idx, top_k_pos, None]
+        act = self.act_fn
+        assert callable(act)
+        h = down(act(g) * u) * top_k_weights[token_idx, top_k_pos, None]
         final.index_add_(0, token_idx, h.to(final.dtype))
     return final
 
@@ -143,7 +153,7 @@ def find_projections(model: nn.Module) -> list[tuple[ProjectionRef, ProjectionMo
     Raises UnsupportedArchitectureError listing the linear modules found when no decoder block
     is recognised, or naming a block's linear map that is neither a projection nor a router.
     """
-    modules: dict[str, nn.Module] = {}
+    modules: dict[str, nn.Linear] = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             modules[name] = module
@@ -171,11 +181,3 @@ def set_projection_module(model: nn.Module, ref: ProjectionRef, module: nn.Modul
             return
     parent_name, _, child = ref.name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def skeleton(config: Any) -> nn.Module:
-    """The model ``config`` describes, on the meta device: its module tree and shapes, no weights."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)  # type: ignore[no-any-return]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+import mmap
 
 from acttail.evaluate.memory import PeakMemory
 
@@ -10,8 +10,9 @@ from acttail.evaluate.memory import PeakMemory
 def test_cpu_peak_sees_a_transient_allocation_and_resets() -> None:
     peak = PeakMemory("cpu")
     before = peak.read()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-    del block
+    block = mmap.mmap(-1, 64 * 2**20)  # fresh anonymous pages, never memory the allocator kept
+    block.write(b"\x01" * len(block))  # touched: resident
+    block.close()
     during = peak.read()
     assert during.measure == "rss" and during.reset
     assert during.bytes >= before.bytes + 60 * 2**20
