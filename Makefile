@@ -14,13 +14,15 @@ models-large: install
 	VENV=$(VENV) bash scripts/install_large_models.sh
 
 ## Main job on the embedded default: bundled SmolLM2-135M, SQLite under ~/.acttail, no Redis.
-## Quick on purpose (minutes on 2 CPU cores): one target, 2k test tokens; `make sweep` is the thorough run.
+## Quick on purpose (minutes on 2 CPU cores): uniform vs the paper's rule at 50/70%, 2k test tokens.
+## auto is left to `make sweep`: its TEAL greedy search alone takes longer than the whole demo may.
 demo: install
-	$(VENV)/bin/acttail run smollm2-135m --sparsity 0.5 --method uniform,acttail,auto --max-tokens 2048 --seqlen 512 --calibration-tokens 1024
+	$(VENV)/bin/acttail run smollm2-135m --sparsity 0.5,0.7 --method uniform,acttail --max-tokens 2048 --seqlen 512
 
-## The thorough sweep (an hour or more on 2 CPU cores): three targets, 16k test tokens at seqlen 2048, ARC-Easy and PIQA.
+## The thorough sweep (an hour or more on 2 CPU cores): uniform, acttail and auto at three targets,
+## 16k test tokens at seqlen 2048, ARC-Easy and PIQA.
 sweep: install
-	$(VENV)/bin/acttail run smollm2-135m --sparsity 0.3,0.5,0.7 --max-tokens 16384 --seqlen 2048 --calibration-tokens 4096 --tasks arc_easy,piqa --limit 200
+	$(VENV)/bin/acttail run smollm2-135m --sparsity 0.3,0.5,0.7 --method uniform,acttail,auto --max-tokens 16384 --seqlen 2048 --calibration-tokens 4096 --tasks arc_easy,piqa --limit 200
 
 serve: install
 	$(VENV)/bin/acttail serve
