@@ -27,7 +27,7 @@ from torch import nn
 from acttail.allocate import Allocation
 from acttail.errors import AllocationError
 from acttail.models.architectures import find_projections
-from acttail.sparsity import calibration_windows, decoder_only, magnitude_quantile
+from acttail.sparsity import calibration_forward, calibration_windows, magnitude_quantile
 
 METHOD = "cats"
 #: Above this gate sparsity CATS stops being a sparsification of the MLP and becomes its removal.
@@ -113,13 +113,7 @@ def calibrate_cats(
     """Per-layer thresholds t_l on |act(gate(x))| at sparsity ``gate`` (validation token ids, never test)."""
     windows = calibration_windows(token_ids, max_tokens, seqlen)
     hooks = {g.name: _GateHook(g.act, None, gate) for g in _gates(model)}
-    handles = [g.linear.register_forward_hook(hooks[g.name]) for g in _gates(model)]
-    try:
-        with torch.inference_mode():
-            decoder_only(model)(input_ids=windows.to(next(model.parameters()).device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    calibration_forward(model, windows, [g.linear.register_forward_hook(hooks[g.name]) for g in _gates(model)])
     return {name: float(hook.threshold or 0.0) for name, hook in hooks.items()}
 
 

@@ -314,6 +314,20 @@ class _CalibrationHook:
         return (threshold_sparsify(x, self.threshold, self.scale), *args[1:]) if self.apply else None
 
 
+def calibration_forward(model: nn.Module, windows: torch.Tensor, handles: Sequence[RemovableHandle]) -> None:
+    """One forward of the decoder over all calibration ``windows`` at once, then remove ``handles``.
+
+    The hooks behind ``handles`` see every calibration token in one call, so each takes its quantile
+    over all of them (threshold calibration here, CATS in ``acttail.cats``).
+    """
+    try:
+        with torch.inference_mode():
+            decoder_only(model)(input_ids=windows.to(input_device(model)), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def calibrate_thresholds(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase | None,
@@ -356,13 +370,8 @@ def calibrate_thresholds(
         for name, s in smap.items()
         if s > 0
     }
-    handles = [lin.register_forward_pre_hook(hooks[ref.name]) for ref, lin in projections if ref.name in hooks]
-    try:
-        with torch.inference_mode():
-            decoder_only(model)(input_ids=windows.to(input_device(model)), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    calibration_forward(model, windows, [lin.register_forward_pre_hook(hooks[ref.name])
+                                         for ref, lin in projections if ref.name in hooks])  # fmt: skip
     thresholds = {name: hook.threshold for name, hook in hooks.items()}
     unseen = [name for name, t in thresholds.items() if t is None]
     if unseen:

@@ -20,30 +20,17 @@ from pathlib import Path
 
 import torch
 
-from acttail.evaluate.perplexity import evaluate_perplexity
 from acttail.methods import build_allocation, calibration_set
+from acttail.methods.calibration import calibration_perplexity
 from acttail.methods.spectral import METRICS, allocate_spectral
 from acttail.models import resolve_model
-from acttail.sparsity import apply_sparsity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from leaderboard import load_esd_report
 
 
 def window_nlls(model, calibration, allocation) -> list[float]:
-    handle = None if allocation is None else apply_sparsity(model, allocation, "topk", track=False)
-    try:
-        r = evaluate_perplexity(
-            model,
-            token_ids=calibration.token_ids,
-            seqlen=calibration.seqlen,
-            max_tokens=calibration.num_tokens,
-            progress=False,
-        )
-    finally:
-        if handle is not None:
-            handle.remove()
-    return list(r.window_nlls)
+    return list(calibration_perplexity(model, calibration, allocation).window_nlls)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ from acttail.registry import DEFAULT_CALIBRATION_SEQLEN, DEFAULT_CALIBRATION_TOK
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from acttail.evaluate.perplexity import PerplexityResult
+
 CALIBRATION_SPLIT = "validation"
 
 
@@ -95,21 +97,21 @@ def calibration_from_ids(
     return CalibrationSet(windows.flatten().clone(), seqlen, source)
 
 
-def calibration_nll(
+def calibration_perplexity(
     model: nn.Module,
     calibration: CalibrationSet,
     sparsities: Mapping[str, float] | Allocation | float | None,
-) -> float:
-    """Mean next-token NLL (nats) of ``model`` on the calibration windows with ``sparsities`` applied (TopK).
+) -> PerplexityResult:
+    """Perplexity of ``model`` on the calibration windows with ``sparsities`` applied (TopK), per window too.
 
-    ``None`` (or 0.0) scores the dense model. Perplexity = exp(NLL).
+    ``None`` (or 0.0) scores the dense model.
     """
     from acttail.evaluate.perplexity import evaluate_perplexity
     from acttail.sparsity import apply_sparsity
 
     handle = None if sparsities is None else apply_sparsity(model, sparsities, "topk", track=False)
     try:
-        result = evaluate_perplexity(
+        return evaluate_perplexity(
             model,
             token_ids=calibration.token_ids,
             seqlen=calibration.seqlen,
@@ -119,4 +121,12 @@ def calibration_nll(
     finally:
         if handle is not None:
             handle.remove()
-    return result.nll
+
+
+def calibration_nll(
+    model: nn.Module,
+    calibration: CalibrationSet,
+    sparsities: Mapping[str, float] | Allocation | float | None,
+) -> float:
+    """Mean next-token NLL (nats) on the calibration windows (``calibration_perplexity``); PPL = exp(NLL)."""
+    return calibration_perplexity(model, calibration, sparsities).nll

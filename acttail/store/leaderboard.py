@@ -108,12 +108,14 @@ def leaderboard_table(
             created_at=row.created_at.isoformat() if row.created_at else None,
         )
         alloc = row.allocation
-        entry["chose"] = entry["gate_sparsity"] = None
+        entry["chose"] = entry["gate_sparsity"] = entry["rule"] = None
         if alloc is not None:
             params = (alloc.document or {}).get("params") or {}
             choice = params.get("choice")
             entry["chose"] = choice.get("label") if isinstance(choice, dict) else None
             entry["gate_sparsity"] = params.get("gate_sparsity")
+            if alloc.method == "htsr-spectral":  # the rule's own knobs: its defaults changed once (docs/science.md)
+                entry["rule"] = f"{params.get('metric')}, eps {params.get('epsilon')}"
             if with_allocations:
                 entry["allocation"] = alloc.document
         scored = zeroshot.get((row.model_pk, row.allocation_id, entry["mode"], entry["scoring"]))
