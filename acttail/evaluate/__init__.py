@@ -1,11 +1,27 @@
 """Evaluation of dense and sparsified models: WikiText-2 perplexity and zero-shot accuracy.
 
-``perplexity`` (this package) follows the GPTQ/Wanda/TEAL protocol on the bundled WikiText-2 raw
-test split; ``zeroshot`` scores the seven lm-eval tasks by log-likelihood (imported lazily: it
-pulls in the task loaders).
+``perplexity`` follows the GPTQ/Wanda/TEAL protocol on the bundled WikiText-2 raw test split;
+``zeroshot`` scores the seven lm-eval tasks by log-likelihood. Names are resolved lazily, so the
+torch-free modules here (``paired``, ``datasets``) can be imported by the API without torch.
 """
 
-from acttail.evaluate.datasets import wikitext2_rows, wikitext2_text
-from acttail.evaluate.perplexity import PerplexityResult, evaluate_perplexity, tokenize_split
+from __future__ import annotations
 
-__all__ = ["PerplexityResult", "evaluate_perplexity", "tokenize_split", "wikitext2_rows", "wikitext2_text"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PerplexityResult": "acttail.evaluate.perplexity",
+    "evaluate_perplexity": "acttail.evaluate.perplexity",
+    "tokenize_split": "acttail.evaluate.perplexity",
+    "wikitext2_rows": "acttail.evaluate.datasets",
+    "wikitext2_text": "acttail.evaluate.datasets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

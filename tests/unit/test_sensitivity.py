@@ -113,7 +113,9 @@ def test_cli_rejects_bad_arguments_with_exit_2(
             ]
         )
     assert exc.value.code == 2
-    assert "valid: auto, teal-greedy" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown method 'magic'" in err
+    assert "teal-greedy" in err and "auto" in err  # the registry's calibrated methods, in its order
     with pytest.raises(SystemExit) as exc:
         main(["sensitivity", "smollm2-135m", "--level", "1.5"])
     assert exc.value.code == 2
