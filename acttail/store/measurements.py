@@ -10,7 +10,7 @@ this module never imports the science core.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -21,12 +21,26 @@ from acttail.store.results import save_benchmark
 
 @dataclass(frozen=True)
 class Measurement:
-    """One number about to become a benchmark row."""
+    """One number about to become a benchmark row.
+
+    ``settings`` say what was measured and form the row's natural key; ``run_facts`` say how this
+    run went (peak memory) and are stored beside the versions, so a re-run replaces them instead
+    of adding a row.
+    """
 
     kind: str  # perplexity | zeroshot | speed
     metric: str  # ppl | mean_accuracy | <task>/acc | <task>/acc_norm | ...
     value: float
     settings: dict[str, Any]
+    run_facts: dict[str, Any] = field(default_factory=dict)
+
+
+#: Result fields that describe one run, not what was measured (``acttail.evaluate.memory``).
+RUN_FACT_PREFIX = "peak_memory_"
+
+
+def _run_facts(document: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k.startswith(RUN_FACT_PREFIX)}
 
 
 def perplexity_measurements(
@@ -42,7 +56,7 @@ def perplexity_measurements(
         "max_tokens": result["max_tokens"], "mode": mode, **(extra or {}),
     }  # fmt: skip
     settings["tokens_scored"] = result["tokens_scored"]
-    return [Measurement("perplexity", "ppl", float(result["ppl"]), settings)]
+    return [Measurement("perplexity", "ppl", float(result["ppl"]), settings, _run_facts(result))]
 
 
 #: Benchmark kind of the per-window NLL rows beside a ``perplexity/ppl`` row.
@@ -65,14 +79,16 @@ def zeroshot_measurements(
 ) -> list[Measurement]:
     """``ZeroShotReport.to_dict()`` -> ``zeroshot/mean_accuracy`` plus ``<task>/acc`` and ``<task>/acc_norm`` rows."""
     tasks: Mapping[str, Mapping[str, Any]] = report["tasks"]
-    settings = {"limit": report["limit"], "mode": mode, **report["settings"], **(extra or {})}
+    facts = _run_facts(report["settings"])
+    protocol = {k: v for k, v in report["settings"].items() if k not in facts}
+    settings = {"limit": report["limit"], "mode": mode, **protocol, **(extra or {})}
     mean = float(report["mean_accuracy"])
-    out = [Measurement("zeroshot", "mean_accuracy", mean, {**settings, "tasks": sorted(tasks)})]
+    out = [Measurement("zeroshot", "mean_accuracy", mean, {**settings, "tasks": sorted(tasks)}, facts)]
     for task, result in tasks.items():
         task_settings = {**settings, "task": task, "n": result["n"]}
-        out.append(Measurement("zeroshot", f"{task}/acc", float(result["acc"]), task_settings))
+        out.append(Measurement("zeroshot", f"{task}/acc", float(result["acc"]), task_settings, facts))
         if result.get("acc_norm") is not None:
-            out.append(Measurement("zeroshot", f"{task}/acc_norm", float(result["acc_norm"]), task_settings))
+            out.append(Measurement("zeroshot", f"{task}/acc_norm", float(result["acc_norm"]), task_settings, facts))
     return out
 
 
@@ -97,7 +113,8 @@ def save_measurements(
     ids: list[int] = []
     for m in measurements:
         row, _ = save_benchmark(
-            model=model, kind=m.kind, metric=m.metric, value=m.value, settings=m.settings, versions=versions,
+            model=model, kind=m.kind, metric=m.metric, value=m.value, settings=m.settings,
+            versions={**versions, **m.run_facts},
             allocation_id=allocation_id, team_id=team_id, shared=shared, db_session=db_session,
         )  # fmt: skip
         ids.append(row.id)

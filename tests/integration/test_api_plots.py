@@ -244,7 +244,8 @@ def test_undrawable_allocation_is_422(api: Api, teams: Any, session_factory: ses
     response = api.client.get(f"/v1/allocations/{row.id}/plots/heatmap.svg", headers=api.auth(key))
     assert response.status_code == 422
     assert response.json()["detail"] == (
-        "cannot draw the stored data: 'transformer.h.0.attn.c_attn' is not a q/k/v/o/gate/up/down projection name"
+        "cannot draw the stored data: 'transformer.h.0.attn.c_attn' is not a q/k/v/o/gate/up/down projection name "
+        "(nor a fused qkv/gate_up) of a block"
     )
 
 

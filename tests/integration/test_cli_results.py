@@ -105,6 +105,7 @@ def test_run_and_evaluate_land_in_the_store_and_the_api(
     )  # dense + 6 allocations (uniform, acttail, auto), each ppl + mean + arc_easy acc, acc_norm
     assert first["benchmarks"] == expected
     assert all(v["torch"] == doc["versions"]["torch"] and v["device"] == "cpu" for v in first["versions"])
+    assert any(v.get("peak_memory_measure") == "rss" and v["peak_memory_bytes"] > 0 for v in first["versions"])
 
     # The same command again converges on the same rows (upserts, like a re-delivered job).
     cli(*run_args)
