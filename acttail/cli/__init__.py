@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         # around our own progress lines (and would be extra lines around a one-line error).
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF dequantisation bar is plain tqdm
+        if "transformers" in sys.modules:  # imported already (a caller in-process): the env came too late
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
     try:
         code = app(args=argv, standalone_mode=False)
     except ActTailError as exc:
