@@ -114,7 +114,7 @@ def test_truncated_and_foreign_files_raise_model_source_error(tmp_path: Path) ->
 def test_bundled_smollm2_projections_match_gguf_reader() -> None:
     """All 210 projections of the real Q4_1 file, byte for byte and value for value."""
     source = resolve_model("smollm2-135m")
-    names = [name for _, name in source._projection_tensors]  # type: ignore[attr-defined]
+    names = [name for _, name, _ in source._projection_tensors]  # type: ignore[attr-defined]
     assert assert_same_as_gguf_reader(source.path, names) == 210  # type: ignore[attr-defined]
     streamed = next(source.iter_projection_weights())[1]
     assert streamed.shape == (576, 576) and bool(np.isfinite(streamed.numpy()).all())
