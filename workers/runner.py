@@ -19,6 +19,7 @@ the Celery task retries them with backoff; the job stays ``running`` meanwhile.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import time
@@ -72,6 +73,31 @@ __all__ = ["ESD_SPAN", "TRANSIENT_ERRORS", "JobCancelled", "failure_reason", "pi
 
 class JobCancelled(Exception):
     """The job row left ``running`` (cancelled by a user) while this worker was on it."""
+
+
+#: The job this thread is running, for the core's log lines (``_prefix_core_records``).
+_CURRENT_JOB: contextvars.ContextVar[str | None] = contextvars.ContextVar("acttail_job_id", default=None)
+
+
+def _prefix_core_records() -> None:
+    """Log lines of the science core (``acttail.*``) written during a job carry its ID, like the runner's.
+
+    The core knows nothing of jobs, and several jobs may share one worker log; a record factory
+    keyed by a context variable labels them without passing a logger through the pipeline.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "acttail_job_prefix", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        job_id = _CURRENT_JOB.get()
+        if job_id is not None and record.name.startswith("acttail."):
+            record.msg = f"[job {job_id}] {record.msg}"
+        return record
+
+    factory.acttail_job_prefix = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 class _JobLog(logging.LoggerAdapter):
@@ -131,6 +157,21 @@ def run_job(
     environment when omitted. Returns normally for succeeded, failed and cancelled jobs; raises
     only ``TRANSIENT_ERRORS``, which the caller should retry.
     """
+    _prefix_core_records()
+    token = _CURRENT_JOB.set(job_id)
+    try:
+        _run_job(job_id, session_factory, progress, settings, claim)
+    finally:
+        _CURRENT_JOB.reset(token)
+
+
+def _run_job(
+    job_id: str,
+    session_factory: sessionmaker[Session],
+    progress: ProgressCallback | None,
+    settings: Settings | None,
+    claim: Claim | None,
+) -> None:
     log = _JobLog(logger, {"job_id": job_id})
     with session_scope(session_factory) as db:
         job = mark_running(job_id, db_session=db, claim=claim)
