@@ -11,6 +11,7 @@ the ESD run of (model, estimator) reused when stored (one computation per model,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ from acttail.store.measurements import (
 )
 from acttail.store.orm import Model
 from acttail.store.results import save_allocation
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from acttail.allocate import Allocation
@@ -117,16 +120,18 @@ class StoreSink:
             with session_scope(self.session_factory) as db:
                 run = get_esd_run(description.fingerprint, estimator, db_session=db)
                 if run is not None:
+                    log.info("reusing ESD run %d (%s, %d projections)", run.id, estimator, len(run.projections))
                     self.esd_run_id = run.id
                     self._link(db, esd_run_id=run.id)
                     return _alpha_table(description, estimator, run.projections)
             report, spectra = compute()
             with session_scope(self.session_factory) as db:
-                run, _ = save_esd_run(
+                run, created = save_esd_run(
                     self._model(db), report.estimator, report.projections, elapsed_s=report.elapsed_s,
                     meta={**self.meta, "device": environment.get("device"), "versions": dict(environment)},
                     team_id=self.team_id, eigenvalues=spectra, db_session=db,
                 )  # fmt: skip
+                log.info("%s ESD run %d", "stored" if created else "another writer stored", run.id)
                 self.esd_run_id = run.id
         with session_scope(self.session_factory) as db:
             run = get_esd_run_by_id(self.esd_run_id, db_session=db)
