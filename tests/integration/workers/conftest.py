@@ -45,9 +45,19 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama_id(model_root: Path) -> Callable[[int], str]:
-    """``tiny_llama_id(seed)`` → the model ID of a distinct tiny Llama (own fingerprint) under the root."""
+    """``tiny_llama_id(seed)`` → the model ID of a distinct tiny Llama (own fingerprint) under the root.
+
+    A seed belongs to the first test that asks for it: two tests on one seed would share a
+    fingerprint, and one would count the other's stored rows (or reuse its ESD run) as its own.
+    Another test asking for a taken seed fails at once, naming the owner.
+    """
+    owners: dict[int, str] = {}
 
     def build(seed: int) -> str:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+        owner = owners.setdefault(seed, test)
+        if owner != test:
+            pytest.fail(f"tiny_llama_id({seed}) is already taken by {owner}; give {test} its own seed")
         name = f"{TINY_MODEL}-{seed}"
         if not (model_root / name / "config.json").exists():
             save_tiny_model(model_root / name, seed=seed, tokenizer=model_root / TINY_MODEL)

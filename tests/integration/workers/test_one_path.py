@@ -90,7 +90,7 @@ def test_cli_embedded_and_celery_store_identical_rows(
     team: tuple[int, str],
     start_worker: Callable[..., Any],
 ) -> None:
-    model_id = tiny_llama_id(11)  # its own fingerprint: no other test's rows in PostgreSQL
+    model_id = tiny_llama_id(41)  # its own fingerprint: no other test's rows in PostgreSQL
     monkeypatch.chdir(model_root)  # the CLI resolves the same relative ID the jobs use
     monkeypatch.setenv("ACTTAIL_HOME", str(tmp_path / "cli-home"))
 

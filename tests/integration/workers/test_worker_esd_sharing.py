@@ -43,7 +43,7 @@ def test_eigenvalues_are_stored_and_a_second_team_sees_the_model_only_after_its_
     from acttail.store.spectra import decode_eigenvalues
     from api.app import create_app
 
-    model_id = tiny_llama_id(32)
+    model_id = tiny_llama_id(34)
     settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'esd.db'}", executor="embedded",
                         model_roots=[model_root], broker_url="redis://127.0.0.1:1/0")  # fmt: skip
     with TestClient(create_app(settings)) as client:
