@@ -396,6 +396,14 @@ def read_phase(stack: Stack, job_ids: list[str], clients: int, interval: float, 
     }
 
 
+def _busy_note() -> str:
+    """Whether other work competed for the CPUs at the start (1-minute load above half the cores)."""
+    cores = os.cpu_count() or 1
+    if os.getloadavg()[0] > cores / 2:
+        return "; other jobs were running on the machine (numbers are indicative)"
+    return "; no other job of note on the machine"
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -435,7 +443,7 @@ def main() -> None:
 
     from tests.tiny_models import save_tiny_model
 
-    host = machine()
+    host = machine() + _busy_note()  # before our own processes add to the load
     workdir = Path(tempfile.mkdtemp(prefix="acttail-load-"))
     model_root = workdir / "models"
     save_tiny_model(model_root / "tiny-llama", tokenizer="wikitext")
@@ -485,7 +493,7 @@ def main() -> None:
         "command": (f"python benchmarks/api_load.py --clients {args.clients} --read-interval {args.read_interval} "
                     f"--read-duration {args.read_duration:g} --api-workers {args.api_workers} "
                     f"--job-clients {args.job_clients} --jobs-per-client {args.jobs_per_client}"),
-        "machine": host + "; shared with other engineers' jobs during this run (numbers are indicative)",
+        "machine": host,
         "stack": (f"acttail serve --executor celery ({args.api_workers} uvicorn processes, default pool/timeout/"
                   "key-cache settings) + Celery worker (prefork, concurrency 1) + Redis + PostgreSQL, loopback"),
         "job_clients": args.job_clients,

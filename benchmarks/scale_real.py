@@ -227,8 +227,8 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
         "perplexity on the first `max_tokens` tokens in non-overlapping windows of `seqlen`; TopK",
         "activation sparsity at the target; alphas (KS estimator) from the dequantised GGUF weights in",
         "fp32, the same allocations evaluated in fp32 and bf16. Peak RSS is per stage (high-water mark",
-        "reset at each stage's start). Absolute times are noisy: the 2-core machine was shared with",
-        "other jobs (load averages below).",
+        "reset at each stage's start). Absolute times depend on how busy the 2-core machine was: the",
+        "load averages are recorded with every run and stage.",
         "",
     ]
     for alias, doc in runs.items():
@@ -278,8 +278,8 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
             if v["label"].startswith("acttail@") and base:
                 lines.append("")
                 lines.append(
-                    f"{v['dtype']}: the paper's rule vs uniform at {v['label'][8:]}: "
-                    f"{100 * (base - v['ppl']) / base:+.2f}% lower perplexity."
+                    f"{v['dtype']}: the paper's rule vs uniform at {v['label'][8:]}: perplexity "
+                    f"{100 * (v['ppl'] - base) / base:+.2f}% (negative = the paper's rule is better)."
                 )
         if doc.get("bf16_vs_fp32"):
             lines += ["", "bf16 vs fp32 perplexity (bar: within 1%):", ""]
