@@ -209,7 +209,7 @@ def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
             log(f"{alias}: first combo done at {time.perf_counter() - began:.0f} s")
     if need_cats:
         run_cats(alias, lm, tokenizer, description, report, targets, args, test_tokens, cal_tokens, store, done)
-    log(f"{alias}: done in {time.perf_counter() - began:.0f} s")
+    log(f"{alias}: done in {time.perf_counter() - began:.0f} s, load average {os.getloadavg()}")
 
 
 def run_cats(alias, lm, tokenizer, description, report, targets, args, test_tokens, cal_tokens, store, done) -> None:
@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--db", default=None, help="results DB URL or file (else ACTTAIL_DATABASE_URL, ~/.acttail)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--note", action="append", default=[], help="report: a line on the run's conditions (load)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.targets = [float(t) for t in args.targets.split(",")]
