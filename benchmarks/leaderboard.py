@@ -261,7 +261,7 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     description = source.describe().as_dict()
     test_tokens = args.test_tokens_for.get(alias, args.test_tokens)
     with store.session() as db:
-        table = leaderboard_table(db, team_id=store.store.team_id, model=description["model_id"])
+        table = leaderboard_table(db, team_id=store.store.team_id, model=description["model_id"], with_allocations=True)
     rows = [r for r in table["rows"] if r["seqlen"] == args.seqlen and r["max_tokens"] == test_tokens]
     picks: list[tuple[Any, str, str]] = []
     lm, tokenizer = source.load_causal_lm()
