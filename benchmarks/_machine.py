@@ -27,6 +27,16 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+def busy_note() -> str:
+    """Whether other work competed for the CPUs now (1-minute load above half the cores).
+
+    Read before the benchmark starts its own processes; results say it instead of assuming either way.
+    """
+    if load_average()[0] > (os.cpu_count() or 1) / 2:
+        return "other jobs were running on the machine at the start (numbers are indicative; see the load averages)"
+    return "no other job of note on the machine at the start"
+
+
 def describe_machine() -> dict[str, Any]:
     cpu = _lscpu()
     info: dict[str, Any] = {
@@ -45,5 +55,5 @@ def describe_machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     else:
-        info["note"] = "CPU only; shared with other jobs during the run (see the load averages)."
+        info["note"] = f"CPU only; {busy_note()}."
     return info

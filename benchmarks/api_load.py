@@ -396,14 +396,6 @@ def read_phase(stack: Stack, job_ids: list[str], clients: int, interval: float, 
     }
 
 
-def _busy_note() -> str:
-    """Whether other work competed for the CPUs at the start (1-minute load above half the cores)."""
-    cores = os.cpu_count() or 1
-    if os.getloadavg()[0] > cores / 2:
-        return "; other jobs were running on the machine (numbers are indicative)"
-    return "; no other job of note on the machine"
-
-
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -441,9 +433,10 @@ def main() -> None:
     if args.job_clients * args.jobs_per_client > 900:
         parser.error("at most 900 jobs (targets must stay unique below 0.91)")
 
+    from benchmarks._machine import busy_note
     from tests.tiny_models import save_tiny_model
 
-    host = machine() + _busy_note()  # before our own processes add to the load
+    host = f"{machine()}; {busy_note()}"  # before our own processes add to the load
     workdir = Path(tempfile.mkdtemp(prefix="acttail-load-"))
     model_root = workdir / "models"
     save_tiny_model(model_root / "tiny-llama", tokenizer="wikitext")
