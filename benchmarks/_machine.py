@@ -8,8 +8,6 @@ import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
-import torch
-
 
 def _lscpu() -> dict[str, str]:
     try:
@@ -38,6 +36,8 @@ def busy_note() -> str:
 
 
 def describe_machine() -> dict[str, Any]:
+    import torch
+
     cpu = _lscpu()
     info: dict[str, Any] = {
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import busy_note
+
 from acttail.registry import DEFAULT_ESTIMATOR, ESTIMATORS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where to write the model (default: a temp dir, removed after)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    busy = busy_note()  # before our own processes add to the load
 
     directory = args.dir or Path(tempfile.mkdtemp(prefix="acttail-7b-"))
     try:
@@ -106,7 +109,7 @@ def main() -> None:
     params = sum(p["param_count"] for p in projections)
     result = {
         "command": f"python benchmarks/esd_scale.py --layers {args.layers} --estimator {args.estimator}",
-        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, 24 GiB RAM; shared with other jobs",
+        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, 24 GiB RAM; {busy}",
         "load_average_at_end": os.getloadavg(),
         "layers": args.layers,
         "projections": len(projections),

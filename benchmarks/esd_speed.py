@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import busy_note
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per side, interleaved; medians reported")
     parser.add_argument("--ww-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    busy = busy_note()  # before our own processes add to the load
     if args.ww_child:
         ww_child(args.model, args.ww_child)
         return
@@ -114,7 +117,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "command": f"python benchmarks/esd_speed.py --model {args.model} --repeats {args.repeats}",
-        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.python_version()}; shared with other jobs",
+        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.python_version()}; {busy}",
         "load_average_at_end": os.getloadavg(),
         "acttail_s": statistics.median(ours_t),
         "weightwatcher_s": statistics.median(ww_t),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import busy_note
 
 from acttail.allocate import Allocation
 from acttail.esd import ESDReport, analyze_source
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    busy = busy_note()  # before the model load adds to the load
     torch.set_num_threads(args.threads)
     targets = [float(t) for t in args.targets.split(",")]
     started = time.perf_counter()
@@ -117,8 +119,7 @@ def main() -> None:
     doc: dict = {
         "model": report.model,
         "command": "python " + " ".join(sys.argv),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads of a 2-core VM shared with "
-        "other engineers' jobs during this run (load average > 6); timings are not comparable across runs",
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads of a 2-core VM; {busy}",
         "protocol": {
             "dataset": "wikitext-2-raw-v1 test",
             "seqlen": args.seqlen,

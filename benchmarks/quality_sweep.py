@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import busy_note
 
 from acttail.allocate import AllocationParams, Direction, Granularity, allocate
 from acttail.environment import environment
@@ -56,11 +57,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def machine() -> str:
+def machine(busy: str) -> str:
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs visible, "
-        f"torch threads {torch.get_num_threads()}; shared with other engineers' jobs during this run "
-        f"(load average at start {os.getloadavg()[0]:.1f}), so wall times are not comparable"
+        f"torch threads {torch.get_num_threads()}; {busy} (load average at start {os.getloadavg()[0]:.1f})"
     )
 
 
@@ -95,6 +95,7 @@ def write(out: Path, doc: dict) -> None:
 
 def main() -> None:
     args = parse_args()
+    busy = busy_note()  # before the model load adds to the load
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +111,7 @@ def main() -> None:
         "max_tokens": max_tokens,
         "corpus_tokens": int(ids.numel()),
         "estimator": args.estimator,
-        "machine": machine(),
+        "machine": machine(busy),
         "versions": environment(),
         "rows": [],
     }

@@ -19,6 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from _machine import busy_note
 
 from acttail.evaluate.tasks import ALL_TASKS, TASKS
 from acttail.evaluate.zeroshot import ZeroShotReport, evaluate_zeroshot
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/zeroshot_dense"))
     args = parser.parse_args()
+    busy = busy_note()  # before the model load adds to the load
     torch.set_num_threads(args.threads)
     limit = args.limit or None
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -64,8 +66,7 @@ def main() -> None:
             "command": "python " + " ".join(sys.argv),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "model": source.describe().as_dict(),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
-            "2-core CPU shared with other engineers' jobs during this run (timings are indicative only)",
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; {busy}",
             "versions": {p: version(p) for p in ("torch", "transformers", "acttail")}
             | {"python": platform.python_version()},
             "load_seconds": round(load_s, 1),
