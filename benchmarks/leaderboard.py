@@ -52,8 +52,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def load_esd_report(alias: str, estimator: str = "ks", cache: Path = ESD_CACHE) -> ESDReport:
+def load_esd_report(alias: str, estimator: str = "ks", cache: Path | None = None) -> ESDReport:
     """The model's ESD report (every projection's spectral statistics), computed once and cached as JSON."""
+    cache = cache or ESD_CACHE
     path = cache / f"esd_{alias.replace('/', '_')}_{estimator}.json"
     if path.exists():
         return ESDReport.from_dict(json.loads(path.read_text()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,11 @@ def _fmt_change(e: dict[str, Any]) -> str:
     if pct is None:
         return "—"
     return f"{pct:+.1f}%" + (f" ± {se:.1f}" if se is not None else "")
+
+
+def _file_stem(model_id: str) -> str:
+    """A model ID as one file name (hub IDs and local paths carry slashes)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")
 
 
 def _cell_name(e: dict[str, Any]) -> str:
@@ -131,7 +137,7 @@ def write_report(store: Any, args: Any) -> None:
         pts = sweep_points(table, model)
         if any(p["method"] != "dense" for p in pts):
             fig = plots.plot_sweep(pts, title=f"{model} · WikiText-2 test · TopK |x|")
-            name = f"leaderboard/sweep_{model}.png"
+            name = f"leaderboard/sweep_{_file_stem(model)}.png"
             (out / name).write_bytes(plots.render_bytes(fig, "png"))
             figures.append(name)
     for target in sorted({e["target"] for e in rows if e["method"] != "dense"}):

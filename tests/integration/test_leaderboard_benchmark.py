@@ -1,0 +1,81 @@
+"""``benchmarks/leaderboard.py`` stores each cell once, resumes from what is stored, and reports every row.
+
+A tiny random Llama (tests/tiny_models.py) runs through the real benchmark into a temporary SQLite
+database: a first part, the same part again (must measure nothing), a wider part (must measure only
+the new cell and reuse the stored allocations), then the report, whose table must name every row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from acttail.store.db import make_engine, make_session_factory, session_scope
+from acttail.store.leaderboard import leaderboard_table
+from acttail.store.orm import AllocationRow, Benchmark
+from tests.tiny_models import save_tiny_model
+
+pytestmark = pytest.mark.integration
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+QUICK = ["--targets", "0.5", "--modes", "topk", "--scorings", "magnitude", "--no-cats", "--seqlen", "64",
+         "--test-tokens", "256", "--cal-tokens", "256", "--threads", "1"]  # fmt: skip
+
+
+@pytest.fixture
+def leaderboard(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, acttail_home: Path) -> ModuleType:
+    """The benchmark module, importable as its script is, with its ESD cache under tmp_path."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import leaderboard as module
+
+    monkeypatch.setattr(module, "ESD_CACHE", tmp_path / "esd-cache")
+    return module
+
+
+def counts(db_url: str) -> tuple[int, int, list[int]]:
+    """(allocation rows, benchmark rows, perplexity row IDs of the leaderboard table)."""
+    engine = make_engine(db_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db:
+            n_alloc = db.query(AllocationRow).count()
+            n_bench = db.query(Benchmark).count()
+            table = leaderboard_table(db, team_id=1)
+    finally:
+        engine.dispose()
+    return n_alloc, n_bench, sorted(e["row_id"] for e in table["rows"])
+
+
+def test_runs_in_parts_resumes_and_reports_every_row(
+    leaderboard: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # fmt: skip
+    model = str(save_tiny_model(tmp_path / "models" / "tiny-llama"))
+    db_url = f"sqlite:///{tmp_path / 'leaderboard.db'}"
+    base = ["--models", model, "--db", db_url, *QUICK]
+
+    leaderboard.main(["run", *base, "--methods", "uniform,acttail"])
+    allocs, benches, rows = counts(db_url)
+    assert (allocs, len(rows)) == (2, 3)  # uniform and acttail at 50%, and dense
+
+    capsys.readouterr()
+    leaderboard.main(["run", *base, "--methods", "uniform,acttail"])
+    assert "nothing to do" in capsys.readouterr().err
+    assert counts(db_url) == (allocs, benches, rows)
+
+    leaderboard.main(["run", *base, "--methods", "uniform,acttail,acttail-reverse"])
+    allocs2, benches2, rows2 = counts(db_url)
+    assert allocs2 == 3 and len(rows2) == 4 and rows2[:3] == rows  # one new cell, the stored ones untouched
+    assert benches2 > benches
+
+    out = tmp_path / "report"
+    leaderboard.main(["report", "--db", db_url, "--out-dir", str(out), "--note", "test run"])
+    text = (out / "leaderboard.md").read_text()
+    assert "test run" in text
+    for row_id in rows2:
+        cited = re.search(rf"\| {row_id} \|$", text, re.MULTILINE) or f"(row {row_id})" in text
+        assert cited, f"row {row_id} missing from leaderboard.md"
+    stored = json.loads((out / "leaderboard.json").read_text())
+    assert sorted(r["row_id"] for r in stored["rows"]) == rows2
