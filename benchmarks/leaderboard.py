@@ -262,10 +262,43 @@ def run_cats(alias, lm, tokenizer, description, report, targets, args, test_toke
         log(f"{alias}: cats@{target} (gate {gate:.3f}, effective {effective:.3f}) ppl {ppl.ppl:.3f}")
 
 
+def _scored(row: dict[str, Any], limit: int) -> bool:
+    """Whether the cell already has zero-shot scores at this many items per task (0 = whole sets)."""
+    stored = (row.get("zeroshot") or {}).get("limit")
+    return stored is not None and (stored == 0 or (limit != 0 and stored >= limit))
+
+
+def zeroshot_picks(
+    rows: Sequence[dict[str, Any]], targets: Sequence[float], *, best: int, limit: int
+) -> list[tuple[dict[str, Any] | None, str, str]]:  # fmt: skip
+    """What to score: dense, and the ``best`` lowest-perplexity cells per target, as (allocation, mode, scoring).
+
+    Cells that sparsify identically (``auto`` when it picked ``teal-greedy``, say) count once, so the
+    best three are three different sparsity patterns; cells already scored at ``limit`` are left out.
+    """
+    picks: list[tuple[dict[str, Any] | None, str, str]] = []
+    if not any(r["method"] == "dense" and _scored(r, limit) for r in rows):
+        picks.append((None, "topk", "magnitude"))
+    for target in targets:
+        cands = [r for r in rows if r["method"] not in ("dense", "cats") and math.isclose(r["target"], target)]
+        seen: set[tuple[Any, ...]] = set()
+        for r in sorted(cands, key=lambda r: r["ppl"]):
+            pattern = (tuple(round(v, 9) for v in r["allocation"]["sparsities"].values()), r["mode"], r["scoring"])
+            if pattern in seen:
+                continue
+            seen.add(pattern)
+            if not _scored(r, limit):
+                picks.append((r["allocation"], r["mode"], r["scoring"]))
+            if len(seen) == best:
+                break
+    return picks
+
+
 def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
-    """Dense and the best ``--best`` TopK cells per target by test perplexity: zero-shot accuracy."""
+    """Zero-shot accuracy of dense and the best ``--best`` cells per target (``zeroshot_picks``)."""
     import torch
 
+    from acttail.allocate import Allocation
     from acttail.pipeline import PipelineConfig, evaluate_variants
     from acttail.store.leaderboard import leaderboard_table
     from acttail.store.requests import PerplexitySpec, ZeroShotSpec
@@ -276,19 +309,13 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     with store.session() as db:
         table = leaderboard_table(db, team_id=store.store.team_id, model=description["model_id"], with_allocations=True)
     rows = [r for r in table["rows"] if r["seqlen"] == args.seqlen and r["max_tokens"] == test_tokens]
-    picks: list[tuple[Any, str, str]] = []
+    picks = [
+        (None if doc is None else Allocation.from_dict(doc), mode, scoring)
+        for doc, mode, scoring in zeroshot_picks(rows, args.targets, best=args.best, limit=args.limit)
+    ]
+    log(f"{alias}: zero-shot for {len(picks)} cells, {args.limit} items per task of {', '.join(args.tasks)}")
     lm, tokenizer = source.load_causal_lm()
     torch.set_num_threads(args.threads)
-    if not any(r["method"] == "dense" and r.get("zeroshot") for r in rows):
-        picks.append((None, "topk", "magnitude"))
-    from acttail.allocate import Allocation
-
-    for target in args.targets:
-        cands = [r for r in rows if r["method"] not in ("dense", "cats") and math.isclose(r["target"], target)]
-        cands.sort(key=lambda r: r["ppl"])
-        for r in cands[: args.best]:
-            if not r.get("zeroshot"):
-                picks.append((Allocation.from_dict(r["allocation"]), r["mode"], r["scoring"]))
     for alloc, mode, scoring in picks:
         config = PipelineConfig(targets=(), methods=(), mode=mode, scoring=scoring,
                                 perplexity=PerplexitySpec(seqlen=args.seqlen, max_tokens=test_tokens),

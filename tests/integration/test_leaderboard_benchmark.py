@@ -70,6 +70,18 @@ def test_runs_in_parts_resumes_and_reports_every_row(
     assert allocs2 == 3 and len(rows2) == 4 and rows2[:3] == rows  # one new cell, the stored ones untouched
     assert benches2 > benches
 
+    leaderboard.main(["zeroshot", *base, "--best", "1", "--tasks", "arc_easy", "--limit", "4"])
+    engine = make_engine(db_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db:
+            table = leaderboard_table(db, team_id=1)
+    finally:
+        engine.dispose()
+    scored = {e["method"] for e in table["rows"] if e["mean_accuracy"] is not None}
+    best = min((e for e in table["rows"] if e["method"] != "dense"), key=lambda e: e["ppl"])
+    assert scored == {"dense", best["method"]}
+    assert all(e["zeroshot"]["limit"] == 4 for e in table["rows"] if e["zeroshot"])
+
     out = tmp_path / "report"
     leaderboard.main(["report", "--db", db_url, "--out-dir", str(out), "--note", "test run"])
     text = (out / "leaderboard.md").read_text()
@@ -79,3 +91,30 @@ def test_runs_in_parts_resumes_and_reports_every_row(
         assert cited, f"row {row_id} missing from leaderboard.md"
     stored = json.loads((out / "leaderboard.json").read_text())
     assert sorted(r["row_id"] for r in stored["rows"]) == rows2
+
+
+def _row(method: str, mode: str, ppl: float, pattern: float, scored_limit: int | None = None) -> dict:
+    allocation = None if method == "dense" else {"method": method, "sparsities": {"q": pattern, "up": 1 - pattern}}
+    return {"method": method, "target": 0.0 if method == "dense" else 0.5, "mode": mode, "scoring": "magnitude",
+            "ppl": ppl, "allocation": allocation,
+            "zeroshot": None if scored_limit is None else {"limit": scored_limit}}  # fmt: skip
+
+
+def test_zeroshot_picks_three_distinct_patterns_and_skips_scored_cells(leaderboard: ModuleType) -> None:
+    rows = [
+        _row("dense", "topk", 40.0, 0.0),
+        _row("auto", "threshold", 50.0, 0.4),  # = teal-greedy's pattern: one of the three, not two
+        _row("teal-greedy", "threshold", 50.0, 0.4),
+        _row("uniform", "threshold", 55.0, 0.5, scored_limit=100),  # scored, but on fewer items
+        _row("teal-greedy", "topk", 56.0, 0.4),  # same pattern, other mode: a different cell
+        _row("acttail", "topk", 70.0, 0.6),
+    ]
+    picks = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500)
+    assert [(a and a["method"], mode) for a, mode, _ in picks] == [
+        (None, "topk"), ("auto", "threshold"), ("uniform", "threshold"), ("teal-greedy", "topk"),
+    ]  # fmt: skip
+
+    rows[0]["zeroshot"] = {"limit": 500}
+    rows[3]["zeroshot"] = {"limit": 500}  # already scored at this size: counts among the best, not re-run
+    picks = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500)
+    assert [(a["method"], mode) for a, mode, _ in picks] == [("auto", "threshold"), ("teal-greedy", "topk")]
