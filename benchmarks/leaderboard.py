@@ -90,22 +90,37 @@ class Store:
 
         return session_scope(self.store.session_factory)
 
-    def done(self, fingerprint: str, seqlen: int, max_tokens: int) -> dict[tuple[str, float, str, str], Any]:
-        """Stored leaderboard cells of the model under this protocol -> their allocation (None = dense)."""
+    def done(
+        self, fingerprint: str, seqlen: int, max_tokens: int
+    ) -> tuple[dict[tuple[str, float, str, str], Any], set[tuple[str, float, str, str]]]:  # fmt: skip
+        """Stored leaderboard cells of the model under this protocol -> their allocation (None = dense),
+        and the stale ones: threshold cells stored without the sparsity they realised, to measure again
+        (TopK meets its target by construction). A re-measured cell keeps its row IDs (upsert by key).
+        """
         from acttail.allocate import Allocation
         from acttail.store.leaderboard import suite_rows
+        from acttail.store.measurements import REALISED_KIND
 
         out: dict[tuple[str, float, str, str], Any] = {}
+        stale: set[tuple[str, float, str, str]] = set()
         with self.session() as db:
-            for row in suite_rows(db, team_id=self.store.team_id, fingerprint=fingerprint, suite=SUITE):
+            rows = suite_rows(db, team_id=self.store.team_id, fingerprint=fingerprint, suite=SUITE,
+                              kinds=("perplexity", REALISED_KIND))  # fmt: skip
+            realised = {
+                (r.allocation_id, json.dumps(r.settings, sort_keys=True)) for r in rows if r.kind == REALISED_KIND
+            }
+            for row in rows:
                 s = row.settings
-                if s.get("seqlen") != seqlen or s.get("max_tokens") != max_tokens:
+                if row.kind != "perplexity" or s.get("seqlen") != seqlen or s.get("max_tokens") != max_tokens:
                     continue
                 alloc = None if row.allocation is None else Allocation.from_dict(row.allocation.document)
                 method = "dense" if alloc is None else alloc.method
                 target = 0.0 if alloc is None else alloc.target
-                out[_cell(method, target, s["mode"], s.get("scoring", "magnitude"))] = alloc
-        return out
+                cell = _cell(method, target, s["mode"], s.get("scoring", "magnitude"))
+                out[cell] = alloc
+                if s["mode"] == "threshold" and (row.allocation_id, json.dumps(s, sort_keys=True)) not in realised:
+                    stale.add(cell)
+        return out, stale
 
     def save(self, document: dict[str, Any], esd: ESDReport | None = None) -> None:
         from acttail.store.pipeline_results import save_pipeline_result
@@ -124,7 +139,7 @@ def _document(description: dict[str, Any], config: Any, variants: Sequence[Any],
         versions={**environment(), "device": "cpu"}, elapsed_s=time.perf_counter() - began,
     )  # fmt: skip
     doc = result.to_dict()
-    doc["protocol"].update(suite=SUITE, window_rows=True)
+    doc["protocol"].update(suite=SUITE, window_rows=True, realised_rows=True)
     return doc
 
 
@@ -141,8 +156,14 @@ def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     report = load_esd_report(alias)
     test_tokens = args.test_tokens_for.get(alias, args.test_tokens)
     cal_tokens = args.cal_tokens_for.get(alias, args.cal_tokens)
-    done = store.done(description["fingerprint"], args.seqlen, test_tokens)
-    log(f"{alias}: {len(done)} cells stored; test {test_tokens} tokens, calibration {cal_tokens}, seqlen {args.seqlen}")
+    done, stale = store.done(description["fingerprint"], args.seqlen, test_tokens)
+    log(
+        f"{alias}: {len(done)} cells stored ({len(stale)} to measure again); test {test_tokens} tokens, "
+        f"calibration {cal_tokens}, seqlen {args.seqlen}"
+    )
+    stored = dict(done)
+    for cell in stale:  # measured again below, with the stored allocation
+        done.pop(cell)
     targets = [t for t in args.targets]
     combos = [(m, s) for m, s in COMBOS if m in args.modes and s in args.scorings]
     wanted = [_cell(m, t, mode, sc) for mode, sc in combos for m in args.methods for t in targets]
@@ -156,7 +177,7 @@ def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     torch.set_num_threads(args.threads)
     # The allocations: stored ones are reused (same document, same allocation row).
     allocations: dict[tuple[str, float], Any] = {}
-    for (method, target, _m, _s), alloc in done.items():
+    for (method, target, _m, _s), alloc in stored.items():
         if alloc is not None:
             allocations[(method, target)] = alloc
     config0 = PipelineConfig(targets=tuple(targets), methods=(), calibration_tokens=cal_tokens,

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from acttail.evaluate.paired import paired_change
-from acttail.store.measurements import WINDOW_KIND
+from acttail.store.measurements import REALISED_KIND, WINDOW_KIND
 from acttail.store.orm import Benchmark, Model
 from acttail.store.results import visible_to
 from acttail.store.upsert import canonical_hash
@@ -76,13 +76,16 @@ def leaderboard_table(
     cells of the same model, protocol (seqlen, test tokens) and target, so a filtered table still
     shows gains.
     """
-    rows = suite_rows(db, team_id=team_id, model=model, kinds=("perplexity", WINDOW_KIND, "zeroshot"))
+    rows = suite_rows(db, team_id=team_id, model=model, kinds=("perplexity", WINDOW_KIND, REALISED_KIND, "zeroshot"))
     windows: dict[tuple[int, int | None, str], dict[str, float]] = defaultdict(dict)
+    realised: dict[tuple[int, int | None, str], float] = {}
     zeroshot: dict[tuple[int, int | None, str, str], dict[str, Any]] = {}
     entries: list[dict[str, Any]] = []
     for row in rows:
         if row.kind == WINDOW_KIND:
             windows[_group_key(row)][row.metric] = row.value
+        elif row.kind == REALISED_KIND:
+            realised[_group_key(row)] = row.value
         elif row.kind == "zeroshot":
             s = row.settings
             key = (row.model_pk, row.allocation_id, s.get("mode", "topk"), s.get("scoring", "magnitude"))
@@ -105,6 +108,7 @@ def leaderboard_table(
             max_tokens=s.get("max_tokens"),
             tokens_scored=s.get("tokens_scored"),
             window_nlls=[per_window[k] for k in sorted(per_window)],
+            realised_sparsity=realised.get(_group_key(row)),
             created_at=row.created_at.isoformat() if row.created_at else None,
         )
         alloc = row.allocation

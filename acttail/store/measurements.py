@@ -74,6 +74,19 @@ def window_measurements(ppl: Measurement, window_nlls: Iterable[float]) -> list[
     ]
 
 
+#: Benchmark kind of the realised-sparsity row beside a ``perplexity/ppl`` row.
+REALISED_KIND = "sparsity"
+
+
+def realised_measurement(ppl: Measurement, realised: float) -> Measurement:
+    """``sparsity/realised``: the parameter-weighted share of input entries zeroed while ``ppl`` was measured.
+
+    Threshold mode only approximates its target on new text, so a perplexity is read beside the
+    sparsity it actually ran at; same settings as the ``ppl`` row, so the two pair up by key.
+    """
+    return Measurement(REALISED_KIND, "realised", float(realised), dict(ppl.settings))
+
+
 def zeroshot_measurements(
     report: Mapping[str, Any], *, mode: str, extra: Mapping[str, Any] | None = None
 ) -> list[Measurement]:

@@ -25,6 +25,7 @@ from acttail.store.locks import esd_lock
 from acttail.store.measurements import (
     Measurement,
     perplexity_measurements,
+    realised_measurement,
     save_measurements,
     speed_measurements,
     window_measurements,
@@ -68,8 +69,11 @@ def variant_measurements(
     out: list[Measurement] = []
     if variant.get("perplexity"):
         out += perplexity_measurements(variant["perplexity"], mode=mode, extra=extra)
+        ppl = out[-1]
         if protocol.get("window_rows"):  # per-window NLLs, for paired standard errors between rows
-            out += window_measurements(out[-1], variant["perplexity"].get("window_nlls") or ())
+            out += window_measurements(ppl, variant["perplexity"].get("window_nlls") or ())
+        if protocol.get("realised_rows") and not dense and variant.get("realised_sparsity") is not None:
+            out.append(realised_measurement(ppl, variant["realised_sparsity"]))
     if variant.get("zeroshot"):
         out += zeroshot_measurements(variant["zeroshot"], mode=mode, extra=extra)
     if variant.get("speed"):

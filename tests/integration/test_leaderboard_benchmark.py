@@ -77,6 +77,9 @@ def test_runs_in_parts_resumes_and_reports_every_row(
             table = leaderboard_table(db, team_id=1)
     finally:
         engine.dispose()
+    realised = {e["method"]: e["realised_sparsity"] for e in table["rows"]}
+    assert realised["dense"] is None  # every sparse cell is stored beside the sparsity it ran at
+    assert all(v == pytest.approx(0.5, abs=0.02) for m, v in realised.items() if m != "dense"), realised
     scored = {e["method"] for e in table["rows"] if e["mean_accuracy"] is not None}
     best = min((e for e in table["rows"] if e["method"] != "dense"), key=lambda e: e["ppl"])
     assert scored == {"dense", best["method"]}
@@ -118,3 +121,37 @@ def test_zeroshot_picks_three_distinct_patterns_and_skips_scored_cells(leaderboa
     rows[3]["zeroshot"] = {"limit": 500}  # already scored at this size: counts among the best, not re-run
     picks = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500)
     assert [(a["method"], mode) for a, mode, _ in picks] == [("auto", "threshold"), ("teal-greedy", "topk")]
+
+
+def test_threshold_cell_without_realised_sparsity_is_measured_again_in_place(
+    leaderboard: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # fmt: skip
+    from sqlalchemy import delete
+
+    from acttail.store.measurements import REALISED_KIND
+
+    model = str(save_tiny_model(tmp_path / "models" / "tiny-llama-thr", seed=3))
+    db_url = f"sqlite:///{tmp_path / 'leaderboard.db'}"
+    part = ["run", "--models", model, "--db", db_url, *QUICK, "--modes", "threshold", "--methods", "uniform"]
+    leaderboard.main(part)
+    _, benches, rows = counts(db_url)
+    engine = make_engine(db_url)
+    try:  # as a cell stored before realised-sparsity rows existed
+        with session_scope(make_session_factory(engine)) as db:
+            assert db.execute(delete(Benchmark).where(Benchmark.kind == REALISED_KIND)).rowcount == 1
+    finally:
+        engine.dispose()
+
+    capsys.readouterr()
+    leaderboard.main(part)
+    assert "(1 to measure again)" in capsys.readouterr().err
+    _, benches_again, rows_again = counts(db_url)
+    assert (benches_again, rows_again) == (benches, rows)  # same rows, updated in place, realised row back
+    engine = make_engine(db_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db:
+            table = leaderboard_table(db, team_id=1)
+    finally:
+        engine.dispose()
+    cell = next(e for e in table["rows"] if e["mode"] == "threshold")
+    assert 0.3 < cell["realised_sparsity"] < 0.7  # calibrated on validation, realised on test
