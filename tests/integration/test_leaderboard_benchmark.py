@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,16 @@ def leaderboard(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, acttail_home: P
 
     monkeypatch.setattr(module, "ESD_CACHE", tmp_path / "esd-cache")
     return module
+
+
+def read_table(db_url: str) -> dict[str, Any]:
+    """The leaderboard table as team ``default`` (id 1) sees it."""
+    engine = make_engine(db_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db:
+            return leaderboard_table(db, team_id=1)
+    finally:
+        engine.dispose()
 
 
 def counts(db_url: str) -> tuple[int, int, list[int]]:
@@ -71,12 +82,7 @@ def test_runs_in_parts_resumes_and_reports_every_row(
     assert benches2 > benches
 
     leaderboard.main(["zeroshot", *base, "--best", "1", "--tasks", "arc_easy", "--limit", "4"])
-    engine = make_engine(db_url)
-    try:
-        with session_scope(make_session_factory(engine)) as db:
-            table = leaderboard_table(db, team_id=1)
-    finally:
-        engine.dispose()
+    table = read_table(db_url)
     realised = {e["method"]: e["realised_sparsity"] for e in table["rows"]}
     assert realised["dense"] is None  # every sparse cell is stored beside the sparsity it ran at
     assert all(v == pytest.approx(0.5, abs=0.02) for m, v in realised.items() if m != "dense"), realised
@@ -147,11 +153,6 @@ def test_threshold_cell_without_realised_sparsity_is_measured_again_in_place(
     assert "(1 to measure again)" in capsys.readouterr().err
     _, benches_again, rows_again = counts(db_url)
     assert (benches_again, rows_again) == (benches, rows)  # same rows, updated in place, realised row back
-    engine = make_engine(db_url)
-    try:
-        with session_scope(make_session_factory(engine)) as db:
-            table = leaderboard_table(db, team_id=1)
-    finally:
-        engine.dispose()
+    table = read_table(db_url)
     cell = next(e for e in table["rows"] if e["mode"] == "threshold")
     assert 0.3 < cell["realised_sparsity"] < 0.7  # calibrated on validation, realised on test
