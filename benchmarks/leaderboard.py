@@ -98,7 +98,7 @@ class Store:
         (TopK meets its target by construction). A re-measured cell keeps its row IDs (upsert by key).
         """
         from acttail.allocate import Allocation
-        from acttail.store.leaderboard import suite_rows
+        from acttail.store.leaderboard import group_key, suite_rows
         from acttail.store.measurements import REALISED_KIND
 
         out: dict[tuple[str, float, str, str], Any] = {}
@@ -106,9 +106,7 @@ class Store:
         with self.session() as db:
             rows = suite_rows(db, team_id=self.store.team_id, fingerprint=fingerprint, suite=SUITE,
                               kinds=("perplexity", REALISED_KIND))  # fmt: skip
-            realised = {
-                (r.allocation_id, json.dumps(r.settings, sort_keys=True)) for r in rows if r.kind == REALISED_KIND
-            }
+            realised = {group_key(r) for r in rows if r.kind == REALISED_KIND}
             for row in rows:
                 s = row.settings
                 if row.kind != "perplexity" or s.get("seqlen") != seqlen or s.get("max_tokens") != max_tokens:
@@ -118,7 +116,7 @@ class Store:
                 target = 0.0 if alloc is None else alloc.target
                 cell = _cell(method, target, s["mode"], s.get("scoring", "magnitude"))
                 out[cell] = alloc
-                if s["mode"] == "threshold" and (row.allocation_id, json.dumps(s, sort_keys=True)) not in realised:
+                if s["mode"] == "threshold" and group_key(row) not in realised:
                     stale.add(cell)
         return out, stale
 

@@ -48,7 +48,8 @@ def suite_rows(
     return [r for r in rows if (r.settings or {}).get("suite") == suite]
 
 
-def _group_key(row: Benchmark) -> tuple[int, int | None, str]:
+def group_key(row: Benchmark) -> tuple[int, int | None, str]:
+    """The rows that make up one cell (its ppl, per-window NLLs, realised sparsity) share this key."""
     return (row.model_pk, row.allocation_id, canonical_hash(row.settings))
 
 
@@ -83,9 +84,9 @@ def leaderboard_table(
     entries: list[dict[str, Any]] = []
     for row in rows:
         if row.kind == WINDOW_KIND:
-            windows[_group_key(row)][row.metric] = row.value
+            windows[group_key(row)][row.metric] = row.value
         elif row.kind == REALISED_KIND:
-            realised[_group_key(row)] = row.value
+            realised[group_key(row)] = row.value
         elif row.kind == "zeroshot":
             s = row.settings
             key = (row.model_pk, row.allocation_id, s.get("mode", "topk"), s.get("scoring", "magnitude"))
@@ -99,7 +100,7 @@ def leaderboard_table(
             continue
         entry = _identity(row)
         s = row.settings
-        per_window = windows.get(_group_key(row), {})
+        per_window = windows.get(group_key(row), {})
         entry.update(
             ppl=row.value,
             row_id=row.id,
@@ -108,7 +109,7 @@ def leaderboard_table(
             max_tokens=s.get("max_tokens"),
             tokens_scored=s.get("tokens_scored"),
             window_nlls=[per_window[k] for k in sorted(per_window)],
-            realised_sparsity=realised.get(_group_key(row)),
+            realised_sparsity=realised.get(group_key(row)),
             created_at=row.created_at.isoformat() if row.created_at else None,
         )
         alloc = row.allocation
