@@ -48,6 +48,16 @@ if TYPE_CHECKING:
 DENSE_MODE = "topk"
 
 
+def _stores_realised(mode: str, protocol: Mapping[str, Any]) -> bool:
+    """Whether a sparse perplexity gets its ``sparsity/realised`` row.
+
+    Always in threshold mode, whose calibrated thresholds only approximate their target on new text;
+    TopK meets its target by construction, so its row is stored only where a suite asks for every
+    cell's (``realised_rows``: the leaderboard's column).
+    """
+    return mode == "threshold" or bool(protocol.get("realised_rows"))
+
+
 def variant_measurements(
     variant: Mapping[str, Any], protocol: Mapping[str, Any], environment: Mapping[str, Any]
 ) -> list[Measurement]:
@@ -72,7 +82,7 @@ def variant_measurements(
         ppl = out[-1]
         if protocol.get("window_rows"):  # per-window NLLs, for paired standard errors between rows
             out += window_measurements(ppl, variant["perplexity"].get("window_nlls") or ())
-        if protocol.get("realised_rows") and not dense and variant.get("realised_sparsity") is not None:
+        if _stores_realised(mode, protocol) and not dense and variant.get("realised_sparsity") is not None:
             out.append(realised_measurement(ppl, variant["realised_sparsity"]))
     if variant.get("zeroshot"):
         out += zeroshot_measurements(variant["zeroshot"], mode=mode, extra=extra)

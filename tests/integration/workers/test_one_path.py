@@ -105,7 +105,10 @@ def test_cli_embedded_and_celery_store_identical_rows(
     cli = stored_rows(cli_db)
     assert sorted(cli["allocations"]) == sorted((m, TARGET) for m in METHODS)
     modes = {json.loads(key[3])["mode"] for key in cli["benchmarks"]}
-    assert modes == set(MODES) and len(cli["benchmarks"]) == 1 + 2 * len(METHODS)  # dense once, 4 x 2 sparse
+    realised = {key[0] for key in cli["benchmarks"] if key[1:3] == ("sparsity", "realised")}
+    assert realised == set(cli["allocations"])  # threshold mode stores the sparsity it reached, TopK needs not
+    # dense once, 4 x 2 sparse perplexities, and 4 realised-sparsity rows beside the threshold ones
+    assert modes == set(MODES) and len(cli["benchmarks"]) == 1 + 3 * len(METHODS)
 
     embedded = _through_embedded(tmp_path / "embedded-home", model_root, model_id)
     assert embedded == cli
