@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,66 @@ def _cell_name(e: dict[str, Any]) -> str:
 
 def _find(rows: Sequence[dict[str, Any]], method: str, mode: str = "topk", scoring: str = "magnitude") -> Any:
     return next((e for e in rows if (e["method"], e["mode"], e["scoring"]) == (method, mode, scoring)), None)
+
+
+#: Twin comparisons, cells that differ in one knob only: (title, knob, base -> other, the other knob held at).
+TWINS = (
+    (r"WINA vs \|x\| (TopK)", "scoring", ("magnitude", "wina"), ("mode", "topk")),
+    (r"WINA vs \|x\| (thr)", "scoring", ("magnitude", "wina"), ("mode", "threshold")),
+    (r"thr vs TopK (\|x\|)", "mode", ("topk", "threshold"), ("scoring", "magnitude")),
+)
+_CELL_KNOBS = ("model_id", "method", "target", "mode", "scoring")
+
+
+def twin_changes(rows: Sequence[dict[str, Any]], knob: str, base: str, other: str) -> list[dict[str, Any]]:
+    """Every pair of cells that differ only in ``knob`` (``base`` -> ``other``), with the paired change.
+
+    ``auto`` and CATS are left out: auto repeats another method's sparsity pattern, CATS has no twin.
+    The change is of ``other`` against ``base`` on the same test windows (``acttail.evaluate.paired``).
+    """
+    from acttail.evaluate.paired import paired_change
+
+    def key(e: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(round(e[k], 4) if k == "target" else e[k] for k in _CELL_KNOBS if k != knob)
+
+    cells = [e for e in rows if e["method"] not in ("dense", "auto", "cats") and e.get("window_nlls")]
+    bases = {key(e): e for e in cells if e[knob] == base}
+    out = []
+    for e in cells:
+        twin = bases.get(key(e)) if e[knob] == other else None
+        if twin is not None and len(twin["window_nlls"]) == len(e["window_nlls"]):
+            pct, se = paired_change(twin["window_nlls"], e["window_nlls"])
+            out.append({"base": twin, "other": e, "change_pct": pct, "se_pct": se})
+    return out
+
+
+def _twin_lines(rows: Sequence[dict[str, Any]], models: Sequence[str]) -> list[str]:
+    """One line per model, target and twin comparison: uniform's pair, and how the other methods' pairs fall."""
+    lines = ["## One knob at a time (paired, each cell against its twin)", "",
+             "Each cell against the cell that differs only in the named knob (same model, method, target and the other",
+             "knob; `auto` left out, it repeats another method's pattern). `better`/`worse` count methods whose change is",
+             "beyond one paired SE; the median is over all methods.", "",
+             "| model | target | comparison | uniform (rows) | better / within / worse | median change |",
+             "|---|---:|---|---|---|---:|"]  # fmt: skip
+    pairs = {title: twin_changes(rows, knob, *values) for title, knob, values, _ in TWINS}
+    for model in models:
+        for target in sorted(
+            {round(e["target"], 4) for e in rows if e["model_id"] == model and e["method"] != "dense"}
+        ):
+            for title, _, _, (held, at) in TWINS:
+                found = [p for p in pairs[title] if p["other"]["model_id"] == model
+                         and round(p["other"]["target"], 4) == target and p["other"][held] == at]  # fmt: skip
+                if not found:
+                    continue
+                uni = next((p for p in found if p["other"]["method"] == "uniform"), None)
+                uni_text = (f"{uni['change_pct']:+.1f}% ± {uni['se_pct']:.1f} ({uni['base']['row_id']} -> "
+                            f"{uni['other']['row_id']})") if uni else "—"  # fmt: skip
+                better = sum(p["change_pct"] < -p["se_pct"] for p in found)
+                worse = sum(p["change_pct"] > p["se_pct"] for p in found)
+                median = statistics.median(p["change_pct"] for p in found)
+                lines.append(f"| {model} | {target:.0%} | {title} | {uni_text} | {better} / {len(found) - better - worse}"
+                             f" / {worse} | {median:+.1f}% |")  # fmt: skip
+    return [*lines, ""]
 
 
 def write_report(store: Any, args: Any) -> None:
@@ -124,6 +185,7 @@ def write_report(store: Any, args: Any) -> None:
     lines += (
         ["## auto against uniform TopK |x| (issue 13, item 5)", ""] + (auto_check or ["- no auto cell stored"]) + [""]
     )
+    lines += _twin_lines(rows, models)
     zs = [e for e in rows if e.get("mean_accuracy") is not None]
     if zs:
         lines += ["## Zero-shot (mean accuracy over the tasks scored)", "",

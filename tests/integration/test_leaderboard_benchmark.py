@@ -8,7 +8,9 @@ the new cell and reuse the stored allocations), then the report, whose table mus
 from __future__ import annotations
 
 import json
+import math
 import re
+import statistics
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -127,6 +129,35 @@ def test_zeroshot_picks_three_distinct_patterns_and_skips_scored_cells(leaderboa
     rows[3]["zeroshot"] = {"limit": 500}  # already scored at this size: counts among the best, not re-run
     picks = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500)
     assert [(a["method"], mode) for a, mode, _ in picks] == [("auto", "threshold"), ("teal-greedy", "topk")]
+
+
+def _windowed(method: str, mode: str, scoring: str, nlls: list[float], target: float = 0.5) -> dict[str, Any]:
+    return {"model_id": "m", "method": method, "target": target, "mode": mode, "scoring": scoring,
+            "window_nlls": nlls}  # fmt: skip
+
+
+def test_twin_changes_pair_cells_that_differ_in_one_knob(leaderboard: ModuleType) -> None:
+    import leaderboard_report
+
+    rows = [
+        _windowed("uniform", "topk", "magnitude", [3.0, 3.2, 3.4]),
+        _windowed("uniform", "topk", "wina", [3.1, 3.2, 3.5]),
+        _windowed("uniform", "threshold", "magnitude", [2.9, 3.0, 3.3]),
+        _windowed("acttail", "topk", "wina", [3.0, 3.0, 3.0]),  # its |x| twin is missing: no pair
+        _windowed("auto", "topk", "magnitude", [3.0, 3.2, 3.4]),  # repeats another method: left out
+        _windowed("auto", "topk", "wina", [3.1, 3.2, 3.5]),
+        _windowed("uniform", "topk", "wina", [3.0, 3.0], target=0.3),  # other target, no |x| twin
+    ]
+    wina = leaderboard_report.twin_changes(rows, "scoring", "magnitude", "wina")
+    assert [(p["base"]["method"], p["base"]["mode"], p["other"]["scoring"]) for p in wina] == [
+        ("uniform", "topk", "wina")
+    ]
+    mean_diff = (0.1 + 0.0 + 0.1) / 3  # paired over the same windows
+    assert wina[0]["change_pct"] == pytest.approx(100 * (math.exp(mean_diff) - 1))
+    assert wina[0]["se_pct"] == pytest.approx(100 * statistics.stdev([0.1, 0.0, 0.1]) / math.sqrt(3))
+    mode = leaderboard_report.twin_changes(rows, "mode", "topk", "threshold")
+    assert [(p["base"]["mode"], p["other"]["mode"]) for p in mode] == [("topk", "threshold")]
+    assert mode[0]["change_pct"] < 0  # thresholds lower every window's NLL here
 
 
 def test_threshold_cell_without_realised_sparsity_is_measured_again_in_place(
