@@ -22,13 +22,15 @@ restart after the context for every choice. The context is thus encoded once per
 once per choice; results equal separate forward passes up to float rounding
 (``share_context=False`` runs them separately). Rows are sorted by length (longest first, so an
 out-of-memory shows at once), padded, batched, and only the positions that are scored reach the
-LM head.
+LM head: each row's own, not every kept position of every row (on a 262k-token vocabulary the
+head costs more than the rest of the model, see ``_own_positions_only``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -226,6 +228,26 @@ def _attention_masks(
     return masks
 
 
+@contextmanager
+def _own_positions_only(model: PreTrainedModel, rows: torch.Tensor, columns: torch.Tensor) -> Iterator[None]:
+    """While open, the LM head sees ``hidden[rows, columns]`` as one ``[1, N, H]`` sequence.
+
+    ``logits_to_keep`` keeps the same positions for every row of a batch (the union of what the
+    rows score); this hook narrows that to each row's own before the head's matmul. Anything the
+    model does to the logits after its head (Gemma-2's soft-capping) is elementwise, so it still
+    applies unchanged.
+    """
+
+    def narrow(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0][rows, columns][None], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(narrow)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _score_batch(model: PreTrainedModel, rows: Sequence[_Row], pad_id: int) -> list[list[tuple[float, bool]]]:
     """Forward one padded batch; per row and choice, (sum log-prob, all-greedy)."""
     device = input_device(model)
@@ -241,28 +263,32 @@ def _score_batch(model: PreTrainedModel, rows: Sequence[_Row], pad_id: int) -> l
         seg[i, :n] = torch.tensor(r.segments)
     valid = seg >= 0
     needed = sorted({s for r in rows for src in r.sources for s in src})
-    keep = torch.tensor(needed, dtype=torch.long)
+    column = {p: c for c, p in enumerate(needed)}
+    own = [(i, p) for i, r in enumerate(rows) for p in sorted({s for src in r.sources for s in src})]
+    flat = {pair: n for n, pair in enumerate(own)}  # (row, position) -> index into the head's output
     masks = _attention_masks(seg, pos, valid, model, model.dtype)
     if isinstance(masks, dict):
         masks = {k: v.to(device) for k, v in masks.items()}
     else:
         masks = masks.to(device)
-    out = model(
-        input_ids=ids.to(device),
-        position_ids=pos.to(device),
-        attention_mask=masks,
-        logits_to_keep=keep.to(device),
-        use_cache=False,
-    )
-    logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # [B, len(needed), V]
-    column = {p: c for c, p in enumerate(needed)}
+    head_rows = torch.tensor([i for i, _ in own], device=device)
+    head_columns = torch.tensor([column[p] for _, p in own], device=device)
+    with _own_positions_only(model, head_rows, head_columns):
+        out = model(
+            input_ids=ids.to(device),
+            position_ids=pos.to(device),
+            attention_mask=masks,
+            logits_to_keep=torch.tensor(needed, dtype=torch.long, device=device),
+            use_cache=False,
+        )
+    logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)  # [N own positions, V]
     results = []
     for i, r in enumerate(rows):
         per_choice = []
         for tgt, src in zip(r.targets, r.sources, strict=True):
-            cols = torch.tensor([column[s] for s in src], device=logprobs.device)
+            at = torch.tensor([flat[(i, s)] for s in src], device=logprobs.device)
             tg = torch.tensor(tgt, device=logprobs.device)
-            lp = logprobs[i, cols]  # [len(tgt), V]
+            lp = logprobs[at]  # [len(tgt), V]
             ll = lp.gather(1, tg[:, None]).sum().item()
             greedy = bool((lp.argmax(dim=-1) == tg).all().item())
             per_choice.append((ll, greedy))

@@ -257,9 +257,10 @@ def test_packed_context_equals_separate_forward_passes(tokenizer: PreTrainedToke
 
 
 def test_packed_context_respects_gemma3_sliding_window(tokenizer: PreTrainedTokenizerFast) -> None:
+    # Soft-capped logits (applied after the LM head) must survive the head seeing only scored positions.
     model = build_tiny_model(
         "gemma3", 1, vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_attention_heads=2,
-        num_key_value_heads=1, sliding_window=3, max_position_embeddings=64,
+        num_key_value_heads=1, sliding_window=3, max_position_embeddings=64, final_logit_softcapping=0.5,
         layer_types=["sliding_attention", "full_attention"], pad_token_id=1, bos_token_id=0, eos_token_id=1,
     )  # fmt: skip
     doc = Doc(("the cat sat on the mat",), (" a b c", " yes no yes no"), 0, (5, 13))
