@@ -320,7 +320,7 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     from acttail.allocate import Allocation
     from acttail.pipeline import PipelineConfig, evaluate_variants
     from acttail.store.leaderboard import leaderboard_table
-    from acttail.store.requests import PerplexitySpec, ZeroShotSpec
+    from acttail.store.requests import ZeroShotSpec
 
     source = resolve_model(alias)
     description = source.describe().as_dict()
@@ -336,10 +336,12 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     lm, tokenizer = source.load_causal_lm()
     torch.set_num_threads(args.threads)
     for alloc, mode, scoring in picks:
-        config = PipelineConfig(targets=(), methods=(), mode=mode, scoring=scoring,
-                                perplexity=PerplexitySpec(seqlen=args.seqlen, max_tokens=test_tokens),
+        # No perplexity here: the grid's stored perplexity rows stay as measured (a rerun would upsert
+        # over them). Thresholds calibrate in windows of the grid's seqlen, as the grid's did.
+        config = PipelineConfig(targets=(), methods=(), mode=mode, scoring=scoring, perplexity=None,
                                 zeroshot=ZeroShotSpec(tasks=list(args.tasks), limit=args.limit),
-                                calibration_tokens=args.cal_tokens_for.get(alias, args.cal_tokens))  # fmt: skip
+                                calibration_tokens=args.cal_tokens_for.get(alias, args.cal_tokens),
+                                calibration_seqlen=args.seqlen)  # fmt: skip
         t0 = time.perf_counter()
         variants = evaluate_variants((lm, tokenizer), [(None, alloc)], config)
         store.save(_document(description, config, variants, t0))

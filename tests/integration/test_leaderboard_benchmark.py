@@ -83,8 +83,11 @@ def test_runs_in_parts_resumes_and_reports_every_row(
     assert allocs2 == 3 and len(rows2) == 4 and rows2[:3] == rows  # one new cell, the stored ones untouched
     assert benches2 > benches
 
+    before = {(e["method"], e["row_id"]): (e["ppl"], e["realised_sparsity"]) for e in read_table(db_url)["rows"]}
     leaderboard.main(["zeroshot", *base, "--best", "1", "--tasks", "arc_easy", "--limit", "4"])
     table = read_table(db_url)
+    after = {(e["method"], e["row_id"]): (e["ppl"], e["realised_sparsity"]) for e in table["rows"]}
+    assert after == before  # zero-shot adds accuracy rows; the grid's perplexities stay as measured
     realised = {e["method"]: e["realised_sparsity"] for e in table["rows"]}
     assert realised["dense"] is None  # every sparse cell is stored beside the sparsity it ran at
     assert all(v == pytest.approx(0.5, abs=0.02) for m, v in realised.items() if m != "dense"), realised
