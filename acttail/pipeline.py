@@ -530,6 +530,8 @@ def evaluate_variants(
                     model, token_ids=test_ids, seqlen=config.perplexity.seqlen,
                     max_tokens=config.perplexity.max_tokens, progress=show_progress, on_window=on_window,
                 )  # fmt: skip
+            # Read before zero-shot runs: the realised sparsity stored beside a perplexity is the test text's.
+            realised = None if handle is None or ppl is None else handle.realised_sparsity()
             if config.zeroshot is not None:
                 import torch
 
@@ -542,7 +544,8 @@ def evaluate_variants(
                         model, tokenizer, list(config.zeroshot.tasks), limit=config.zeroshot.limit,
                         progress=show_progress,
                     )  # fmt: skip
-            realised = None if handle is None else handle.realised_sparsity()
+            if realised is None and handle is not None:
+                realised = handle.realised_sparsity()
         finally:
             if handle is not None:
                 handle.remove()

@@ -101,6 +101,11 @@ def test_threshold_mode_pipeline(model_dir: Path) -> None:
     )
     (variant,) = run_pipeline(str(model_dir), config).variants
     assert variant.realised_sparsity == pytest.approx(0.5, abs=0.05)
+    # With zero-shot too, the realised sparsity stored beside the perplexity is still the test text's.
+    with_zeroshot = replace(config, zeroshot=ZeroShotSpec(tasks=["arc_easy"], limit=4))
+    (scored,) = run_pipeline(str(model_dir), with_zeroshot).variants
+    assert scored.mean_accuracy is not None and scored.ppl == pytest.approx(variant.ppl)
+    assert scored.realised_sparsity == pytest.approx(variant.realised_sparsity)
 
 
 def run_cli(args: list[str]) -> None:
