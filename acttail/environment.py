@@ -14,7 +14,13 @@ if TYPE_CHECKING:
 
 
 def environment(placement: ResolvedPlacement | None = None) -> dict[str, Any]:
-    """Versions that change numbers, the thread count, and where the model ran (``placement``)."""
+    """Versions that change numbers, the thread count, the CPU kernels' instruction set, and where the
+    model ran (``placement``).
+
+    The instruction set is recorded because sparse results depend on it: TopK and thresholds are
+    discontinuous, so rounding differences between AVX2 and AVX-512 kernels flip entries near the
+    cut-off and the flips compound through the layers (docs/science.md, "Reproducibility").
+    """
     import torch
     import transformers
 
@@ -26,6 +32,7 @@ def environment(placement: ResolvedPlacement | None = None) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "torch_threads": str(torch.get_num_threads()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if placement is not None:
         out.update(placement.as_dict())
