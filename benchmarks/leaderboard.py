@@ -18,6 +18,10 @@ row the report and docs/science.md cite is in it, and a run on a fresh machine r
     nice -n 10 .venv/bin/python benchmarks/leaderboard.py run --models smollm2-135m --test-tokens 2048
     nice -n 10 .venv/bin/python benchmarks/leaderboard.py zeroshot --models smollm2-135m --limit 100
     .venv/bin/python benchmarks/leaderboard.py report     # leaderboard.md / .json / plots from the DB
+
+To see how far another machine's rounding moves the numbers, measure cells again into a second DB
+(``run --db sqlite:///other.db --methods uniform --modes topk --scorings magnitude --no-cats``) and
+set them beside the stored ones: ``report --rerun sqlite:///other.db "label"``.
 """
 
 from __future__ import annotations
@@ -381,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--db", default=f"sqlite:///{DEFAULT_DB}", help="results DB URL (default: the committed one)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--note", action="append", default=[], help="report: a line on the run's conditions (load)")
+    parser.add_argument("--rerun", nargs=2, action="append", default=[], metavar=("DB", "LABEL"),
+                        help="report: set the cells of another results DB (a rerun elsewhere) beside the stored ones")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.targets = [float(t) for t in args.targets.split(",")]

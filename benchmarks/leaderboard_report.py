@@ -101,6 +101,40 @@ def _twin_lines(rows: Sequence[dict[str, Any]], models: Sequence[str]) -> list[s
     return [*lines, ""]
 
 
+def rerun_changes(rows: Sequence[dict[str, Any]], rerun: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every cell measured in both tables (same model, cell and protocol): the rerun's PPL against the stored one.
+
+    A rerun on another machine differs only in floating-point rounding (another CPU's kernels), which
+    TopK and thresholds amplify; this puts a number on it next to the paired SEs that compare cells.
+    """
+
+    def key(e: dict[str, Any]) -> tuple[Any, ...]:
+        return (*(round(e[k], 4) if k == "target" else e[k] for k in _CELL_KNOBS), e["seqlen"], e["max_tokens"])
+
+    stored = {key(e): e for e in rows}
+    out = []
+    for e in rerun:
+        first = stored.get(key(e))
+        if first is not None:
+            out.append({"stored": first, "rerun": e, "change_pct": 100.0 * (e["ppl"] / first["ppl"] - 1.0)})
+    return out
+
+
+def _rerun_lines(pairs: Sequence[dict[str, Any]], label: str) -> list[str]:
+    lines = [f"## Rerun on another machine ({label})", "",
+             "The same cells measured again in a fresh process on another machine (same code, protocol and windows);",
+             "only floating-point rounding differs (docs/science.md, \"Reproducibility\"). `SE of gain` is the stored",
+             "cell's paired SE against uniform, for scale.", "",
+             "| model | cell | target | stored PPL (row) | rerun PPL | rerun vs stored | SE of gain |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for p in sorted(pairs, key=lambda p: (p["stored"]["model_id"], p["stored"]["target"], _cell_name(p["stored"]))):
+        e = p["stored"]
+        se = "—" if e.get("se_pct") is None else f"{e['se_pct']:.1f}%"
+        lines.append(f"| {e['model_id']} | {_cell_name(e)} | {e['target']:.0%} | {e['ppl']:.3f} ({e['row_id']}) | "
+                     f"{p['rerun']['ppl']:.3f} | {p['change_pct']:+.2f}% | {se} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def write_report(store: Any, args: Any) -> None:
     from acttail import plots
     from acttail.store.leaderboard import leaderboard_table, scaling_points, sweep_points
@@ -186,6 +220,8 @@ def write_report(store: Any, args: Any) -> None:
         ["## auto against uniform TopK |x| (issue 13, item 5)", ""] + (auto_check or ["- no auto cell stored"]) + [""]
     )
     lines += _twin_lines(rows, models)
+    for url, label in getattr(args, "rerun", []):
+        lines += _rerun_lines(rerun_changes(rows, _table_of(url)["rows"]), label)
     zs = [e for e in rows if e.get("mean_accuracy") is not None]
     if zs:
         lines += ["## Zero-shot (mean accuracy over the tasks scored)", "",
@@ -218,6 +254,17 @@ def write_report(store: Any, args: Any) -> None:
     (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
     (out / "leaderboard.json").write_text(json.dumps({"suite": table["suite"], "baseline": table["baseline"],
                                                       "models": table["models"], "rows": json_rows}, indent=1) + "\n")  # fmt: skip
+
+
+def _table_of(url: str) -> dict[str, Any]:
+    """The leaderboard table of another results DB (a rerun's)."""
+    from leaderboard import Store
+
+    from acttail.store.leaderboard import leaderboard_table
+
+    other = Store(url)
+    with other.session() as db:
+        return leaderboard_table(db, team_id=other.store.team_id)
 
 
 def _missing(mrows: Sequence[dict[str, Any]], args: Any) -> list[str]:

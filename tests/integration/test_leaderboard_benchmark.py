@@ -106,6 +106,14 @@ def test_runs_in_parts_resumes_and_reports_every_row(
     stored = json.loads((out / "leaderboard.json").read_text())
     assert sorted(r["row_id"] for r in stored["rows"]) == rows2
 
+    rerun_url = f"sqlite:///{tmp_path / 'rerun.db'}"
+    leaderboard.main(["run", "--models", model, "--db", rerun_url, *QUICK, "--methods", "uniform", "--no-dense"])
+    leaderboard.main(["report", "--db", db_url, "--out-dir", str(out), "--rerun", rerun_url, "same machine"])
+    section = (out / "leaderboard.md").read_text().split("## Rerun on another machine (same machine)")[1]
+    cells = [line for line in section.split("\n## ")[0].splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(cells) == 2  # the header and the one cell both DBs hold
+    assert "uniform TopK" in cells[1] and "| +0.00% |" in cells[1]  # same machine, same rounding
+
 
 def _row(method: str, mode: str, ppl: float, pattern: float, scored_limit: int | None = None) -> dict:
     allocation = None if method == "dense" else {"method": method, "sparsities": {"q": pattern, "up": 1 - pattern}}
@@ -161,6 +169,20 @@ def test_twin_changes_pair_cells_that_differ_in_one_knob(leaderboard: ModuleType
     mode = leaderboard_report.twin_changes(rows, "mode", "topk", "threshold")
     assert [(p["base"]["mode"], p["other"]["mode"]) for p in mode] == [("topk", "threshold")]
     assert mode[0]["change_pct"] < 0  # thresholds lower every window's NLL here
+
+
+def test_rerun_changes_pair_the_same_cell_under_the_same_protocol(leaderboard: ModuleType) -> None:
+    import leaderboard_report
+
+    def cell(method: str, ppl: float, max_tokens: int = 2048) -> dict[str, Any]:
+        return {"model_id": "m", "method": method, "target": 0.5, "mode": "topk", "scoring": "magnitude",
+                "seqlen": 256, "max_tokens": max_tokens, "ppl": ppl}  # fmt: skip
+
+    stored = [cell("uniform", 200.0), cell("acttail", 180.0), cell("dense", 100.0)]
+    rerun = [cell("uniform", 204.0), cell("acttail", 170.0, max_tokens=1024), cell("htsr-spectral", 150.0)]
+    pairs = leaderboard_report.rerun_changes(stored, rerun)
+    assert [(p["stored"]["method"], p["rerun"]["ppl"]) for p in pairs] == [("uniform", 204.0)]
+    assert pairs[0]["change_pct"] == pytest.approx(2.0)
 
 
 def test_threshold_cell_without_realised_sparsity_is_measured_again_in_place(
