@@ -292,15 +292,16 @@ def _scored(row: dict[str, Any], limit: int) -> bool:
 
 
 def zeroshot_picks(
-    rows: Sequence[dict[str, Any]], targets: Sequence[float], *, best: int, limit: int
+    rows: Sequence[dict[str, Any]], targets: Sequence[float], *, best: int, limit: int, dense: bool = True
 ) -> list[tuple[dict[str, Any] | None, str, str]]:  # fmt: skip
-    """What to score: dense, and the ``best`` lowest-perplexity cells per target, as (allocation, mode, scoring).
+    """What to score: dense (unless ``dense`` is False: another process scores it), and the ``best``
+    lowest-perplexity cells per target, as (allocation, mode, scoring).
 
     Cells that sparsify identically (``auto`` when it picked ``teal-greedy``, say) count once, so the
     best three are three different sparsity patterns; cells already scored at ``limit`` are left out.
     """
     picks: list[tuple[dict[str, Any] | None, str, str]] = []
-    if not any(r["method"] == "dense" and _scored(r, limit) for r in rows):
+    if dense and not any(r["method"] == "dense" and _scored(r, limit) for r in rows):
         picks.append((None, "topk", "magnitude"))
     for target in targets:
         cands = [r for r in rows if r["method"] not in ("dense", "cats") and math.isclose(r["target"], target)]
@@ -334,7 +335,7 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     rows = [r for r in table["rows"] if r["seqlen"] == args.seqlen and r["max_tokens"] == test_tokens]
     picks = [
         (None if doc is None else Allocation.from_dict(doc), mode, scoring)
-        for doc, mode, scoring in zeroshot_picks(rows, args.targets, best=args.best, limit=args.limit)
+        for doc, mode, scoring in zeroshot_picks(rows, args.targets, best=args.best, limit=args.limit, dense=args.dense)
     ]
     log(f"{alias}: zero-shot for {len(picks)} cells, {args.limit} items per task of {', '.join(args.tasks)}")
     lm, tokenizer = source.load_causal_lm()

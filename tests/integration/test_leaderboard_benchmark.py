@@ -135,6 +135,7 @@ def test_zeroshot_picks_three_distinct_patterns_and_skips_scored_cells(leaderboa
     assert [(a and a["method"], mode) for a, mode, _ in picks] == [
         (None, "topk"), ("auto", "threshold"), ("uniform", "threshold"), ("teal-greedy", "topk"),
     ]  # fmt: skip
+    assert leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, dense=False) == picks[1:]  # dense elsewhere
 
     rows[0]["zeroshot"] = {"limit": 500}
     rows[3]["zeroshot"] = {"limit": 500}  # already scored at this size: counts among the best, not re-run
