@@ -20,8 +20,8 @@ row the report and docs/science.md cite is in it, and a run on a fresh machine r
     .venv/bin/python benchmarks/leaderboard.py report     # leaderboard.md / .json / plots from the DB
 
 To see how far another machine's rounding moves the numbers, measure cells again into a second DB
-(``run --db sqlite:///other.db --methods uniform --modes topk --scorings magnitude --no-cats``) and
-set them beside the stored ones: ``report --rerun sqlite:///other.db "label"``.
+with the same allocations (``run --db sqlite:///other.db --allocations-from <the first DB>``: no
+greedy search again) and set them beside the stored ones (``report --rerun sqlite:///other.db LABEL``).
 """
 
 from __future__ import annotations
@@ -182,6 +182,11 @@ def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     for (method, target, _m, _s), alloc in stored.items():
         if alloc is not None:
             allocations[(method, target)] = alloc
+    if args.allocations_from:  # a rerun elsewhere measures the very allocations stored there
+        theirs, _ = Store(args.allocations_from).done(description["fingerprint"], args.seqlen, test_tokens)
+        for (method, target, _m, _s), alloc in theirs.items():
+            if alloc is not None:
+                allocations.setdefault((method, target), alloc)
     config0 = PipelineConfig(targets=tuple(targets), methods=(), calibration_tokens=cal_tokens,
                              perplexity=PerplexitySpec(seqlen=args.seqlen, max_tokens=test_tokens))  # fmt: skip
 
@@ -386,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--db", default=f"sqlite:///{DEFAULT_DB}", help="results DB URL (default: the committed one)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--note", action="append", default=[], help="report: a line on the run's conditions (load)")
+    parser.add_argument("--allocations-from", metavar="DB",
+                        help="run: take the allocations stored in this results DB instead of building them")  # fmt: skip
     parser.add_argument("--rerun", nargs=2, action="append", default=[], metavar=("DB", "LABEL"),
                         help="report: set the cells of another results DB (a rerun elsewhere) beside the stored ones")  # fmt: skip
     args = parser.parse_args(argv)

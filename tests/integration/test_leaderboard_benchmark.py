@@ -44,7 +44,7 @@ def read_table(db_url: str) -> dict[str, Any]:
     engine = make_engine(db_url)
     try:
         with session_scope(make_session_factory(engine)) as db:
-            return leaderboard_table(db, team_id=1)
+            return leaderboard_table(db, team_id=1, with_allocations=True)
     finally:
         engine.dispose()
 
@@ -107,12 +107,15 @@ def test_runs_in_parts_resumes_and_reports_every_row(
     assert sorted(r["row_id"] for r in stored["rows"]) == rows2
 
     rerun_url = f"sqlite:///{tmp_path / 'rerun.db'}"
-    leaderboard.main(["run", "--models", model, "--db", rerun_url, *QUICK, "--methods", "uniform", "--no-dense"])
+    leaderboard.main(["run", "--models", model, "--db", rerun_url, *QUICK, "--methods", "acttail", "--no-dense",
+                      "--allocations-from", db_url])  # fmt: skip
+    first, again = (next(e for e in read_table(url)["rows"] if e["method"] == "acttail") for url in (db_url, rerun_url))
+    assert again["allocation"] == first["allocation"]  # taken over, created_at included, not built again
     leaderboard.main(["report", "--db", db_url, "--out-dir", str(out), "--rerun", rerun_url, "same machine"])
     section = (out / "leaderboard.md").read_text().split("## Rerun on another machine (same machine)")[1]
     cells = [line for line in section.split("\n## ")[0].splitlines() if line.startswith("| ") and "---" not in line]
     assert len(cells) == 2  # the header and the one cell both DBs hold
-    assert "uniform TopK" in cells[1] and "| +0.00% |" in cells[1]  # same machine, same rounding
+    assert "acttail TopK" in cells[1] and "| +0.00% |" in cells[1]  # same machine, same rounding
 
 
 def _row(method: str, mode: str, ppl: float, pattern: float, scored_limit: int | None = None) -> dict:
