@@ -122,16 +122,16 @@ def rerun_changes(rows: Sequence[dict[str, Any]], rerun: Sequence[dict[str, Any]
 
 def _rerun_lines(pairs: Sequence[dict[str, Any]], label: str) -> list[str]:
     lines = [f"## Rerun on another machine ({label})", "",
-             "The same cells measured again in a fresh process on another machine (same code, protocol and windows);",
-             "only floating-point rounding differs (docs/science.md, \"Reproducibility\"). `SE of gain` is the stored",
-             "cell's paired SE against uniform, for scale.", "",
-             "| model | cell | target | stored PPL (row) | rerun PPL | rerun vs stored | SE of gain |",
-             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "The same cells (same allocations) measured again in a fresh process on another machine, same code,",
+             "protocol and windows: only floating-point rounding differs (docs/science.md, \"Reproducibility\").",
+             "`vs uniform` is each run's own change against its own uniform TopK |x|, +- the paired SE.", "",
+             "| model | cell | target | stored PPL (row) | rerun PPL | rerun vs stored | vs uniform, stored | vs uniform, rerun |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for p in sorted(pairs, key=lambda p: (p["stored"]["model_id"], p["stored"]["target"], _cell_name(p["stored"]))):
-        e = p["stored"]
-        se = "—" if e.get("se_pct") is None else f"{e['se_pct']:.1f}%"
+        e, again = p["stored"], p["rerun"]
+        gains = " | ".join("—" if x["method"] == "dense" else _fmt_change(x) for x in (e, again))
         lines.append(f"| {e['model_id']} | {_cell_name(e)} | {e['target']:.0%} | {e['ppl']:.3f} ({e['row_id']}) | "
-                     f"{p['rerun']['ppl']:.3f} | {p['change_pct']:+.2f}% | {se} |")  # fmt: skip
+                     f"{again['ppl']:.3f} | {p['change_pct']:+.2f}% | {gains} |")  # fmt: skip
     return [*lines, ""]
 
 
