@@ -135,6 +135,30 @@ def _rerun_lines(pairs: Sequence[dict[str, Any]], label: str) -> list[str]:
     return [*lines, ""]
 
 
+def _gain_spread_lines(
+    rows: Sequence[dict[str, Any]], reruns: Sequence[tuple[str, Sequence[dict[str, Any]]]]
+) -> list[str]:
+    """Each cell measured in every run: its change vs uniform TopK |x| in each, and the range between them."""
+    per_run = [rerun_changes(rows, rerun_rows) for _, rerun_rows in reruns]
+    again = [{id(p["stored"]): p["rerun"] for p in pairs} for pairs in per_run]
+    lines = ["## Gains across runs", "",
+             "Change vs uniform TopK |x| of each cell in the stored run and in every rerun (each against its own",
+             "run's uniform cell, +- its paired SE); `range` is max - min over the runs. A gain smaller than its",
+             "range is not a property of the method but of the machine it ran on.", "",
+             "| model | cell | target | stored | " + " | ".join(label for label, _ in reruns) + " | range |",
+             "|---|---|---:|---:|" + "---:|" * len(reruns) + "---:|"]  # fmt: skip
+    for e in sorted(rows, key=lambda e: (e["model_id"], e["target"], _cell_name(e))):
+        runs = [e, *(m.get(id(e)) for m in again)]
+        if e["method"] == "dense" or any(r is None or r.get("change_vs_uniform_pct") is None for r in runs):
+            continue
+        if (e["method"], e["mode"], e["scoring"]) == ("uniform", "topk", "magnitude"):
+            continue
+        changes = [r["change_vs_uniform_pct"] for r in runs]
+        lines.append(f"| {e['model_id']} | {_cell_name(e)} | {e['target']:.0%} | "
+                     + " | ".join(_fmt_change(r) for r in runs) + f" | {max(changes) - min(changes):.1f} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def write_report(store: Any, args: Any) -> None:
     from acttail import plots
     from acttail.store.leaderboard import leaderboard_table, scaling_points, sweep_points
@@ -220,8 +244,11 @@ def write_report(store: Any, args: Any) -> None:
         ["## auto against uniform TopK |x| (issue 13, item 5)", ""] + (auto_check or ["- no auto cell stored"]) + [""]
     )
     lines += _twin_lines(rows, models)
-    for url, label in getattr(args, "rerun", []):
-        lines += _rerun_lines(rerun_changes(rows, _table_of(url)["rows"]), label)
+    reruns = [(label, _table_of(url)["rows"]) for url, label in getattr(args, "rerun", [])]
+    for label, rerun_rows in reruns:
+        lines += _rerun_lines(rerun_changes(rows, rerun_rows), label)
+    if reruns:
+        lines += _gain_spread_lines(rows, reruns)
     zs = [e for e in rows if e.get("mean_accuracy") is not None]
     if zs:
         lines += ["## Zero-shot (mean accuracy over the tasks scored)", "",

@@ -189,6 +189,20 @@ def test_rerun_changes_pair_the_same_cell_under_the_same_protocol(leaderboard: M
     assert pairs[0]["change_pct"] == pytest.approx(2.0)
 
 
+def test_gain_spread_lists_cells_measured_in_every_run(leaderboard: ModuleType) -> None:
+    import leaderboard_report
+
+    def cell(method: str, mode: str, change: float | None) -> dict[str, Any]:
+        return {"model_id": "m", "method": method, "target": 0.5, "mode": mode, "scoring": "magnitude", "seqlen": 256,
+                "max_tokens": 2048, "ppl": 50.0, "change_vs_uniform_pct": change, "se_pct": 1.0}  # fmt: skip
+
+    stored = [cell("uniform", "topk", None), cell("uniform", "threshold", -4.8), cell("acttail", "topk", -2.0)]
+    rerun = [cell("uniform", "topk", None), cell("uniform", "threshold", 0.6)]  # acttail not measured again
+    lines = leaderboard_report._gain_spread_lines(stored, [("elsewhere", rerun)])
+    cells = [line for line in lines if line.startswith("| m |")]
+    assert cells == ["| m | uniform thr \\|x\\| | 50% | -4.8% ± 1.0 | +0.6% ± 1.0 | 5.4 |"]
+
+
 def test_threshold_cell_without_realised_sparsity_is_measured_again_in_place(
     leaderboard: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:  # fmt: skip
