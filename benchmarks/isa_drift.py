@@ -25,9 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _machine import busy_note, describe_machine
+from _machine import describe_machine
 
-ISA_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+#: Per library, how it spells "use at most this instruction set" (PyTorch's own kernels, MKL, oneDNN).
+ISA_ENV = {
+    "ATEN_CPU_CAPABILITY": {"AVX512": "avx512", "AVX2": "avx2"},
+    "MKL_ENABLE_INSTRUCTIONS": {"AVX512": "AVX512", "AVX2": "AVX2"},
+    "ONEDNN_MAX_CPU_ISA": {"AVX512": "AVX512_CORE", "AVX2": "AVX2"},
+}
 CELLS = (("dense", "topk"), ("uniform", "topk"), ("htsr-spectral", "topk"),
          ("uniform", "threshold"), ("htsr-spectral", "threshold"))  # fmt: skip
 
@@ -60,7 +65,7 @@ def measure(alias: str, target: float, seqlen: int, test_tokens: int, cal_tokens
 
 def run_child(isa: str, args: argparse.Namespace) -> dict[str, Any]:
     """``measure`` in a fresh process whose kernels may use at most ``isa``."""
-    env = {**os.environ, **{name: (isa.lower() if name == "ATEN_CPU_CAPABILITY" else isa) for name in ISA_ENV}}
+    env = {**os.environ, **{name: spelling[isa] for name, spelling in ISA_ENV.items()}}
     cmd = [sys.executable, __file__, "--child", "--model", args.model, "--target", str(args.target),
            "--seqlen", str(args.seqlen), "--test-tokens", str(args.test_tokens), "--cal-tokens", str(args.cal_tokens)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -110,15 +115,21 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--test-tokens", type=int, default=2048)
     parser.add_argument("--cal-tokens", type=int, default=1024)
-    parser.add_argument("--isas", default="AVX512,AVX2", help="instruction sets, the host's own first")
+    parser.add_argument(
+        "--isas",
+        default="AVX512,AVX2",
+        help=f"instruction sets, the host's own first: {', '.join(ISA_ENV['MKL_ENABLE_INSTRUCTIONS'])}",
+    )
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.model, args.target, args.seqlen, args.test_tokens, args.cal_tokens)))
         return
-    machine = describe_machine()
-    machine["note"] = f"CPU only; {busy_note()}."
+    unknown = set(args.isas.split(",")) - set(ISA_ENV["MKL_ENABLE_INSTRUCTIONS"])
+    if unknown:
+        parser.error(f"unknown instruction set {', '.join(sorted(unknown))}")
+    machine = describe_machine()  # its note reads the load before our own processes start
     results: dict[str, dict[str, Any]] = {}
     for isa in args.isas.split(","):
         t0 = time.perf_counter()
