@@ -111,6 +111,8 @@ def leaderboard_table(
             window_nlls=[per_window[k] for k in sorted(per_window)],
             realised_sparsity=realised.get(group_key(row)),
             created_at=row.created_at.isoformat() if row.created_at else None,
+            # Sparse cells move with the CPU's rounding (docs/science.md), so a row says which kernels ran it.
+            cpu_capability=(row.versions or {}).get("cpu_capability"),
         )
         alloc = row.allocation
         entry["chose"] = entry["gate_sparsity"] = entry["rule"] = None

@@ -44,7 +44,7 @@ def store_cell(session_factory: sessionmaker[Session], team_id: int, description
     config = PipelineConfig(targets=(target,), methods=(), mode=mode, scoring=scoring,
                             perplexity=PerplexitySpec(seqlen=256, max_tokens=1024))  # fmt: skip
     doc = PipelineResult(model=description, config=config, variants=(variant,), alphas=None,
-                         versions={"acttail": "test"}, elapsed_s=1.0).to_dict()  # fmt: skip
+                         versions={"acttail": "test", "cpu_capability": "AVX2"}, elapsed_s=1.0).to_dict()  # fmt: skip
     doc["protocol"].update(suite="leaderboard", window_rows=True)
     with session_scope(session_factory) as session:
         save_pipeline_result(doc, team_id=team_id, db_session=session)
@@ -84,6 +84,7 @@ def test_leaderboard_rows_carry_the_paired_change_against_uniform_topk(api: Api,
     assert wina["change_vs_uniform_pct"] == pytest.approx(100 * (math.exp(-0.125) - 1))
     assert rows[("uniform", "topk", "magnitude")]["change_vs_uniform_pct"] == pytest.approx(0.0)
     assert rows[("dense", "topk", "magnitude")]["change_vs_uniform_pct"] is None
+    assert {r["cpu_capability"] for r in body["rows"]} == {"AVX2"}  # which kernels' rounding each cell carries
 
 
 def test_leaderboard_is_per_team_and_filters_are_checked(
