@@ -184,6 +184,9 @@ def run_model(alias: str, args: argparse.Namespace, store: Store) -> None:
             allocations[(method, target)] = alloc
     if args.allocations_from:  # a rerun elsewhere measures the very allocations stored there
         theirs, _ = Store(args.allocations_from).done(description["fingerprint"], args.seqlen, test_tokens)
+        if not theirs:
+            raise SystemExit(f"{alias}: {args.allocations_from} holds no cells of this model at seqlen {args.seqlen}, "
+                             f"{test_tokens} test tokens")  # fmt: skip
         for (method, target, _m, _s), alloc in theirs.items():
             if alloc is not None:
                 allocations.setdefault((method, target), alloc)
@@ -359,6 +362,14 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
         log(f"{alias}: zero-shot {label}: mean acc {variants[0].mean_accuracy:.4f} ({time.perf_counter() - t0:.0f} s)")
 
 
+def _sqlite_file_exists(url: str) -> bool:
+    """Whether a DB URL to read from exists (always True for server databases, which cannot be checked here)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.get_backend_name() != "sqlite" or Path(parsed.database or "").is_file()
+
+
 def _per_model(values: Sequence[str]) -> dict[str, int]:
     out = {}
     for item in values:
@@ -402,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         setattr(args, name, [v for v in getattr(args, name).split(",") if v])
     args.test_tokens_for = _per_model(args.test_tokens_for)
     args.cal_tokens_for = _per_model(args.cal_tokens_for)
+    for source in [args.allocations_from, *(url for url, _ in args.rerun)]:
+        if source and not _sqlite_file_exists(source):  # opening it would create an empty DB and read nothing
+            parser.error(f"no results database at {source}")
     store = Store(args.db)
     if args.part == "report":
         from leaderboard_report import write_report

@@ -138,9 +138,11 @@ def _rerun_lines(pairs: Sequence[dict[str, Any]], label: str) -> list[str]:
 def _gain_spread_lines(
     rows: Sequence[dict[str, Any]], reruns: Sequence[tuple[str, Sequence[dict[str, Any]]]]
 ) -> list[str]:
-    """Each cell measured in every run: its change vs uniform TopK |x| in each, and the range between them."""
-    per_run = [rerun_changes(rows, rerun_rows) for _, rerun_rows in reruns]
-    again = [{id(p["stored"]): p["rerun"] for p in pairs} for pairs in per_run]
+    """Each cell measured in every run: its change vs uniform TopK |x| in each, and the range between them.
+
+    ``reruns`` holds (label, ``rerun_changes`` pairs) per rerun.
+    """
+    again = [{id(p["stored"]): p["rerun"] for p in pairs} for _, pairs in reruns]  # stored row -> its rerun
     lines = ["## Gains across runs", "",
              "Change vs uniform TopK |x| of each cell in the stored run and in every rerun (each against its own",
              "run's uniform cell, +- its paired SE); `range` is max - min over the runs. A gain smaller than its",
@@ -244,9 +246,9 @@ def write_report(store: Any, args: Any) -> None:
         ["## auto against uniform TopK |x| (issue 13, item 5)", ""] + (auto_check or ["- no auto cell stored"]) + [""]
     )
     lines += _twin_lines(rows, models)
-    reruns = [(label, _table_of(url)["rows"]) for url, label in getattr(args, "rerun", [])]
-    for label, rerun_rows in reruns:
-        lines += _rerun_lines(rerun_changes(rows, rerun_rows), label)
+    reruns = [(label, rerun_changes(rows, _table_of(url)["rows"])) for url, label in getattr(args, "rerun", [])]
+    for label, pairs in reruns:
+        lines += _rerun_lines(pairs, label)
     if reruns:
         lines += _gain_spread_lines(rows, reruns)
     zs = [e for e in rows if e.get("mean_accuracy") is not None]

@@ -198,9 +198,27 @@ def test_gain_spread_lists_cells_measured_in_every_run(leaderboard: ModuleType) 
 
     stored = [cell("uniform", "topk", None), cell("uniform", "threshold", -4.8), cell("acttail", "topk", -2.0)]
     rerun = [cell("uniform", "topk", None), cell("uniform", "threshold", 0.6)]  # acttail not measured again
-    lines = leaderboard_report._gain_spread_lines(stored, [("elsewhere", rerun)])
+    pairs = leaderboard_report.rerun_changes(stored, rerun)
+    lines = leaderboard_report._gain_spread_lines(stored, [("elsewhere", pairs)])
     cells = [line for line in lines if line.startswith("| m |")]
     assert cells == ["| m | uniform thr \\|x\\| | 50% | -4.8% ± 1.0 | +0.6% ± 1.0 | 5.4 |"]
+
+
+def test_databases_to_read_from_must_exist_and_hold_the_model(
+    leaderboard: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # fmt: skip
+    missing = tmp_path / "typo.db"
+    with pytest.raises(SystemExit) as exc:
+        leaderboard.main(["report", "--db", f"sqlite:///{tmp_path / 'lb.db'}", "--rerun", f"sqlite:///{missing}", "x"])
+    assert exc.value.code == 2 and f"no results database at sqlite:///{missing}" in capsys.readouterr().err
+    assert not missing.exists()  # nothing created in its place
+
+    model = str(save_tiny_model(tmp_path / "models" / "tiny-llama-from"))
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    leaderboard.Store(empty)  # an existing DB with no cells
+    with pytest.raises(SystemExit, match="holds no cells of this model"):
+        leaderboard.main(["run", "--models", model, "--db", f"sqlite:///{tmp_path / 'lb.db'}", *QUICK,
+                          "--methods", "acttail", "--no-dense", "--allocations-from", empty])  # fmt: skip
 
 
 def test_threshold_cell_without_realised_sparsity_is_measured_again_in_place(
