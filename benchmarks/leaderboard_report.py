@@ -101,20 +101,21 @@ def _twin_lines(rows: Sequence[dict[str, Any]], models: Sequence[str]) -> list[s
     return [*lines, ""]
 
 
+def _run_cell_key(e: dict[str, Any]) -> tuple[Any, ...]:
+    """One cell under one protocol: what a rerun must share with a stored row to be paired with it."""
+    return (*(round(e[k], 4) if k == "target" else e[k] for k in _CELL_KNOBS), e["seqlen"], e["max_tokens"])
+
+
 def rerun_changes(rows: Sequence[dict[str, Any]], rerun: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every cell measured in both tables (same model, cell and protocol): the rerun's PPL against the stored one.
 
     A rerun on another machine differs only in floating-point rounding (another CPU's kernels), which
     TopK and thresholds amplify; this puts a number on it next to the paired SEs that compare cells.
     """
-
-    def key(e: dict[str, Any]) -> tuple[Any, ...]:
-        return (*(round(e[k], 4) if k == "target" else e[k] for k in _CELL_KNOBS), e["seqlen"], e["max_tokens"])
-
-    stored = {key(e): e for e in rows}
+    stored = {_run_cell_key(e): e for e in rows}
     out = []
     for e in rerun:
-        first = stored.get(key(e))
+        first = stored.get(_run_cell_key(e))
         if first is not None:
             out.append({"stored": first, "rerun": e, "change_pct": 100.0 * (e["ppl"] / first["ppl"] - 1.0)})
     return out
@@ -142,7 +143,7 @@ def _gain_spread_lines(
 
     ``reruns`` holds (label, ``rerun_changes`` pairs) per rerun.
     """
-    again = [{id(p["stored"]): p["rerun"] for p in pairs} for _, pairs in reruns]  # stored row -> its rerun
+    again = [{_run_cell_key(p["stored"]): p["rerun"] for p in pairs} for _, pairs in reruns]
     lines = ["## Gains across runs", "",
              "Change vs uniform TopK |x| of each cell in the stored run and in every rerun (each against its own",
              "run's uniform cell, +- its paired SE); `range` is max - min over the runs. A gain smaller than its",
@@ -150,7 +151,7 @@ def _gain_spread_lines(
              "| model | cell | target | stored | " + " | ".join(label for label, _ in reruns) + " | range |",
              "|---|---|---:|---:|" + "---:|" * len(reruns) + "---:|"]  # fmt: skip
     for e in sorted(rows, key=lambda e: (e["model_id"], e["target"], _cell_name(e))):
-        runs = [e, *(m.get(id(e)) for m in again)]
+        runs = [e, *(m.get(_run_cell_key(e)) for m in again)]
         if e["method"] == "dense" or any(r is None or r.get("change_vs_uniform_pct") is None for r in runs):
             continue
         if (e["method"], e["mode"], e["scoring"]) == ("uniform", "topk", "magnitude"):
