@@ -34,7 +34,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -300,13 +300,15 @@ def _scored(row: dict[str, Any], limit: int) -> bool:
 
 
 def zeroshot_picks(
-    rows: Sequence[dict[str, Any]], targets: Sequence[float], *, best: int, limit: int, dense: bool = True
+    rows: Sequence[dict[str, Any]], targets: Sequence[float], *, best: int, limit: int, dense: bool = True,
+    ranks: Collection[int] | None = None,
 ) -> list[tuple[dict[str, Any] | None, str, str]]:  # fmt: skip
     """What to score: dense (unless ``dense`` is False: another process scores it), and the ``best``
     lowest-perplexity cells per target, as (allocation, mode, scoring).
 
     Cells that sparsify identically (``auto`` when it picked ``teal-greedy``, say) count once, so the
     best three are three different sparsity patterns; cells already scored at ``limit`` are left out.
+    ``ranks`` (1 = lowest perplexity) keeps only those of the best, so parallel processes can split a target.
     """
     picks: list[tuple[dict[str, Any] | None, str, str]] = []
     if dense and not any(r["method"] == "dense" and _scored(r, limit) for r in rows):
@@ -319,7 +321,7 @@ def zeroshot_picks(
             if pattern in seen:
                 continue
             seen.add(pattern)
-            if not _scored(r, limit):
+            if not _scored(r, limit) and (ranks is None or len(seen) in ranks):
                 picks.append((r["allocation"], r["mode"], r["scoring"]))
             if len(seen) == best:
                 break
@@ -338,17 +340,23 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     source = resolve_model(alias)
     description = source.describe().as_dict()
     test_tokens = args.test_tokens_for.get(alias, args.test_tokens)
-    with store.session() as db:
-        table = leaderboard_table(db, team_id=store.store.team_id, model=description["model_id"], with_allocations=True)
-    rows = [r for r in table["rows"] if r["seqlen"] == args.seqlen and r["max_tokens"] == test_tokens]
-    picks = [
-        (None if doc is None else Allocation.from_dict(doc), mode, scoring)
-        for doc, mode, scoring in zeroshot_picks(rows, args.targets, best=args.best, limit=args.limit, dense=args.dense)
-    ]
+
+    def open_picks() -> list[tuple[dict[str, Any] | None, str, str]]:
+        with store.session() as db:
+            table = leaderboard_table(db, team_id=store.store.team_id, model=description["model_id"],
+                                      with_allocations=True)  # fmt: skip
+        rows = [r for r in table["rows"] if r["seqlen"] == args.seqlen and r["max_tokens"] == test_tokens]
+        return zeroshot_picks(rows, args.targets, best=args.best, limit=args.limit, dense=args.dense, ranks=args.ranks)
+
+    picks = open_picks()
     log(f"{alias}: zero-shot for {len(picks)} cells, {args.limit} items per task of {', '.join(args.tasks)}")
     lm, tokenizer = source.load_causal_lm()
     torch.set_num_threads(args.threads)
-    for alloc, mode, scoring in picks:
+    for pick in picks:
+        if pick not in open_picks():  # another process scored it while this one ran (a cell costs minutes to hours)
+            continue
+        doc, mode, scoring = pick
+        alloc = None if doc is None else Allocation.from_dict(doc)
         # No perplexity here: the grid's stored perplexity rows stay as measured (a rerun would upsert
         # over them). Thresholds calibrate in windows of the grid's seqlen, as the grid's did.
         config = PipelineConfig(targets=(), methods=(), mode=mode, scoring=scoring, perplexity=None,
@@ -398,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,winogrande,hellaswag,boolq")
     parser.add_argument("--limit", type=int, default=500, help="zero-shot items per task")
     parser.add_argument("--best", type=int, default=3, help="zero-shot: best cells per target")
+    parser.add_argument("--ranks", help="zero-shot: only these of the best, e.g. 3 or 2,3 (1 = lowest PPL)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--db", default=f"sqlite:///{DEFAULT_DB}", help="results DB URL (default: the committed one)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
@@ -409,6 +418,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.targets = [float(t) for t in args.targets.split(",")]
+    if args.ranks is not None:
+        try:
+            args.ranks = {int(r) for r in args.ranks.split(",") if r}
+        except ValueError:
+            parser.error(f"--ranks takes ranks like 3 or 2,3, not {args.ranks!r}")
+        if not args.ranks or not all(1 <= r <= args.best for r in args.ranks):
+            parser.error(f"--ranks must lie in 1..{args.best} (--best)")
     for name in ("methods", "modes", "scorings", "tasks"):
         setattr(args, name, [v for v in getattr(args, name).split(",") if v])
     args.test_tokens_for = _per_model(args.test_tokens_for)

@@ -63,7 +63,7 @@ def counts(db_url: str) -> tuple[int, int, list[int]]:
 
 
 def test_runs_in_parts_resumes_and_reports_every_row(
-    leaderboard: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    leaderboard: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:  # fmt: skip
     model = str(save_tiny_model(tmp_path / "models" / "tiny-llama"))
     db_url = f"sqlite:///{tmp_path / 'leaderboard.db'}"
@@ -95,6 +95,24 @@ def test_runs_in_parts_resumes_and_reports_every_row(
     best = min((e for e in table["rows"] if e["method"] != "dense"), key=lambda e: e["ppl"])
     assert scored == {"dense", best["method"]}
     assert all(e["zeroshot"]["limit"] == 4 for e in table["rows"] if e["zeroshot"])
+
+    # Two processes split the rest: while this one scores the second best, another takes the third
+    # (--ranks 3); this one must then see it stored and not score it again.
+    import acttail.pipeline
+
+    evaluate, calls = acttail.pipeline.evaluate_variants, []
+
+    def evaluate_while_another_process_runs(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            leaderboard.main(["zeroshot", *zs, "--ranks", "3"])
+        return evaluate(*a, **kw)
+
+    zs = [*base, "--best", "3", "--no-dense", "--tasks", "arc_easy", "--limit", "4"]
+    monkeypatch.setattr(acttail.pipeline, "evaluate_variants", evaluate_while_another_process_runs)
+    leaderboard.main(["zeroshot", *zs])
+    assert len(calls) == 2  # the second best here, the third there; not the third again
+    assert all(e["mean_accuracy"] is not None for e in read_table(db_url)["rows"])
 
     out = tmp_path / "report"
     leaderboard.main(["report", "--db", db_url, "--out-dir", str(out), "--note", "test run"])
@@ -144,6 +162,18 @@ def test_zeroshot_picks_three_distinct_patterns_and_skips_scored_cells(leaderboa
     rows[3]["zeroshot"] = {"limit": 500}  # already scored at this size: counts among the best, not re-run
     picks = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500)
     assert [(a["method"], mode) for a, mode, _ in picks] == [("auto", "threshold"), ("teal-greedy", "topk")]
+    third = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, ranks={3})
+    assert [(a["method"], mode) for a, mode, _ in third] == [("teal-greedy", "topk")]  # the rest to another process
+    assert leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, ranks={2}) == []  # rank 2 is scored
+
+
+@pytest.mark.parametrize("ranks", ["x", "4", "0", ","])
+def test_ranks_outside_the_best_are_refused(
+    leaderboard: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], ranks: str
+) -> None:  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        leaderboard.main(["zeroshot", "--db", f"sqlite:///{tmp_path / 'lb.db'}", "--best", "3", "--ranks", ranks])
+    assert exc.value.code == 2 and "--ranks" in capsys.readouterr().err.splitlines()[-1]
 
 
 def _windowed(method: str, mode: str, scoring: str, nlls: list[float], target: float = 0.5) -> dict[str, Any]:
