@@ -114,6 +114,25 @@ def test_runs_in_parts_resumes_and_reports_every_row(
     assert len(calls) == 2  # the second best here, the third there; not the third again
     assert all(e["mean_accuracy"] is not None for e in read_table(db_url)["rows"])
 
+    # With every pick scored, a part does not even load the model (the 1.5B's load alone takes minutes).
+    resolve = leaderboard.resolve_model
+
+    def resolve_without_loading(alias: str) -> Any:
+        source = resolve(alias)
+        source.load_causal_lm = lambda *a, **kw: pytest.fail("loaded a model with nothing to score")
+        return source
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(leaderboard, "resolve_model", resolve_without_loading)
+        leaderboard.main(["zeroshot", *zs])
+        assert "zero-shot for 0 cells" in capsys.readouterr().err
+        leaderboard.main(["zeroshot", *zs, "--test-tokens", "128"])  # a budget the grid was not run at
+        assert (
+            "no cells at seqlen 64 with 128 test tokens; stored (seqlen, tokens): [(64, 256)]"
+            in capsys.readouterr().err
+        )
+
     out = tmp_path / "report"
     leaderboard.main(["report", "--db", db_url, "--out-dir", str(out), "--note", "test run"])
     text = (out / "leaderboard.md").read_text()
