@@ -341,12 +341,12 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     description = source.describe().as_dict()
     test_tokens = args.test_tokens_for.get(alias, args.test_tokens)
 
-    def open_picks(announce: bool = False) -> list[tuple[dict[str, Any] | None, str, str]]:
+    def open_picks() -> list[tuple[dict[str, Any] | None, str, str]]:
         with store.session() as db:
             table = leaderboard_table(db, team_id=store.store.team_id, model=description["model_id"],
                                       with_allocations=True)  # fmt: skip
         rows = [r for r in table["rows"] if r["seqlen"] == args.seqlen and r["max_tokens"] == test_tokens]
-        if announce and table["rows"] and not rows:  # picks rank the grid's cells, so the protocol must match
+        if table["rows"] and not rows:  # picks rank the grid's cells, so the protocol must match (no picks: said once)
             stored = sorted({(r["seqlen"], r["max_tokens"]) for r in table["rows"]})
             log(
                 f"{alias}: no cells at seqlen {args.seqlen} with {test_tokens} test tokens; stored (seqlen, tokens): "
@@ -354,7 +354,7 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
             )
         return zeroshot_picks(rows, args.targets, best=args.best, limit=args.limit, dense=args.dense, ranks=args.ranks)
 
-    picks = open_picks(announce=True)
+    picks = open_picks()
     log(f"{alias}: zero-shot for {len(picks)} cells, {args.limit} items per task of {', '.join(args.tasks)}")
     if not picks:  # loading the 1.5B alone takes minutes
         return
