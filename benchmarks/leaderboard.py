@@ -10,7 +10,8 @@ project's own pipeline functions (``acttail.methods.build_allocations``,
 
 Every cell is stored as soon as it is measured, as benchmark rows with settings ``suite:
 leaderboard``; a rerun reads what is stored and measures only what is missing, so the grid runs
-in parts (``--models``, ``--targets``, ``--methods``, ``--modes``, ``--scorings`` select one).
+in parts (``--models``, ``--targets``, ``--methods``, ``--modes``, ``--scorings`` select one);
+zero-shot cells are stored task by task, so a part cut short resumes at the task it was on.
 Calibrated methods (auto, teal-greedy), thresholds and CATS see WikiText-2 *validation* only.
 The default DB is the committed SQLite file ``benchmarks/results/leaderboard/leaderboard.db``: every
 row the report and docs/science.md cite is in it, and a run on a fresh machine resumes from it.
@@ -293,15 +294,21 @@ def run_cats(alias, lm, tokenizer, description, report, targets, args, test_toke
         log(f"{alias}: cats@{target} (gate {gate:.3f}, effective {effective:.3f}) ppl {ppl.ppl:.3f}")
 
 
-def _scored(row: dict[str, Any], limit: int) -> bool:
-    """Whether the cell already has zero-shot scores at this many items per task (0 = whole sets)."""
-    stored = (row.get("zeroshot") or {}).get("limit")
-    return stored is not None and (stored == 0 or (limit != 0 and stored >= limit))
+def _scored(row: dict[str, Any], limit: int, tasks: Collection[str]) -> bool:
+    """Whether the cell already has a zero-shot mean over ``tasks`` at this many items per task (0 = whole sets)."""
+    z = row.get("zeroshot") or {}
+    stored = z.get("limit")
+    return (
+        z.get("mean_accuracy") is not None
+        and set(tasks) <= set(z.get("mean_tasks") or ())
+        and stored is not None
+        and (stored == 0 or (limit != 0 and stored >= limit))
+    )
 
 
 def zeroshot_picks(
-    rows: Sequence[dict[str, Any]], targets: Sequence[float], *, best: int, limit: int, dense: bool = True,
-    ranks: Collection[int] | None = None,
+    rows: Sequence[dict[str, Any]], targets: Sequence[float], *, best: int, limit: int, tasks: Collection[str],
+    dense: bool = True, ranks: Collection[int] | None = None,
 ) -> list[tuple[dict[str, Any] | None, str, str]]:  # fmt: skip
     """What to score: dense (unless ``dense`` is False: another process scores it), and the ``best``
     lowest-perplexity cells per target, as (allocation, mode, scoring).
@@ -311,7 +318,7 @@ def zeroshot_picks(
     ``ranks`` (1 = lowest perplexity) keeps only those of the best, so parallel processes can split a target.
     """
     picks: list[tuple[dict[str, Any] | None, str, str]] = []
-    if dense and not any(r["method"] == "dense" and _scored(r, limit) for r in rows):
+    if dense and not any(r["method"] == "dense" and _scored(r, limit, tasks) for r in rows):
         picks.append((None, "topk", "magnitude"))
     for target in targets:
         cands = [r for r in rows if r["method"] not in ("dense", "cats") and math.isclose(r["target"], target)]
@@ -321,15 +328,45 @@ def zeroshot_picks(
             if pattern in seen:
                 continue
             seen.add(pattern)
-            if not _scored(r, limit) and (ranks is None or len(seen) in ranks):
+            if not _scored(r, limit, tasks) and (ranks is None or len(seen) in ranks):
                 picks.append((r["allocation"], r["mode"], r["scoring"]))
             if len(seen) == best:
                 break
     return picks
 
 
+def stored_tasks(
+    rows: Sequence[dict[str, Any]], pick: tuple[dict[str, Any] | None, str, str], limit: int
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The pick's tasks already scored at exactly ``limit`` items: a cell cut short resumes after them."""
+    allocation, mode, scoring = pick
+    for r in rows:
+        z = r.get("zeroshot") or {}
+        if (r.get("allocation"), r["mode"], r["scoring"]) == (allocation, mode, scoring) and z.get("limit") == limit:
+            return dict(z["tasks"])
+    return {}
+
+
+def cell_report(report: dict[str, Any], stored: dict[str, dict[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
+    """One task's zero-shot report as a part of its cell: with the cell's mean over ``tasks`` once this
+    task completes them (``stored`` holds the others), else with none, so no partial mean is stored."""
+    from acttail.evaluate.zeroshot import TaskResult, ZeroShotReport
+
+    results = {t: TaskResult(t, r["acc"], r.get("acc_norm"), r["n"], None) for t, r in stored.items()}
+    results.update((t, TaskResult(**r)) for t, r in report["tasks"].items())
+    if any(t not in results for t in tasks):
+        return {**report, "mean_accuracy": None}
+    cell = ZeroShotReport(tuple(results[t] for t in tasks), report["limit"], report["add_bos_token"]).to_dict()
+    return {**report, "mean_accuracy": cell["mean_accuracy"], "mean_over": cell["mean_over"]}
+
+
 def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
-    """Zero-shot accuracy of dense and the best ``--best`` cells per target (``zeroshot_picks``)."""
+    """Zero-shot accuracy of dense and the best ``--best`` cells per target (``zeroshot_picks``).
+
+    Each cell is scored one task at a time and every task is stored as it finishes (a 1.5B cell
+    takes hours), so a part that is cut short resumes at the task it was on; the cell's mean is
+    stored with its last task.
+    """
     import torch
 
     from acttail.allocate import Allocation
@@ -341,7 +378,8 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     description = source.describe().as_dict()
     test_tokens = args.test_tokens_for.get(alias, args.test_tokens)
 
-    def open_picks() -> list[tuple[dict[str, Any] | None, str, str]]:
+    def open_picks() -> list[tuple[tuple[dict[str, Any] | None, str, str], dict[str, dict[str, Any]]]]:
+        """The cells still to score, each with its tasks already stored."""
         with store.session() as db:
             table = leaderboard_table(db, team_id=store.store.team_id, model=description["model_id"],
                                       with_allocations=True)  # fmt: skip
@@ -352,30 +390,51 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
                 f"{alias}: no cells at seqlen {args.seqlen} with {test_tokens} test tokens; stored (seqlen, tokens): "
                 f"{stored} (see --seqlen, --test-tokens-for)"
             )
-        return zeroshot_picks(rows, args.targets, best=args.best, limit=args.limit, dense=args.dense, ranks=args.ranks)
+        picks = zeroshot_picks(rows, args.targets, best=args.best, limit=args.limit, tasks=args.tasks,
+                               dense=args.dense, ranks=args.ranks)  # fmt: skip
+        return [(pick, stored_tasks(rows, pick, args.limit)) for pick in picks]
 
     picks = open_picks()
     log(f"{alias}: zero-shot for {len(picks)} cells, {args.limit} items per task of {', '.join(args.tasks)}")
+    for pick, stored in picks:
+        if stored:
+            log(f"{alias}: {_pick_label(pick)} resumes: {', '.join(sorted(stored))} stored")
     if not picks:  # loading the 1.5B alone takes minutes
         return
     lm, tokenizer = source.load_causal_lm()
     torch.set_num_threads(args.threads)
-    for pick in picks:
-        if pick not in open_picks():  # another process scored it while this one ran (a cell costs minutes to hours)
-            continue
+    for pick, _ in picks:
         doc, mode, scoring = pick
         alloc = None if doc is None else Allocation.from_dict(doc)
-        # No perplexity here: the grid's stored perplexity rows stay as measured (a rerun would upsert
-        # over them). Thresholds calibrate in windows of the grid's seqlen, as the grid's did.
-        config = PipelineConfig(targets=(), methods=(), mode=mode, scoring=scoring, perplexity=None,
-                                zeroshot=ZeroShotSpec(tasks=list(args.tasks), limit=args.limit),
-                                calibration_tokens=args.cal_tokens_for.get(alias, args.cal_tokens),
-                                calibration_seqlen=args.seqlen)  # fmt: skip
-        t0 = time.perf_counter()
-        variants = evaluate_variants((lm, tokenizer), [(None, alloc)], config)
-        store.save(_document(description, config, variants, t0))
-        label = "dense" if alloc is None else f"{alloc.method}@{alloc.target:g} {mode}/{scoring}"
-        log(f"{alias}: zero-shot {label}: mean acc {variants[0].mean_accuracy:.4f} ({time.perf_counter() - t0:.0f} s)")
+        for task in args.tasks:
+            # Read again before each task: another process may have scored it (a task costs minutes to an hour).
+            stored = next((s for p, s in open_picks() if p == pick), None)
+            if stored is None:  # the cell's mean is stored
+                break
+            if task in stored:
+                continue
+            # No perplexity here: the grid's stored perplexity rows stay as measured (a rerun would upsert
+            # over them). Thresholds calibrate in windows of the grid's seqlen, as the grid's did.
+            config = PipelineConfig(targets=(), methods=(), mode=mode, scoring=scoring, perplexity=None,
+                                    zeroshot=ZeroShotSpec(tasks=[task], limit=args.limit),
+                                    calibration_tokens=args.cal_tokens_for.get(alias, args.cal_tokens),
+                                    calibration_seqlen=args.seqlen)  # fmt: skip
+            t0 = time.perf_counter()
+            (variant,) = evaluate_variants((lm, tokenizer), [(None, alloc)], config)
+            assert variant.zeroshot is not None
+            report = cell_report(variant.zeroshot, stored, args.tasks)
+            variant = replace(variant, zeroshot=report, mean_accuracy=report["mean_accuracy"])
+            store.save(_document(description, config, [variant], t0))
+            done = sum(t in stored or t == task for t in args.tasks)
+            log(f"{alias}: zero-shot {_pick_label(pick)}: {task} acc {report['tasks'][task]['acc']:.4f} "
+                f"({time.perf_counter() - t0:.0f} s; {done} of {len(args.tasks)} tasks)")  # fmt: skip
+            if report["mean_accuracy"] is not None:
+                log(f"{alias}: zero-shot {_pick_label(pick)}: mean acc {report['mean_accuracy']:.4f}")
+
+
+def _pick_label(pick: tuple[dict[str, Any] | None, str, str]) -> str:
+    doc, mode, scoring = pick
+    return "dense" if doc is None else f"{doc['method']}@{doc['target']:g} {mode}/{scoring}"
 
 
 def _sqlite_file_exists(url: str) -> bool:

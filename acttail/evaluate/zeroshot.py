@@ -97,6 +97,7 @@ class ZeroShotReport:
             "add_bos_token": self.add_bos_token,
             "mean_accuracy": self.mean_accuracy,
             "mean_accuracy_metric": "acc_norm where available, else acc",
+            "mean_over": [r.task for r in self.results],
             "tasks": {r.task: r.to_dict() for r in self.results},
             "settings": dict(self.settings),
         }

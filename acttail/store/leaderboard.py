@@ -30,6 +30,12 @@ SUITE = "leaderboard"
 BASELINE = ("uniform", "topk", "magnitude")
 
 
+def _most_items(runs: dict[Any, dict[str, Any]]) -> dict[str, Any] | None:
+    """A cell's zero-shot run on the most items per task (limit 0/None: whole sets), whole or not yet:
+    a cell scored task by task shows its tasks so far, and its mean once every task is stored."""
+    return runs[max(runs, key=lambda limit: limit or math.inf)] if runs else None
+
+
 def suite_rows(
     db: Session, *, team_id: int, suite: str = SUITE, fingerprint: str | None = None, model: str | None = None,
     kinds: Iterable[str] = ("perplexity",),
@@ -80,7 +86,7 @@ def leaderboard_table(
     rows = suite_rows(db, team_id=team_id, model=model, kinds=("perplexity", WINDOW_KIND, REALISED_KIND, "zeroshot"))
     windows: dict[tuple[int, int | None, str], dict[str, float]] = defaultdict(dict)
     realised: dict[tuple[int, int | None, str], float] = {}
-    zeroshot: dict[tuple[int, int | None, str, str], dict[str, Any]] = {}
+    zeroshot: dict[tuple[int, int | None, str, str], dict[Any, dict[str, Any]]] = defaultdict(dict)  # by limit
     entries: list[dict[str, Any]] = []
     for row in rows:
         if row.kind == WINDOW_KIND:
@@ -90,11 +96,13 @@ def leaderboard_table(
         elif row.kind == "zeroshot":
             s = row.settings
             key = (row.model_pk, row.allocation_id, s.get("mode", "topk"), s.get("scoring", "magnitude"))
-            z = zeroshot.setdefault(key, {"tasks": {}, "limit": s.get("limit")})
+            z = zeroshot[key].setdefault(s.get("limit"), {"tasks": {}, "limit": s.get("limit")})
             if row.metric == "mean_accuracy":
-                z["mean_accuracy"], z["mean_accuracy_row"] = row.value, row.id
-            elif row.metric.endswith("/acc"):
-                z["tasks"][row.metric.split("/")[0]] = {"acc": row.value, "n": s.get("n")}
+                if len(s.get("tasks") or ()) >= len(z.get("mean_tasks") or ()):  # the mean over the most tasks
+                    z.update(mean_accuracy=row.value, mean_accuracy_row=row.id, mean_tasks=s.get("tasks"))
+            else:  # <task>/acc, <task>/acc_norm
+                task, _, metric = row.metric.partition("/")
+                z["tasks"].setdefault(task, {"n": s.get("n")})[metric] = row.value
     for row in rows:
         if row.kind != "perplexity" or row.metric != "ppl":
             continue
@@ -125,7 +133,7 @@ def leaderboard_table(
                 entry["rule"] = f"{params.get('metric')}, eps {params.get('epsilon')}"
             if with_allocations:
                 entry["allocation"] = alloc.document
-        scored = zeroshot.get((row.model_pk, row.allocation_id, entry["mode"], entry["scoring"]))
+        scored = _most_items(zeroshot.get((row.model_pk, row.allocation_id, entry["mode"], entry["scoring"]), {}))
         entry["zeroshot"] = scored
         entry["mean_accuracy"] = None if scored is None else scored.get("mean_accuracy")
         entries.append(entry)

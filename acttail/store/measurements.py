@@ -90,13 +90,21 @@ def realised_measurement(ppl: Measurement, realised: float) -> Measurement:
 def zeroshot_measurements(
     report: Mapping[str, Any], *, mode: str, extra: Mapping[str, Any] | None = None
 ) -> list[Measurement]:
-    """``ZeroShotReport.to_dict()`` -> ``zeroshot/mean_accuracy`` plus ``<task>/acc`` and ``<task>/acc_norm`` rows."""
+    """``ZeroShotReport.to_dict()`` -> ``zeroshot/mean_accuracy`` plus ``<task>/acc`` and ``<task>/acc_norm`` rows.
+
+    A report that is one task of a cell measured task by task (``benchmarks/leaderboard.py``) has no
+    mean yet (None: no row, as a mean over fewer tasks would pass for the cell's), and the last such
+    report carries the cell's mean over every task (``mean_over``) beside its own task.
+    """
     tasks: Mapping[str, Mapping[str, Any]] = report["tasks"]
     facts = _run_facts(report["settings"])
     protocol = {k: v for k, v in report["settings"].items() if k not in facts}
     settings = {"limit": report["limit"], "mode": mode, **protocol, **(extra or {})}
-    mean = float(report["mean_accuracy"])
-    out = [Measurement("zeroshot", "mean_accuracy", mean, {**settings, "tasks": sorted(tasks)}, facts)]
+    out = []
+    if report["mean_accuracy"] is not None:
+        mean_over = sorted(report.get("mean_over") or tasks)
+        out.append(Measurement("zeroshot", "mean_accuracy", float(report["mean_accuracy"]),
+                               {**settings, "tasks": mean_over}, facts))  # fmt: skip
     for task, result in tasks.items():
         task_settings = {**settings, "task": task, "n": result["n"]}
         out.append(Measurement("zeroshot", f"{task}/acc", float(result["acc"]), task_settings, facts))

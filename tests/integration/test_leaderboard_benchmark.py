@@ -155,11 +155,20 @@ def test_runs_in_parts_resumes_and_reports_every_row(
     assert "acttail TopK" in cells[1] and "| +0.00% |" in cells[1]  # same machine, same rounding
 
 
+TASKS = ["arc_easy", "piqa"]
+
+
+def _scores(limit: int, tasks: list[str] = TASKS, mean: bool = True) -> dict[str, Any]:
+    """A cell's zero-shot entry as ``leaderboard_table`` gives it: with a mean once every task is stored."""
+    z: dict[str, Any] = {"limit": limit, "tasks": {t: {"acc": 0.5, "n": limit} for t in tasks}}
+    return {**z, "mean_accuracy": 0.5, "mean_tasks": sorted(tasks)} if mean else z
+
+
 def _row(method: str, mode: str, ppl: float, pattern: float, scored_limit: int | None = None) -> dict:
     allocation = None if method == "dense" else {"method": method, "sparsities": {"q": pattern, "up": 1 - pattern}}
     return {"method": method, "target": 0.0 if method == "dense" else 0.5, "mode": mode, "scoring": "magnitude",
             "ppl": ppl, "allocation": allocation,
-            "zeroshot": None if scored_limit is None else {"limit": scored_limit}}  # fmt: skip
+            "zeroshot": None if scored_limit is None else _scores(scored_limit)}  # fmt: skip
 
 
 def test_zeroshot_picks_three_distinct_patterns_and_skips_scored_cells(leaderboard: ModuleType) -> None:
@@ -171,19 +180,84 @@ def test_zeroshot_picks_three_distinct_patterns_and_skips_scored_cells(leaderboa
         _row("teal-greedy", "topk", 56.0, 0.4),  # same pattern, other mode: a different cell
         _row("acttail", "topk", 70.0, 0.6),
     ]
-    picks = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500)
+    picks = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, tasks=TASKS)
     assert [(a and a["method"], mode) for a, mode, _ in picks] == [
         (None, "topk"), ("auto", "threshold"), ("uniform", "threshold"), ("teal-greedy", "topk"),
     ]  # fmt: skip
-    assert leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, dense=False) == picks[1:]  # dense elsewhere
+    assert leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, tasks=TASKS, dense=False) == picks[1:]
 
-    rows[0]["zeroshot"] = {"limit": 500}
-    rows[3]["zeroshot"] = {"limit": 500}  # already scored at this size: counts among the best, not re-run
-    picks = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500)
+    rows[0]["zeroshot"] = _scores(500)
+    rows[3]["zeroshot"] = _scores(500)  # already scored at this size: counts among the best, not re-run
+    rows[1]["zeroshot"] = _scores(500, TASKS[:1], mean=False)  # cut short after one task: still to finish
+    picks = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, tasks=TASKS)
     assert [(a["method"], mode) for a, mode, _ in picks] == [("auto", "threshold"), ("teal-greedy", "topk")]
-    third = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, ranks={3})
+    assert leaderboard.stored_tasks(rows, picks[0], 500) == {"arc_easy": {"acc": 0.5, "n": 500}}
+    assert leaderboard.stored_tasks(rows, picks[0], 100) == {}  # another size is another run
+    third = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, tasks=TASKS, ranks={3})
     assert [(a["method"], mode) for a, mode, _ in third] == [("teal-greedy", "topk")]  # the rest to another process
-    assert leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, ranks={2}) == []  # rank 2 is scored
+    assert leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, tasks=TASKS, ranks={2}) == []  # rank 2 scored
+    more = leaderboard.zeroshot_picks(rows, [0.5], best=3, limit=500, tasks=[*TASKS, "boolq"])
+    assert len(more) == 4  # a mean over fewer tasks does not count for more
+
+
+def test_zeroshot_cut_short_resumes_at_its_task_and_stores_the_mean_with_the_last(
+    leaderboard: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    import acttail.pipeline
+    from acttail.store.measurements import zeroshot_measurements
+
+    model = str(save_tiny_model(tmp_path / "models" / "tiny-llama-zs", seed=5))
+    db_url = f"sqlite:///{tmp_path / 'leaderboard.db'}"
+    base = ["--models", model, "--db", db_url, *QUICK]
+    leaderboard.main(["run", *base, "--methods", "uniform"])
+    zs = ["zeroshot", *base, "--best", "1", "--tasks", "arc_easy,arc_challenge,winogrande"]
+    leaderboard.main([*zs, "--limit", "2"])  # an earlier run on fewer items, whole
+
+    evaluate, calls, cut_at = acttail.pipeline.evaluate_variants, [], [3]
+
+    def evaluate_until_the_machine_goes(*a: Any, **kw: Any) -> Any:
+        calls.append(a[2].zeroshot.tasks)
+        if len(calls) in cut_at:
+            raise RuntimeError("session over")
+        return evaluate(*a, **kw)
+
+    monkeypatch.setattr(acttail.pipeline, "evaluate_variants", evaluate_until_the_machine_goes)
+    with pytest.raises(RuntimeError, match="session over"):
+        leaderboard.main([*zs, "--limit", "4"])
+    dense = next(e for e in read_table(db_url)["rows"] if e["method"] == "dense")
+    assert dense["zeroshot"]["limit"] == 4 and sorted(dense["zeroshot"]["tasks"]) == ["arc_challenge", "arc_easy"]
+    assert dense["mean_accuracy"] is None  # no mean over two of three tasks is stored as the cell's
+
+    def task_rows() -> dict[tuple[int | None, str, Any], tuple[int, float, Any]]:
+        engine = make_engine(db_url)
+        try:
+            with session_scope(make_session_factory(engine)) as db:
+                return {(b.allocation_id, b.metric, b.settings["limit"]): (b.id, b.value, b.created_at)
+                        for b in db.query(Benchmark).filter(Benchmark.kind == "zeroshot")}  # fmt: skip
+        finally:
+            engine.dispose()
+
+    before = task_rows()
+    calls.clear()
+    cut_at.clear()
+    capsys.readouterr()
+    leaderboard.main([*zs, "--limit", "4"])
+    assert "dense resumes: arc_challenge, arc_easy stored" in capsys.readouterr().err
+    assert calls == [["winogrande"], ["arc_easy"], ["arc_challenge"], ["winogrande"]]  # dense's last task, then the sparse cell
+    after = task_rows()
+    assert all(after[k] == v for k, v in before.items())  # stored tasks kept as measured: same rows, same time
+    table = read_table(db_url)
+    for entry in table["rows"]:
+        z = entry["zeroshot"]
+        assert z["limit"] == 4 and z["mean_tasks"] == ["arc_challenge", "arc_easy", "winogrande"]
+        headline = [z["tasks"][t].get("acc_norm", z["tasks"][t]["acc"]) for t in ("arc_easy", "arc_challenge", "winogrande")]
+        assert entry["mean_accuracy"] == pytest.approx(statistics.mean(headline))
+    means = [k for k in after if k[1] == "mean_accuracy"]
+    assert sorted(k[2] for k in means) == [2, 2, 4, 4]  # one mean per cell and size, none over part of a cell
+
+    report = zeroshot_measurements({"tasks": {"boolq": {"acc": 0.5, "n": 4}}, "settings": {}, "limit": 4,
+                                    "mean_accuracy": None}, mode="topk")  # fmt: skip
+    assert [m.metric for m in report] == ["boolq/acc"]
 
 
 @pytest.mark.parametrize("ranks", ["x", "4", "0", ","])
