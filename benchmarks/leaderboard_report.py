@@ -263,6 +263,14 @@ def write_report(store: Any, args: Any) -> None:
         lines.append("")
     else:
         lines += ["## Zero-shot", "", "No zero-shot cell was run (see docs/science.md for why).", ""]
+    partial = [e for e in rows if e.get("zeroshot") and e.get("mean_accuracy") is None]
+    if partial:  # scored task by task: the mean comes with the last task
+        lines += ["Zero-shot cells under way (tasks stored so far; no mean until every task is):", ""]
+        for e in partial:
+            cell = "dense" if e["method"] == "dense" else f"{_cell_name(e)} at {e['target']:.0%}"
+            z = e["zeroshot"]
+            lines.append(f"- {e['model_id']} {cell}, {z['limit']} items per task: {', '.join(sorted(z['tasks']))}")
+        lines.append("")
     lines += details
     # plots
     figures = []

@@ -227,6 +227,9 @@ def test_zeroshot_cut_short_resumes_at_its_task_and_stores_the_mean_with_the_las
     dense = next(e for e in read_table(db_url)["rows"] if e["method"] == "dense")
     assert dense["zeroshot"]["limit"] == 4 and sorted(dense["zeroshot"]["tasks"]) == ["arc_challenge", "arc_easy"]
     assert dense["mean_accuracy"] is None  # no mean over two of three tasks is stored as the cell's
+    leaderboard.main(["report", "--db", db_url, "--out-dir", str(tmp_path / "report")])
+    under_way = (tmp_path / "report" / "leaderboard.md").read_text().split("Zero-shot cells under way")[1]
+    assert under_way.splitlines()[2].endswith(" dense, 4 items per task: arc_challenge, arc_easy")
 
     def task_rows() -> dict[tuple[int | None, str, Any], tuple[int, float, Any]]:
         engine = make_engine(db_url)
