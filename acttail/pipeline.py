@@ -476,6 +476,17 @@ def _check_loaded(model: Any, fingerprint: str, allocations: Sequence[Allocation
         allocation.check_matches(fingerprint, names)
 
 
+#: Calibrated thresholds by what determines them (``_thresholds_key``), for ``evaluate_variants``.
+ThresholdsCache = dict[tuple[Any, ...], dict[str, float]]
+
+
+def _thresholds_key(alloc: Allocation, config: PipelineConfig) -> tuple[Any, ...]:
+    """Everything a calibration depends on besides the model: the per-projection budgets, the
+    scoring rule and the calibration windows."""
+    budgets = tuple(sorted(alloc.sparsities.items()))
+    return budgets, str(config.scoring), config.calibration_tokens, config.threshold_seqlen
+
+
 def evaluate_variants(
     loaded: Loaded,
     variants: Sequence[tuple[int | None, Allocation | None]],
@@ -486,11 +497,15 @@ def evaluate_variants(
     *,
     start: float = 0.0,
     show_progress: bool = False,
+    thresholds_cache: ThresholdsCache | None = None,
 ) -> tuple[VariantResult, ...]:
     """Evaluate each (row id, allocation) (``None`` = dense) on one loaded model, handing each to the sink.
 
     Sparsity is applied for the perplexity and zero-shot passes and removed after them; decode
     speed is measured dense vs sparse kernels on the dense model (``acttail.evaluate.speed``).
+    ``thresholds_cache``: a caller that evaluates the same allocation in several calls on the same
+    model (a zero-shot cell scored one task per call) passes one dict to all of them, so the
+    thresholds are calibrated once; calibration is deterministic, so a hit equals a recalibration.
     """
     from acttail.evaluate.perplexity import tokenize_split
     from acttail.sparsity import apply_sparsity, calibrate_thresholds
@@ -514,10 +529,15 @@ def evaluate_variants(
         began = time.perf_counter()
         thresholds = None
         if alloc is not None and calibration_ids is not None:
-            thresholds = calibrate_thresholds(
-                model, None, alloc, token_ids=calibration_ids, max_tokens=config.calibration_tokens,
-                seqlen=config.threshold_seqlen, scoring=config.scoring,
-            )  # fmt: skip
+            key = _thresholds_key(alloc, config)
+            thresholds = None if thresholds_cache is None else thresholds_cache.get(key)
+            if thresholds is None:
+                thresholds = calibrate_thresholds(
+                    model, None, alloc, token_ids=calibration_ids, max_tokens=config.calibration_tokens,
+                    seqlen=config.threshold_seqlen, scoring=config.scoring,
+                )  # fmt: skip
+                if thresholds_cache is not None:
+                    thresholds_cache[key] = thresholds
         handle = (
             None if alloc is None else apply_sparsity(model, alloc, config.mode, thresholds, scoring=config.scoring)
         )

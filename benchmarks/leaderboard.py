@@ -370,7 +370,7 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     import torch
 
     from acttail.allocate import Allocation
-    from acttail.pipeline import PipelineConfig, evaluate_variants
+    from acttail.pipeline import PipelineConfig, ThresholdsCache, evaluate_variants
     from acttail.store.leaderboard import leaderboard_table
     from acttail.store.requests import ZeroShotSpec
 
@@ -406,6 +406,7 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
     for pick, _ in picks:
         doc, mode, scoring = pick
         alloc = None if doc is None else Allocation.from_dict(doc)
+        thresholds: ThresholdsCache = {}  # a threshold cell calibrates once, not once per task
         for task in args.tasks:
             # Read again before each task: another process may have scored it (a task costs minutes to an hour).
             stored = next((s for p, s in open_picks() if p == pick), None)
@@ -420,7 +421,7 @@ def zeroshot_model(alias: str, args: argparse.Namespace, store: Store) -> None:
                                     calibration_tokens=args.cal_tokens_for.get(alias, args.cal_tokens),
                                     calibration_seqlen=args.seqlen)  # fmt: skip
             t0 = time.perf_counter()
-            (variant,) = evaluate_variants((lm, tokenizer), [(None, alloc)], config)
+            (variant,) = evaluate_variants((lm, tokenizer), [(None, alloc)], config, thresholds_cache=thresholds)
             assert variant.zeroshot is not None
             report = cell_report(variant.zeroshot, stored, args.tasks)
             variant = replace(variant, zeroshot=report, mean_accuracy=report["mean_accuracy"])

@@ -264,6 +264,31 @@ def test_zeroshot_cut_short_resumes_at_its_task_and_stores_the_mean_with_the_las
     assert [m.metric for m in report] == ["boolq/acc"]
 
 
+def test_a_threshold_cell_scored_task_by_task_calibrates_once(
+    leaderboard: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    import acttail.sparsity
+
+    model = str(save_tiny_model(tmp_path / "models" / "tiny-llama-thr", seed=6))
+    db_url = f"sqlite:///{tmp_path / 'leaderboard.db'}"
+    base = ["--models", model, "--db", db_url, *QUICK, "--modes", "threshold"]
+    leaderboard.main(["run", *base, "--methods", "uniform"])
+
+    calibrate, calibrated = acttail.sparsity.calibrate_thresholds, []
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        calibrated.append(calibrate(*a, **kw))
+        return calibrated[-1]
+
+    monkeypatch.setattr(acttail.sparsity, "calibrate_thresholds", counted)
+    tasks = ["arc_easy", "arc_challenge", "winogrande"]
+    leaderboard.main(["zeroshot", *base, "--no-dense", "--best", "1", "--tasks", ",".join(tasks), "--limit", "2"])
+    (cell,) = [e for e in read_table(db_url)["rows"] if e["method"] == "uniform"]
+    assert cell["mode"] == "threshold" and sorted(cell["zeroshot"]["tasks"]) == sorted(tasks)
+    assert cell["mean_accuracy"] is not None
+    assert len(calibrated) == 1  # three tasks, one calibration
+
+
 @pytest.mark.parametrize("ranks", ["x", "4", "0", ","])
 def test_ranks_outside_the_best_are_refused(
     leaderboard: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], ranks: str

@@ -108,6 +108,31 @@ def test_threshold_mode_pipeline(model_dir: Path) -> None:
     assert scored.realised_sparsity == pytest.approx(variant.realised_sparsity)
 
 
+def test_a_shared_thresholds_cache_calibrates_each_allocation_once(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    import acttail.sparsity
+    from acttail.models import resolve_model
+    from acttail.pipeline import ThresholdsCache, evaluate_variants
+
+    source = resolve_model(str(model_dir))
+    loaded = source.load_causal_lm()
+    alloc = allocate({}, {p.name: p.param_count for p in source.projections()}, 0.5, method="uniform")
+    config = PipelineConfig(targets=(), methods=(), mode="threshold", calibration_tokens=256, **QUICK)
+    calibrate, calls = acttail.sparsity.calibrate_thresholds, []
+    monkeypatch.setattr(
+        acttail.sparsity, "calibrate_thresholds", lambda *a, **kw: calls.append(kw) or calibrate(*a, **kw)
+    )
+
+    (fresh,) = evaluate_variants(loaded, [(None, alloc)], config)
+    cache: ThresholdsCache = {}
+    first, again = (evaluate_variants(loaded, [(None, alloc)], config, thresholds_cache=cache)[0] for _ in range(2))
+    assert len(calls) == 2 and len(cache) == 1  # the second call with the cache did not calibrate
+    assert again.ppl == first.ppl == fresh.ppl  # a hit equals a recalibration
+    evaluate_variants(loaded, [(None, alloc)], replace(config, scoring="wina"), thresholds_cache=cache)
+    assert len(calls) == 3 and len(cache) == 2  # another scoring rule is another calibration
+
+
 def run_cli(args: list[str]) -> None:
     """``acttail ...`` in-process; typer's standalone mode ends with SystemExit(0) on success."""
     with pytest.raises(SystemExit) as exc:
