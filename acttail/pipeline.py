@@ -529,15 +529,14 @@ def evaluate_variants(
         began = time.perf_counter()
         thresholds = None
         if alloc is not None and calibration_ids is not None:
+            cache = {} if thresholds_cache is None else thresholds_cache
             key = _thresholds_key(alloc, config)
-            thresholds = None if thresholds_cache is None else thresholds_cache.get(key)
-            if thresholds is None:
-                thresholds = calibrate_thresholds(
+            if key not in cache:
+                cache[key] = calibrate_thresholds(
                     model, None, alloc, token_ids=calibration_ids, max_tokens=config.calibration_tokens,
                     seqlen=config.threshold_seqlen, scoring=config.scoring,
                 )  # fmt: skip
-                if thresholds_cache is not None:
-                    thresholds_cache[key] = thresholds
+            thresholds = cache[key]
         handle = (
             None if alloc is None else apply_sparsity(model, alloc, config.mode, thresholds, scoring=config.scoring)
         )
